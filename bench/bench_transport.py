@@ -1,0 +1,390 @@
+"""Transport benchmark: framed tensors (nodes/) vs a raw socket, a raw asyncio echo and pyzmq, on loopback.
+
+    .venv/bin/python -m bench.bench_transport [--quick]
+
+Measured in one run, receivers in a separate process, so only ratios are reported against targets:
+
+- throughput: K framed ``Batch`` messages carrying a uint8 tensor of P bytes, sender to receiver until the
+  receiver acknowledges the last one, vs ``socket.sendall`` of the same K×P bytes into ``recv_into``
+  (target ≥ 0.9× raw from 1 MiB up), and vs pyzmq PAIR sockets sending the same payloads zero-copy
+  (target: not slower, i.e. ≥ 1.0× zmq);
+- round trip: a small framed message (clock probe → clock reply) vs a raw asyncio echo of 64 bytes on the
+  same event loop (target ≤ 1.2×), and vs a pyzmq PAIR ping-pong;
+- decode: time to turn a received frame into a message, per payload size (target: flat; zero-copy).
+
+Each figure is the best of several repeats (the least disturbed by other load on the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import platform
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+import numpy as np
+from tabulate import tabulate
+
+from nodes import Batch, ClockProbe, ClockReply, FrameDecoder, FramedStream, Listener, open_stream
+from nodes.codec import decode_frame, encode_frame_bytes
+from nodes.messages import message_from_header, message_to_header
+
+KIB = 1024
+MIB = 1024 * KIB
+SPEC = struct.Struct(">QQ")  # (messages, payload bytes) announced before each raw/zmq trial
+ECHO_SIZE = 64
+
+
+def _run_loop(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+# -- receivers (run in a child process) -------------------------------------------------------------------
+
+def raw_server(pipe: Pipe) -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    pipe.send(srv.getsockname()[1])
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    spec = bytearray(SPEC.size)
+    buf = bytearray(0)
+    while True:
+        view = memoryview(spec)
+        got = 0
+        while got < SPEC.size:
+            n = conn.recv_into(view[got:])
+            if n == 0:
+                return
+            got += n
+        k, p = SPEC.unpack(spec)
+        if len(buf) < p:
+            buf = bytearray(p)
+        mv = memoryview(buf)[:p]
+        for _ in range(k):
+            got = 0
+            while got < p:
+                got += conn.recv_into(mv[got:])
+        conn.sendall(b"k")
+
+
+def framed_server(pipe: Pipe) -> None:
+    async def handler(stream: FramedStream) -> None:
+        stream.conn.handshake_done()
+        while True:
+            msg = await stream.recv(timeout=600)
+            if isinstance(msg, ClockProbe):
+                if msg.seq == 0:  # round-trip probe
+                    await stream.send(ClockReply(0, msg.t_sent_ns, 0, 0))
+                    continue
+                for _ in range(msg.seq):  # a throughput trial of seq messages
+                    m = await stream.recv(timeout=600)
+                    assert isinstance(m, Batch)
+                await stream.send(ClockReply(msg.seq, 0, 0, 0))
+
+    async def main() -> None:
+        listener = Listener(handler, node="cloud", timeout=600)
+        _, port = await listener.start("127.0.0.1", 0)
+        pipe.send(port)
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # until told to stop
+        await listener.close()
+
+    _run_loop(main())
+
+
+def echo_server(pipe: Pipe) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await reader.readexactly(ECHO_SIZE)
+                writer.write(data)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async def main() -> None:
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        pipe.send(srv.sockets[0].getsockname()[1])
+        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        srv.close()
+
+    _run_loop(main())
+
+
+def zmq_server(pipe: Pipe) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PAIR)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    pipe.send(port)
+    while True:
+        spec = sock.recv()
+        k, p = SPEC.unpack(spec)
+        if k == 0 and p == 0:
+            break
+        if p == 0:  # ping-pong of k round trips
+            for _ in range(k):
+                sock.send(sock.recv(copy=False), copy=False)
+            continue
+        for _ in range(k):
+            sock.recv_multipart(copy=False)
+        sock.send(b"k")
+    sock.close(linger=0)
+    ctx.term()
+
+
+def _start(target: Callable[[Pipe], None]) -> tuple[mp.process.BaseProcess, Pipe, int]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child,), daemon=True)
+    proc.start()
+    if not parent.poll(60):
+        proc.kill()
+        raise RuntimeError(f"{target.__name__} did not start")
+    return proc, parent, int(parent.recv())
+
+
+# -- senders ----------------------------------------------------------------------------------------------
+
+def raw_send(port: int, trials: list[tuple[int, int]], repeats: int) -> dict[int, float]:
+    best: dict[int, float] = {}
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for k, p in trials:
+            payload = np.ones(p, dtype=np.uint8)
+            for _ in range(repeats):
+                s.sendall(SPEC.pack(k, p))
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    s.sendall(payload.data)
+                assert s.recv(1) == b"k"
+                best[p] = min(best.get(p, float("inf")), time.perf_counter() - t0)
+    return best
+
+
+async def framed_send(port: int, trials: list[tuple[int, int]], repeats: int) -> dict[int, float]:
+    stream = await open_stream("127.0.0.1", port, node="cloud", timeout=600)
+    stream.conn.handshake_done()
+    best: dict[int, float] = {}
+    try:
+        for k, p in trials:
+            msg = Batch(batch_id=1, sample_ids=np.zeros(1, np.int64), images=np.ones((1, 1, 1, p), np.uint8),
+                        t_sent_ns=0)
+            for _ in range(repeats):
+                await stream.send(ClockProbe(seq=k, t_sent_ns=p))
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    await stream.send(msg)
+                ack = await stream.recv()
+                assert isinstance(ack, ClockReply) and ack.seq == k
+                best[p] = min(best.get(p, float("inf")), time.perf_counter() - t0)
+    finally:
+        await stream.close()
+    return best
+
+
+def zmq_send(port: int, trials: list[tuple[int, int]], repeats: int) -> dict[int, float]:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PAIR)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    best: dict[int, float] = {}
+    try:
+        for k, p in trials:
+            payload = np.ones(p, dtype=np.uint8)
+            header = b"\x00" * 64  # a small header frame, as a user would send dtype/shape alongside
+            for _ in range(repeats):
+                sock.send(SPEC.pack(k, p))
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    sock.send_multipart([header, payload.data], copy=False)
+                assert sock.recv() == b"k"
+                best[p] = min(best.get(p, float("inf")), time.perf_counter() - t0)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    return best
+
+
+async def framed_rtt(port: int, n: int, repeats: int) -> float:
+    stream = await open_stream("127.0.0.1", port, node="cloud", timeout=600)
+    stream.conn.handshake_done()
+    best = float("inf")
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await stream.send(ClockProbe(seq=0, t_sent_ns=1))
+                await stream.recv()
+            best = min(best, (time.perf_counter() - t0) / n)
+    finally:
+        await stream.close()
+    return best
+
+
+async def echo_rtt(port: int, n: int, repeats: int) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    data = b"x" * ECHO_SIZE
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            writer.write(data)
+            await writer.drain()
+            await reader.readexactly(ECHO_SIZE)
+        best = min(best, (time.perf_counter() - t0) / n)
+    writer.close()
+    return best
+
+
+def zmq_rtt(port: int, n: int, repeats: int) -> float:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PAIR)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    best = float("inf")
+    try:
+        for _ in range(repeats):
+            sock.send(SPEC.pack(n, 0))
+            t0 = time.perf_counter()
+            for _ in range(n):
+                sock.send(b"x" * ECHO_SIZE)
+                sock.recv()
+            best = min(best, (time.perf_counter() - t0) / n)
+        sock.send(SPEC.pack(0, 0))
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    return best
+
+
+def decode_cost(sizes: list[int], repeats: int) -> dict[int, float]:
+    """Seconds to turn one complete frame into a Batch message (the receive copy itself excluded)."""
+    out: dict[int, float] = {}
+    for p in sizes:
+        msg = Batch(batch_id=1, sample_ids=np.zeros(1, np.int64), images=np.ones((1, 1, 1, p), np.uint8),
+                    t_sent_ns=0)
+        dec = FrameDecoder()
+        dec.receive_data(encode_frame_bytes(message_to_header(msg)))
+        frame = dec.next_frame()
+        assert frame is not None
+        n = 200
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                message_from_header(decode_frame(frame))
+            best = min(best, (time.perf_counter() - t0) / n)
+        out[p] = best
+    return out
+
+
+def _fmt_size(p: int) -> str:
+    return f"{p // MIB} MiB" if p >= MIB else f"{p // KIB} KiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_transport", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats (< ~30 s)")
+    args = ap.parse_args(argv)
+    sizes = [4 * KIB, 64 * KIB, 1 * MIB, 16 * MIB, 64 * MIB] if args.quick else \
+        [4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB, 16 * MIB, 64 * MIB]
+    per_trial = 32 * MIB if args.quick else 128 * MIB
+    repeats = 3 if args.quick else 5
+    rtt_n = 2000 if args.quick else 10000
+    trials = [(max(1, min(4096, per_trial // p)), p) for p in sizes]
+
+    procs = []
+    try:
+        raw_p, raw_pipe, raw_port = _start(raw_server)
+        fr_p, fr_pipe, fr_port = _start(framed_server)
+        ec_p, ec_pipe, ec_port = _start(echo_server)
+        zm_p, zm_pipe, zm_port = _start(zmq_server)
+        procs = [(raw_p, raw_pipe), (fr_p, fr_pipe), (ec_p, ec_pipe), (zm_p, zm_pipe)]
+        # interleave the methods per repeat-set so that background load hits them alike
+        raw = raw_send(raw_port, trials, repeats)
+        framed = _run_loop(framed_send(fr_port, trials, repeats))
+        zmq_t = zmq_send(zm_port, trials, repeats)
+        rtt_framed = _run_loop(framed_rtt(fr_port, rtt_n, repeats))
+        rtt_echo = _run_loop(echo_rtt(ec_port, rtt_n, repeats))
+        rtt_zmq = zmq_rtt(zm_port, rtt_n, repeats)
+        decode = decode_cost(sizes, repeats)
+    finally:
+        for proc, pipe in procs:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                pipe.send("stop")
+            proc.join(timeout=3)
+            if proc.is_alive():
+                proc.kill()
+
+    print(f"# transport benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+          f"{platform.node()} ({platform.processor() or platform.machine()}, {mp.cpu_count()} CPUs), "
+          f"Python {sys.version.split()[0]}, {loop_name()}, loopback, best of {repeats}")
+    rows = []
+    failures = []
+    for k, p in trials:
+        gbps = {name: k * p / t[p] / 1e9 for name, t in (("raw", raw), ("framed", framed), ("zmq", zmq_t))}
+        r_raw = raw[p] / framed[p]
+        r_zmq = zmq_t[p] / framed[p]
+        ok_raw = r_raw >= 0.9 or p < MIB
+        ok_zmq = r_zmq >= 1.0
+        if not ok_raw:
+            failures.append(f"throughput {_fmt_size(p)}: {r_raw:.2f}x raw < 0.9x")
+        if not ok_zmq:
+            failures.append(f"throughput {_fmt_size(p)}: {r_zmq:.2f}x zmq < 1.0x")
+        rows.append([_fmt_size(p), k, f"{gbps['raw']:.2f}", f"{gbps['framed']:.2f}", f"{gbps['zmq']:.2f}",
+                     f"{r_raw:.2f}" + ("" if p < MIB else (" ok" if ok_raw else " BELOW 0.9")),
+                     f"{r_zmq:.2f}" + (" ok" if ok_zmq else " slower"),
+                     f"{decode[p] * 1e6:.1f}"])
+    print(tabulate(rows, headers=["payload", "msgs", "raw GB/s", "framed GB/s", "zmq GB/s",
+                                  "framed/raw (≥0.9 from 1 MiB)", "framed/zmq (≥1)", "decode µs"]))
+    flat = max(decode.values()) / min(decode.values())
+    print(f"\ndecode cost 64 MiB / 4 KiB: {decode[sizes[-1]] / decode[sizes[0]]:.2f}x "
+          f"(max/min over sizes {flat:.2f}x; flat = zero-copy)")
+    r_echo = rtt_framed / rtt_echo
+    r_zrtt = rtt_framed / rtt_zmq
+    print()
+    print(tabulate([
+        ["framed clock probe/reply", f"{rtt_framed * 1e6:.1f}", "", ""],
+        ["raw asyncio echo (64 B)", f"{rtt_echo * 1e6:.1f}", f"{r_echo:.2f}",
+         "ok (≤1.2)" if r_echo <= 1.2 else "ABOVE 1.2"],
+        ["pyzmq PAIR ping-pong (64 B)", f"{rtt_zmq * 1e6:.1f}", f"{r_zrtt:.2f}",
+         "ok (≤1.0)" if r_zrtt <= 1.0 else "slower"],
+    ], headers=["round trip", "µs", "framed / this", "target"]))
+    if r_echo > 1.2:
+        failures.append(f"round trip {r_echo:.2f}x raw echo > 1.2x")
+    if r_zrtt > 1.0:
+        failures.append(f"round trip {r_zrtt:.2f}x zmq > 1.0x")
+    if decode[sizes[-1]] / decode[sizes[0]] > 2.0:
+        failures.append("decode cost grows with payload size")
+    print("\n" + ("all targets met" if not failures else "targets missed: " + "; ".join(failures)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

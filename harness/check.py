@@ -1,0 +1,265 @@
+"""The CI latency regression check: compare a results file against a baseline, fairly and cautiously.
+
+The rule, applied to each latency (overall = the per-batch end-to-end time, edge and cloud = the per-batch
+time along each path, and every procedure):
+
+1. **Calibration.** Each run recorded ``calibration_ms``, a fixed CPU workload timed in that run. Every
+   per-batch value of a current run is multiplied by ``median(baseline calibrations) / its calibration``,
+   so a machine that is uniformly 20 % slower does not look like a 20 % regression. (This assumes the
+   latency scales with CPU speed; on a link-bound run it over-corrects, so ``--no-calibration`` exists.)
+2. **Size.** The relative change of the medians, ``median(current) / median(baseline) − 1``, must exceed
+   the tolerance (default 10 %).
+3. **Significance.** The Mann–Whitney U test on the per-batch samples must give p < alpha (default 0.01).
+
+4. **A quiet machine.** Each run recorded how much CPU *other* programs used while it ran
+   (``host_other_cpu_percent``, 100 = one core). If either side's busiest run exceeds ``busy_limit``
+   (default 50, half a core), other work may have slowed the nodes, so a regression (or improvement)
+   found on it is reported as inconclusive.
+
+A change that passes 2 but not 3 is *inconclusive* (too noisy to call), as is a metric with fewer than
+``min_samples`` batches on either side; neither fails the check. Exit codes: 0 no regression (pass,
+improvement or inconclusive), 1 at least one regression, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tabulate import tabulate
+
+from reports import stats
+
+from .errors import ResultsError
+from .results import PROCEDURES
+
+#: Metric name → key of ``per_batch_ms``.
+METRICS: dict[str, str] = {
+    "overall": "latency",
+    "edge": "edge",
+    "cloud": "cloud",
+    **{f"procedure {p}": p for p in PROCEDURES},
+}
+#: Configuration keys that must agree, or the two files measure different experiments.
+WORKLOAD_KEYS = (
+    "model",
+    "exit",
+    "threshold",
+    "batch_size",
+    "dataset",
+    "samples",
+    "checkpoint_sha256",
+    "links",
+)
+DEFAULT_TOLERANCE = 0.10
+DEFAULT_ALPHA = 0.01
+DEFAULT_MIN_SAMPLES = 8
+#: Mean CPU of other programs (100 = one core) above which a run's machine counts as busy.
+DEFAULT_BUSY_LIMIT = 50.0
+
+VERDICTS = ("pass", "improvement", "inconclusive", "regression", "absent")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric's verdict."""
+
+    metric: str
+    baseline_median: float | None
+    current_median: float | None
+    change: float | None  # relative change of the medians
+    p_value: float | None
+    n_baseline: int
+    n_current: int
+    verdict: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, not {self.verdict!r}")
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    comparisons: tuple[Comparison, ...]
+    calibration_ratio: float | None
+    tolerance: float
+    alpha: float
+    host_load: tuple[float | None, float | None] = (None, None)  # (baseline, current), 100 = one core
+    busy_limit: float = DEFAULT_BUSY_LIMIT
+
+    @property
+    def regressions(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.verdict == "regression"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 0
+
+
+def _calibrations(results: Mapping[str, Any]) -> list[float | None]:
+    out: list[float | None] = []
+    for run in results["runs"]:
+        value = run.get("calibration_ms")
+        out.append(float(value) if isinstance(value, (int, float)) and value > 0 else None)
+    return out
+
+
+def host_load(results: Mapping[str, Any]) -> float | None:
+    """The busiest run's mean CPU use by other programs (100 = one core); None if not recorded."""
+    loads = [
+        float(m)
+        for run in results["runs"]
+        if isinstance(run.get("host_other_cpu_percent"), dict)
+        and isinstance(m := run["host_other_cpu_percent"].get("mean"), (int, float))
+    ]
+    return max(loads) if loads else None
+
+
+def _samples(results: Mapping[str, Any], key: str, scales: Sequence[float]) -> list[float]:
+    values: list[float] = []
+    for run, scale in zip(results["runs"], scales, strict=True):
+        values.extend(float(v) * scale for v in run["per_batch_ms"].get(key, []))
+    return values
+
+
+def check_compatible(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Refuse to compare results of different experiments (``ResultsError``, exit code 2)."""
+    diffs = [
+        f"{key}: {baseline['config'].get(key)!r} vs {current['config'].get(key)!r}"
+        for key in WORKLOAD_KEYS
+        if baseline["config"].get(key) != current["config"].get(key)
+    ]
+    if diffs:
+        raise ResultsError(
+            "the baseline and the current results measure different experiments ("
+            + "; ".join(diffs)
+            + "); record a new baseline with `python -m harness record-baseline`"
+        )
+
+
+def compare(
+    baseline: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    alpha: float = DEFAULT_ALPHA,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+    use_calibration: bool = True,
+    busy_limit: float = DEFAULT_BUSY_LIMIT,
+) -> CheckReport:
+    """Apply the module's rule to every metric. Both inputs must be validated results objects."""
+    if tolerance < 0 or not 0 < alpha < 1:
+        raise ValueError("tolerance must be ≥ 0 and alpha in (0, 1)")
+    check_compatible(baseline, current)
+    base_cal = _calibrations(baseline)
+    cur_cal = _calibrations(current)
+    ratio: float | None = None
+    cur_scales = [1.0] * len(cur_cal)
+    if use_calibration and all(c is not None for c in base_cal + cur_cal):
+        reference = stats.median([c for c in base_cal if c is not None])
+        cur_scales = [reference / c for c in cur_cal if c is not None]
+        ratio = stats.median([c for c in cur_cal if c is not None]) / reference
+    base_scales = [1.0] * len(base_cal)
+    loads = (host_load(baseline), host_load(current))
+    busy = [
+        f"{side} ran while other programs used {load:.0f}% CPU"
+        for side, load in zip(("baseline", "current"), loads, strict=True)
+        if load is not None and load > busy_limit
+    ]
+
+    comparisons = []
+    for metric, key in METRICS.items():
+        base = _samples(baseline, key, base_scales)
+        cur = _samples(current, key, cur_scales)
+        if not base and not cur:
+            comparisons.append(
+                Comparison(metric, None, None, None, None, 0, 0, "absent", "no batch on this path")
+            )
+            continue
+        if len(base) < min_samples or len(cur) < min_samples:
+            comparisons.append(
+                Comparison(
+                    metric,
+                    stats.median(base) if base else None,
+                    stats.median(cur) if cur else None,
+                    None,
+                    None,
+                    len(base),
+                    len(cur),
+                    "inconclusive",
+                    f"fewer than {min_samples} batches on one side",
+                )
+            )
+            continue
+        m_base, m_cur = stats.median(base), stats.median(cur)
+        change = m_cur / m_base - 1.0 if m_base > 0 else 0.0
+        _u, p = stats.mann_whitney_u(cur, base)
+        if abs(change) <= tolerance:
+            verdict, note = "pass", ""
+        elif p >= alpha:
+            verdict, note = (
+                "inconclusive",
+                f"change beyond ±{100 * tolerance:g}% but not significant (p ≥ {alpha:g})",
+            )
+        elif busy:
+            verdict, note = "inconclusive", f"machine busy: {'; '.join(busy)} (limit {busy_limit:g}%)"
+        elif change > 0:
+            verdict, note = "regression", ""
+        else:
+            verdict, note = "improvement", ""
+        comparisons.append(Comparison(metric, m_base, m_cur, change, p, len(base), len(cur), verdict, note))
+    return CheckReport(tuple(comparisons), ratio, tolerance, alpha, loads, busy_limit)
+
+
+def format_report(report: CheckReport) -> str:
+    rows = []
+    for c in report.comparisons:
+        rows.append(
+            [
+                c.metric,
+                "–" if c.baseline_median is None else f"{c.baseline_median:.3f}",
+                "–" if c.current_median is None else f"{c.current_median:.3f}",
+                "–" if c.change is None else f"{100 * c.change:+.1f}%",
+                "–" if c.p_value is None else f"{c.p_value:.2g}",
+                f"{c.n_baseline}/{c.n_current}",
+                c.verdict.upper() if c.verdict == "regression" else c.verdict,
+                c.note,
+            ]
+        )
+    cal = (
+        "calibration: not applied"
+        if report.calibration_ratio is None
+        else f"calibration: this machine ran the fixed workload at {report.calibration_ratio:.3f}× the "
+        "baseline's time; current latencies are scaled by the inverse"
+    )
+    table = tabulate(
+        rows,
+        headers=[
+            "latency (ms/batch, median)",
+            "baseline",
+            "current",
+            "change",
+            "p (MWU)",
+            "batches",
+            "verdict",
+            "note",
+        ],
+    )
+    n_reg = len(report.regressions)
+    verdict = (
+        f"REGRESSION in {n_reg} metric(s): {', '.join(c.metric for c in report.regressions)}"
+        if n_reg
+        else "no regression"
+    )
+    rule = (
+        f"rule: regression = change > {100 * report.tolerance:g}% and Mann–Whitney p < {report.alpha:g}, "
+        f"on a machine whose other programs used ≤ {report.busy_limit:g}% CPU"
+    )
+    load = ", ".join(
+        f"{side} {'?' if value is None else f'{value:.0f}%'}"
+        for side, value in zip(("baseline", "current"), report.host_load, strict=True)
+    )
+    rule += f" (measured: {load})"
+    return "\n".join([cal, rule, "", table, "", verdict])

@@ -1,0 +1,169 @@
+"""The experiment configuration: plain frozen data, validated on construction, separate from the runtime.
+
+A ``RunConfig`` says *what* to measure (model, exit, threshold, data, link, edge limits, repeats); the
+runner decides *how*. Values are validated in ``__post_init__`` with ``ValueError``; the CLI turns those
+into ``ConfigError`` so the user sees one clear line. Link strings are kept in tc's notation (``10mbit``,
+``20ms``, ``0.5%``) and parsed by ``netem.LinkSpec.parse`` when the testbed is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL_KINDS = ("standard", "sem", "mem")
+LOCAL_EXITS = tuple(range(1, 9))  # the paper's network has local exits after blocks 1..8
+ISOLATIONS = ("auto", "netns", "loopback")
+DEFAULT_DATASET = "fashion-mnist"
+DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: In netns mode every node has its own address, so fixed ports never collide with the host's programs.
+NETNS_PORTS = (7001, 7002)  # (cloud, edge)
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """One link's shaping request in tc notation; ``None`` means "not requested"."""
+
+    rate: str | None = None
+    delay: str | None = None
+    jitter: str | None = None
+    loss: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rate", "delay", "jitter", "loss"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"link {name} must be a non-empty string like tc's, got {value!r}")
+
+    def requested(self) -> dict[str, str]:
+        """The parameters the user asked for, by name (``rate``, ``delay``, ``jitter``, ``loss``)."""
+        return {
+            name: value
+            for name in ("rate", "delay", "jitter", "loss")
+            if (value := getattr(self, name)) is not None
+        }
+
+    def label(self) -> str:
+        """Short name for file names and tables, e.g. ``10mbit-20ms`` or ``unshaped``."""
+        parts = [v for v in (self.rate, self.delay, self.jitter, self.loss) if v is not None]
+        return "-".join(parts) if parts else "unshaped"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``python -m harness`` invocation measures. Defaults are the README experiment."""
+
+    model: str = "mem"
+    exit: int | None = 5
+    threshold: float = 0.3
+    batch_size: int = 32
+    samples: int | None = None  # None: the whole test split
+    warmup_batches: int = 2
+    inflight: int = 1
+    repeat: int = 1
+    dataset: str = DEFAULT_DATASET
+    data_dir: Path | None = None
+    checkpoint: Path | None = None  # None: the shipped zoo checkpoint for (model, exit)
+    edge_cloud: LinkOptions = field(default_factory=LinkOptions)
+    test_edge: LinkOptions | None = None
+    edge_cpus: str | None = None
+    edge_cpuset: str | None = None
+    edge_mem: str | None = None
+    seed: int = 0
+    isolation: str = "auto"
+    allow_unshaped: bool = False
+    ports: tuple[int, int] | None = None  # (cloud, edge); None: fixed in netns, free ones on loopback
+    ready_timeout_s: float = 60.0
+    run_timeout_s: float = 3600.0
+    calibrate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"--model must be one of {', '.join(MODEL_KINDS)}, not {self.model!r}")
+        if self.model == "standard":
+            if self.exit is not None:
+                raise ValueError("the standard model has only the cloud exit: leave --exit out")
+        elif self.exit is None:
+            raise ValueError(f"--model {self.model} needs --exit K with K in 1..{LOCAL_EXITS[-1]}")
+        elif self.exit not in LOCAL_EXITS:
+            raise ValueError(
+                f"exit {self.exit} is out of range: {self.model} models have local exits "
+                f"{LOCAL_EXITS[0]}..{LOCAL_EXITS[-1]}"
+            )
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"--threshold is a normalized entropy in [0, 1], got {self.threshold}")
+        _positive("--batch-size", self.batch_size)
+        _positive("--inflight", self.inflight)
+        _positive("--repeat", self.repeat)
+        if self.samples is not None:
+            _positive("--samples", self.samples)
+        if self.warmup_batches < 0:
+            raise ValueError(f"--warmup must be 0 or more batches, got {self.warmup_batches}")
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"--isolation must be one of {', '.join(ISOLATIONS)}, not {self.isolation!r}")
+        if self.ports is not None:
+            if len(self.ports) != 2 or len(set(self.ports)) != 2:
+                raise ValueError(f"--ports needs two different ports CLOUD,EDGE, got {self.ports}")
+            for port in self.ports:
+                if not 1 <= port <= 65535:
+                    raise ValueError(f"port {port} is out of range 1..65535")
+        if self.ready_timeout_s <= 0 or self.run_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+
+    @property
+    def name(self) -> str:
+        """The model's name as the paper writes it: ``standard``, ``sem-3``, ``mem`` (at exit k)."""
+        if self.model == "sem":
+            return f"sem-{self.exit}"
+        return self.model
+
+    def label(self) -> str:
+        """A file-name-safe label of this point: ``mem-e5-t0.3-10mbit``."""
+        exit_part = f"-e{self.exit}" if self.exit is not None else ""
+        link = self.edge_cloud.label()
+        raw = f"{self.model}{exit_part}-t{self.threshold:g}-{link}"
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _positive(option: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{option} must be a positive integer, got {value!r}")
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The request as plain JSON data (stored in the results file so ``check`` can run it again)."""
+    data = dataclasses.asdict(cfg)
+    for key in ("data_dir", "checkpoint"):
+        if data[key] is not None:
+            data[key] = str(data[key])
+    if data["ports"] is not None:
+        data["ports"] = list(data["ports"])
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Inverse of :func:`config_to_dict`; raises ``ValueError`` on unknown or invalid fields."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown run options {', '.join(sorted(unknown))}")
+    values = dict(data)
+    for key in ("data_dir", "checkpoint"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    if values.get("ports") is not None:
+        values["ports"] = tuple(values["ports"])
+    if isinstance(values.get("edge_cloud"), dict):
+        values["edge_cloud"] = LinkOptions(**values["edge_cloud"])
+    if isinstance(values.get("test_edge"), dict):
+        values["test_edge"] = LinkOptions(**values["test_edge"])
+    try:
+        return RunConfig(**values)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc

@@ -1,0 +1,120 @@
+"""The tabulated summary printed after a run. It formats numbers stored in the results; the only
+statistic it asks for (pooling per-batch samples across repeats) comes from ``reports.stats``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tabulate import tabulate
+
+from reports import stats
+
+from .results import PROCEDURES, unstable_figures
+
+
+def _num(value: Any, fmt: str = ".3f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"
+
+
+def _figure(results: Mapping[str, Any], key: str) -> Any:
+    """A figure of a single run, or its median across repeats."""
+    runs = results["runs"]
+    if len(runs) == 1:
+        return runs[0]["summary"][key]
+    agg = results["aggregate"].get(key)
+    return agg["median"] if agg else None
+
+
+def _spread(results: Mapping[str, Any], key: str, fmt: str = ".3f") -> str:
+    agg = results["aggregate"].get(key)
+    if len(results["runs"]) == 1 or not agg:
+        return ""
+    flag = "  (unstable)" if agg.get("unstable") else ""
+    return f"±{format(agg['mad'], fmt)} [{format(agg['min'], fmt)}, {format(agg['max'], fmt)}]{flag}"
+
+
+def format_summary(results: Mapping[str, Any]) -> str:
+    """Human-readable summary: exits, accuracy and latency; procedures; edge resources; the link."""
+    cfg = results["config"]
+    runs = results["runs"]
+    many = len(runs) > 1
+    exit_part = f" exit {cfg['exit']}" if cfg.get("exit") is not None else ""
+    head = (
+        f"{cfg.get('name', cfg['model'])}{exit_part}, T = {cfg['threshold']:g}, {cfg['dataset']} "
+        f"({cfg['samples']} samples, batch {cfg['batch_size']}, warm-up {cfg.get('warmup_batches', 0)}), "
+        f"isolation {cfg.get('isolation')}, {len(runs)} run(s)" + (" — medians across runs" if many else "")
+    )
+    lines = [head, ""]
+
+    rows = [
+        ["edge (local exit)", _num(_figure(results, "local_exits"), ".0f"), _pct(_figure(results, "edge_accuracy")),
+         _num(_figure(results, "edge_latency_ms")), _spread(results, "edge_latency_ms")],
+        ["cloud", _num(_figure(results, "cloud_exits"), ".0f"), _pct(_figure(results, "cloud_accuracy")),
+         _num(_figure(results, "cloud_latency_ms")), _spread(results, "cloud_latency_ms")],
+        ["overall", _num(_figure(results, "samples"), ".0f"), _pct(_figure(results, "overall_accuracy")),
+         _num(_figure(results, "overall_latency_ms"), ".4f"), _spread(results, "overall_latency_ms", ".4f")],
+    ]  # fmt: skip
+    headers = ["exit", "samples", "accuracy", "latency ms"] + (["± MAD [min, max]"] if many else [])
+    lines.append(tabulate([r if many else r[:4] for r in rows], headers=headers, tablefmt="simple"))
+    lines.append("")
+
+    pooled: dict[str, list[float]] = {p: [] for p in PROCEDURES}
+    for run in runs:
+        for p in PROCEDURES:
+            pooled[p].extend(run["per_batch_ms"].get(p, []))
+    proc_rows = []
+    for p in PROCEDURES:
+        if not pooled[p]:
+            proc_rows.append([p, "–", "–", "–", "–", 0])
+            continue
+        s = stats.summarize(pooled[p])
+        proc_rows.append([p, _num(s["mean"]), _num(s["p50"]), _num(s["p95"]), _num(s["p99"]), s["n"]])
+    title = "per-procedure time per batch (ms)" + (", all runs pooled" if many else "")
+    lines += [title, tabulate(proc_rows, headers=["procedure", "mean", "p50", "p95", "p99", "batches"]), ""]
+
+    cpu = [r["edge_cpu_percent"] for r in runs]
+    rss = [r["edge_rss_mib"] for r in runs]
+    res_rows = [
+        [
+            "CPU %  (100 = one core)",
+            _num(_figure_of(cpu, "mean"), ".1f"),
+            _num(_figure_of(cpu, "max"), ".1f"),
+        ],
+        ["RSS MiB", _num(_figure_of(rss, "mean"), ".1f"), _num(_figure_of(rss, "max"), ".1f")],
+    ]
+    lines += ["edge node resources", tabulate(res_rows, headers=["", "mean", "max"]), ""]
+
+    link_rows = []
+    backend = cfg.get("link_backend", {})
+    for link, spec in cfg["links"].items():
+        if spec is None:
+            continue
+        for param, value in spec.items():
+            mech = backend.get(link, {}).get(param, "none")
+            if param == "limit" and value is None:
+                continue
+            shown = ("unshaped" if param == "rate" else "–") if value is None else value
+            link_rows.append([link.replace("_", "–"), param, shown, mech])
+    limits = cfg.get("edge_limits") or {}
+    for key in ("cpus", "cpuset", "memory"):
+        if limits.get(key) is not None:
+            link_rows.append(["edge", key, limits[key], limits.get("mechanism") or "none"])
+    lines += ["link as applied", tabulate(link_rows, headers=["link", "parameter", "value", "mechanism"])]
+    for item in cfg.get("not_applied") or []:
+        lines.append(f"NOT applied: {item}")
+
+    for key, reason in unstable_figures(results):
+        lines.append(f"warning: {key} is unstable across runs: {reason}")
+    return "\n".join(lines)
+
+
+def _figure_of(parts: list[Mapping[str, Any]], key: str) -> float | None:
+    values = [float(p[key]) for p in parts if p.get(key) is not None]
+    if not values:
+        return None
+    return stats.median(values)

@@ -1,0 +1,80 @@
+"""Environment metadata recorded in every results file (pyperf-style: collected automatically)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or ``platform.processor()`` where that is unavailable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit(repo: Path = _REPO_ROOT) -> str | None:
+    """HEAD's commit hash (with ``-dirty`` when the tree has changes), or None outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = head.stdout.strip()
+    return f"{commit}-dirty" if status.returncode == 0 and status.stdout.strip() else commit
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect_environment() -> dict[str, Any]:
+    """Versions, host, kernel, CPU, git commit and the start time (UTC, ISO 8601)."""
+    return {
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "torch": _version("torch"),
+        "numpy": _version("numpy"),
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "os": platform.system(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+        "localexit": _version("localexit"),
+        "euid": os.geteuid() if hasattr(os, "geteuid") else None,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,474 @@
+"""Orchestration of one experiment: preflight checks, testbed, the three nodes, repeats, results.
+
+``run_experiment`` is the whole of ``python -m harness``: it checks every input before anything starts
+(checkpoint, dataset, exit, link units, ports), builds the testbed (``netem``), and for each repeat starts
+fresh cloud and edge processes, waits for READY, runs the test node (which does the warm-up batches and
+writes the records file), samples the edge with psutil meanwhile, and stops everything in ``finally``.
+It returns the results object; writing it is the caller's job, so nothing is written for an incomplete run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import models
+import netem
+from models.errors import LocalExitError
+
+from . import results as results_mod
+from .calibration import calibrate
+from .config import NETNS_PORTS, LinkOptions, RunConfig, config_to_dict
+from .environment import collect_environment
+from .errors import ConfigError, NodeFailure, PortInUseError, UnshapedError
+from .processes import POLL_S, NodeProcess, ResourceSampler
+
+logger = logging.getLogger(__name__)
+
+LINK_PARAMS = ("rate", "delay", "jitter", "loss")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A ``RunConfig`` with its inputs resolved and checked: the checkpoint file and the sample count."""
+
+    config: RunConfig
+    checkpoint: Path
+    checkpoint_sha256: str
+    dataset_size: int
+    samples: int
+    edge_cloud: netem.LinkSpec
+    test_edge: netem.LinkSpec | None
+    edge_limits: netem.EdgeLimits | None
+
+    @property
+    def node_exit(self) -> int:
+        """The exit index the nodes get: 0 for the standard model (every layer in the cloud)."""
+        return self.config.exit if self.config.exit is not None else 0
+
+
+class TestbedLike(Protocol):
+    """What the harness uses of ``netem.Testbed`` (tests pass fakes)."""
+
+    isolation: str
+    applied: dict[str, dict[str, str]]
+    not_applied: list[str]
+
+    def bind_address(self, node: str) -> str: ...
+    def connect_address(self, src: str, dst: str, port: int) -> tuple[str, int]: ...
+    def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]: ...
+    def edge_threads(self) -> int | None: ...
+    def __enter__(self) -> TestbedLike: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
+
+
+TestbedFactory = Callable[..., TestbedLike]
+
+
+@dataclass(frozen=True)
+class NodeCommands:
+    """argv of the three node programs (``python -m nodes.…``); tests substitute other programs."""
+
+    python: str = sys.executable
+
+    def cloud(self, plan: Plan, host: str, port: int) -> list[str]:
+        return [
+            self.python, "-m", "nodes.cloud",
+            "--listen", _hostport(host, port),
+            "--checkpoint", str(plan.checkpoint), "--exit", str(plan.node_exit),
+        ]  # fmt: skip
+
+    def edge(
+        self, plan: Plan, host: str, port: int, cloud: tuple[str, int], threads: int | None
+    ) -> list[str]:
+        argv = [
+            self.python, "-m", "nodes.edge",
+            "--listen", _hostport(host, port), "--cloud", _hostport(*cloud),
+            "--checkpoint", str(plan.checkpoint), "--exit", str(plan.node_exit),
+            "--threshold", repr(plan.config.threshold),
+        ]  # fmt: skip
+        if threads is not None:
+            argv += ["--threads", str(threads)]
+        return argv
+
+    def test(self, plan: Plan, edge: tuple[str, int], cloud: tuple[str, int], out: Path) -> list[str]:
+        cfg = plan.config
+        argv = [
+            self.python, "-m", "nodes.test",
+            "--edge", _hostport(*edge), "--cloud", _hostport(*cloud),
+            "--dataset", cfg.dataset, "--samples", str(plan.samples),
+            "--batch-size", str(cfg.batch_size), "--inflight", str(cfg.inflight),
+            "--warmup-batches", str(cfg.warmup_batches), "--seed", str(cfg.seed),
+            "--model", cfg.model, "--exit", str(plan.node_exit), "--threshold", repr(cfg.threshold),
+            "--out", str(out),
+        ]  # fmt: skip
+        if cfg.data_dir is not None:
+            argv += ["--data-dir", str(cfg.data_dir)]
+        return argv
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Preflight: every check that can fail before anything is started.
+
+
+def parse_link(options: LinkOptions, which: str) -> netem.LinkSpec:
+    """``netem.LinkSpec`` of one link, with bad units reported against the option that carried them."""
+    try:
+        return netem.LinkSpec.parse(
+            rate=options.rate, delay=options.delay, jitter=options.jitter, loss=options.loss
+        )
+    except (ValueError, LocalExitError) as exc:
+        opts = {"rate": "--bw", "delay": "--delay", "jitter": "--jitter", "loss": "--loss"}
+        given = ", ".join(f"{opts[k]} {v}" for k, v in options.requested().items())
+        raise ConfigError(
+            f"bad {which} link setting ({given}): {exc}. Units follow tc: rates like 10mbit, 500kbit, "
+            "1gbit (mbps would mean megabytes/s); times like 20ms, 1s, 500us; loss like 0.5%"
+        ) from exc
+
+
+def parse_limits(cfg: RunConfig) -> netem.EdgeLimits | None:
+    if cfg.edge_cpus is None and cfg.edge_cpuset is None and cfg.edge_mem is None:
+        return None
+    try:
+        return netem.EdgeLimits.parse(cpus=cfg.edge_cpus, cpuset=cfg.edge_cpuset, memory=cfg.edge_mem)
+    except (ValueError, LocalExitError) as exc:
+        raise ConfigError(f"bad edge limit (--edge-cpus/--edge-cpuset/--edge-mem): {exc}") from exc
+
+
+def prepare(cfg: RunConfig) -> Plan:
+    """Resolve and check the checkpoint, the dataset, the exit and the link before anything runs."""
+    edge_cloud = parse_link(cfg.edge_cloud, "edge–cloud")
+    test_edge = parse_link(cfg.test_edge, "test–edge") if cfg.test_edge is not None else None
+    limits = parse_limits(cfg)
+    dataset = models.load_dataset(cfg.dataset, "test", cfg.data_dir)
+    checkpoint = cfg.checkpoint or models.default_checkpoint(cfg.model, cfg.exit, cfg.dataset)
+    _model, meta = models.load_checkpoint(checkpoint)
+    models.check_matches(meta, cfg.model, cfg.exit, cfg.dataset)
+    size = len(dataset)
+    if cfg.samples is not None and cfg.samples > size:
+        raise ConfigError(f"--samples {cfg.samples} is more than the {size} test images of {cfg.dataset}")
+    samples = cfg.samples or size
+    return Plan(
+        config=cfg,
+        checkpoint=Path(checkpoint).resolve(),
+        checkpoint_sha256=meta.sha256,
+        dataset_size=size,
+        samples=samples,
+        edge_cloud=edge_cloud,
+        test_edge=test_edge,
+        edge_limits=limits,
+    )
+
+
+def requested_params(cfg: RunConfig) -> dict[str, dict[str, str]]:
+    """What the user asked the testbed to apply: link → parameter → value."""
+    req: dict[str, dict[str, str]] = {"edge_cloud": cfg.edge_cloud.requested()}
+    if cfg.test_edge is not None:
+        req["test_edge"] = cfg.test_edge.requested()
+    limits = {"cpus": cfg.edge_cpus, "cpuset": cfg.edge_cpuset, "memory": cfg.edge_mem}
+    req["edge_limits"] = {k: v for k, v in limits.items() if v is not None}
+    return req
+
+
+def check_applied(cfg: RunConfig, tb: TestbedLike) -> list[str]:
+    """Refuse (``UnshapedError``) when something requested is not applied, unless ``allow_unshaped``.
+
+    Returns the notices to print (what is not applied, when the user allowed it).
+    """
+    missing = list(tb.not_applied)
+    if not missing:
+        return []
+    not_root = hasattr(os, "geteuid") and os.geteuid() != 0
+    what = "; ".join(missing)
+    if cfg.allow_unshaped:
+        return [f"running with isolation={tb.isolation}; NOT applied: {what}"]
+    reason = (
+        "not running as root, so the testbed falls back to loopback isolation: the three nodes run as "
+        "plain processes talking over 127.0.0.1, without network namespaces, tc or cgroups, and "
+        if not_root
+        else f"the {tb.isolation} testbed on this machine cannot apply everything asked for: "
+    )
+    raise UnshapedError(
+        f"{reason}these requested settings would not be applied: {what}. Run as root (e.g. with sudo) "
+        "for the namespaced, shaped testbed, or pass --allow-unshaped to run anyway (the results file "
+        "records what was not applied)"
+    )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Same option as asyncio's start_server, so TIME_WAIT leftovers do not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"port {port} on {host} is already in use by another program; stop it, choose other "
+                    "ports with --ports CLOUD,EDGE, or leave --ports out so the harness picks free ones"
+                ) from exc
+            raise ConfigError(f"cannot use port {port} on {host}: {exc.strerror}") from exc
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def choose_ports(cfg: RunConfig, tb: TestbedLike) -> tuple[int, int]:
+    """(cloud, edge) listening ports: fixed in namespaces (own addresses), checked or free on loopback."""
+    if tb.isolation == "netns":
+        return cfg.ports or NETNS_PORTS
+    if cfg.ports is not None:
+        _check_port_free(tb.bind_address("cloud"), cfg.ports[0])
+        _check_port_free(tb.bind_address("edge"), cfg.ports[1])
+        return cfg.ports
+    cloud = _free_port(tb.bind_address("cloud"))
+    edge = _free_port(tb.bind_address("edge"))
+    while edge == cloud:
+        edge = _free_port(tb.bind_address("edge"))
+    return cloud, edge
+
+
+# --------------------------------------------------------------------------------------------------
+# Running.
+
+
+@dataclass
+class RunContext:
+    """Per-invocation state: where logs go and how nodes are started."""
+
+    workdir: Path
+    commands: NodeCommands = field(default_factory=NodeCommands)
+
+
+@contextlib.contextmanager
+def _started(
+    tb: TestbedLike, name: str, argv: list[str], workdir: Path, *, pipe_stdout: bool
+) -> Iterator[NodeProcess]:
+    log_path = workdir / f"{name}.log"
+    log_file = open(log_path, "ab")  # noqa: SIM115 -- NodeProcess.stop closes it
+    logger.info("starting %s node: %s", name, " ".join(argv))
+    try:
+        popen = tb.popen(
+            name,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipe_stdout else log_file,
+            stderr=log_file,
+        )
+    except OSError as exc:
+        log_file.close()
+        raise NodeFailure(name, f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+    except BaseException:
+        log_file.close()
+        raise
+    node = NodeProcess(name, popen, log_path, log_file)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def _wait_test(tb: TestbedLike, test: NodeProcess, others: list[NodeProcess], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    link_check = getattr(tb, "check", None)  # netem.Testbed: raises if a delay line or relay died
+    while True:
+        if link_check is not None:
+            link_check()
+        code = test.popen.poll()
+        if code is not None:
+            if code != 0:
+                raise test.failure(f"exited with code {code}")
+            return
+        for node in others:
+            other_code = node.popen.poll()
+            if other_code is not None:
+                raise node.failure(f"exited with code {other_code} during the run")
+        if time.monotonic() > deadline:
+            raise test.failure(f"did not finish within {timeout_s:g} s (--run-timeout)")
+        time.sleep(POLL_S)
+
+
+def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[str, Any]:
+    """One repeat with fresh node processes; returns the ``runs[]`` entry."""
+    cfg = plan.config
+    rundir = ctx.workdir / f"run-{index}"
+    rundir.mkdir(parents=True, exist_ok=True)
+    records_path = rundir / "records.json"
+    calibration_ms = calibrate() if cfg.calibrate else None
+    cloud_port, edge_port = choose_ports(cfg, tb)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        cloud = stack.enter_context(
+            _started(
+                tb,
+                "cloud",
+                ctx.commands.cloud(plan, tb.bind_address("cloud"), cloud_port),
+                rundir,
+                pipe_stdout=True,
+            )
+        )
+        edge_to_cloud = tb.connect_address("edge", "cloud", cloud_port)
+        edge_argv = ctx.commands.edge(
+            plan, tb.bind_address("edge"), edge_port, edge_to_cloud, tb.edge_threads()
+        )
+        # The edge retries connecting to the cloud until that listens, so both can start at once (saving
+        # an interpreter start-up) when the edge reaches the cloud directly; a shaping relay in between
+        # would accept the edge's connection and then drop it while the cloud is not up yet.
+        direct = edge_to_cloud == (tb.bind_address("cloud"), cloud_port)
+        if not direct:
+            cloud.wait_ready(cfg.ready_timeout_s)
+        edge = stack.enter_context(_started(tb, "edge", edge_argv, rundir, pipe_stdout=True))
+        if direct:
+            cloud.wait_ready(cfg.ready_timeout_s)
+        edge.wait_ready(cfg.ready_timeout_s)
+        test_argv = ctx.commands.test(
+            plan,
+            tb.connect_address("test", "edge", edge_port),
+            tb.connect_address("test", "cloud", cloud_port),
+            records_path,
+        )
+        sampler = stack.enter_context(ResourceSampler(edge.pid))
+        test = stack.enter_context(_started(tb, "test", test_argv, rundir, pipe_stdout=False))
+        _wait_test(tb, test, [edge, cloud], cfg.run_timeout_s)
+    duration = time.monotonic() - started
+    try:
+        records = json.loads(records_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NodeFailure(
+            "test", f"exited 0 but its records file {records_path} is unreadable: {exc}"
+        ) from exc
+    overall = records.get("overall", {}) if isinstance(records, dict) else {}
+    idx, in_window = sampler.window(int(overall.get("first_send_ns", 0)), int(overall.get("last_recv_ns", 0)))
+    if cfg.calibrate:
+        # Best of before and after: the calibration is the machine's speed, not its momentary load.
+        after = calibrate()
+        calibration_ms = min(after, calibration_ms) if calibration_ms is not None else after
+    run = results_mod.build_run(
+        index,
+        records,
+        cpu_percent=[sampler.cpu_percent[i] for i in idx],
+        rss_mib=[sampler.rss_mib[i] for i in idx],
+        duration_s=duration,
+        calibration_ms=calibration_ms,
+    )
+    # Samples inside the measured phase (by the shared monotonic clock) exclude start-up and warm-up.
+    run["edge_resources_window"] = "measured-phase" if in_window else "whole-run"
+    run["host_other_cpu_percent"] = results_mod.resource_summary([sampler.host_other_percent[i] for i in idx])
+    return run
+
+
+def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``config`` block of the results file."""
+    cfg = plan.config
+    applied = {"edge_cloud": {}, "test_edge": {}, **{k: dict(v) for k, v in tb.applied.items()}}
+    limits = plan.edge_limits
+    mechanism = getattr(tb, "edge_limits_mechanism", None)
+    return {
+        "model": cfg.model,
+        "name": cfg.name,
+        "exit": cfg.exit,
+        "threshold": cfg.threshold,
+        "batch_size": cfg.batch_size,
+        "dataset": cfg.dataset,
+        "data_dir": str(cfg.data_dir) if cfg.data_dir else None,
+        "samples": runs[0]["summary"]["samples"],
+        "samples_requested": plan.samples,
+        "warmup_batches": cfg.warmup_batches,
+        "inflight": cfg.inflight,
+        "repeat": cfg.repeat,
+        "seed": cfg.seed,
+        "checkpoint": str(plan.checkpoint),
+        "checkpoint_sha256": plan.checkpoint_sha256,
+        "links": {
+            "edge_cloud": plan.edge_cloud.describe(),
+            "test_edge": plan.test_edge.describe() if plan.test_edge is not None else None,
+        },
+        "link_requested": requested_params(cfg),
+        "link_backend": applied,
+        "not_applied": list(tb.not_applied),
+        "edge_limits": {
+            **(limits.describe() if limits else {"cpus": None, "cpuset": None, "memory": None}),
+            "mechanism": mechanism if limits else None,
+        },
+        "isolation": tb.isolation,
+        "request": config_to_dict(cfg),
+    }
+
+
+def new_prefix() -> str:
+    """Per-run prefix carried by every namespace, link, qdisc and cgroup: ``lx`` + 6 hex digits."""
+    return "lx" + secrets.token_hex(3)
+
+
+def run_experiment(
+    cfg: RunConfig,
+    *,
+    testbed_factory: TestbedFactory | None = None,
+    commands: NodeCommands | None = None,
+    workdir: Path | None = None,
+    notify: Callable[[str], None] | None = None,
+    on_run: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``cfg.repeat`` runs and return the validated results object (not yet written).
+
+    ``notify`` receives notices meant for the user (isolation fallback, what is not applied).
+    Logs of the nodes go to ``workdir`` (a temporary directory by default, removed after a complete
+    run and kept, with its path in the error, after a failed one).
+    """
+    plan = prepare(cfg)
+    environment = collect_environment()
+    factory = testbed_factory or netem.make_testbed
+    own_workdir = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="localexit-")) if workdir is None else workdir
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(workdir=work, commands=commands or NodeCommands())
+    tb_config = netem.TestbedConfig(
+        prefix=new_prefix(),
+        edge_cloud=plan.edge_cloud,
+        test_edge=plan.test_edge,
+        edge_limits=plan.edge_limits,
+    )
+    runs: list[dict[str, Any]] = []
+    ok = False
+    try:
+        with factory(tb_config, isolation=cfg.isolation) as tb:
+            for notice in check_applied(cfg, tb):
+                if notify:
+                    notify(notice)
+            if tb.isolation != "netns" and notify and not tb.not_applied:
+                notify(f"isolation={tb.isolation}: nodes share the host's network stack")
+            for index in range(cfg.repeat):
+                run = run_once(plan, tb, index, ctx)
+                runs.append(run)
+                if on_run:
+                    on_run(run)
+            config = results_config(plan, tb, runs)
+        results = results_mod.build_results(config, environment, runs)
+        ok = True
+        return results
+    finally:
+        if own_workdir and (ok or not any(work.rglob("*.log"))):
+            shutil.rmtree(work, ignore_errors=True)
+        elif own_workdir:
+            logger.warning("node logs kept in %s", work)

@@ -1,0 +1,186 @@
+"""Sweeps: one run per point of models × exits × thresholds × links, one results file per point.
+
+Resumable: a point whose results file exists, validates and was measured with the same request is
+skipped, so an interrupted sweep picks up where it stopped. ``sweep.json`` in the output directory (the
+manifest) lists every point with its status and is rewritten atomically after each point.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from models.errors import LocalExitError
+
+from .config import LOCAL_EXITS, LinkOptions, RunConfig, config_to_dict
+from .errors import ConfigError, NodeFailure, ResultsError
+from .results import load_results, write_json_atomic, write_results
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA = "localexit-sweep/1"
+MANIFEST_NAME = "sweep.json"
+PAPER_THRESHOLDS = (0.1, 0.3, 0.5, 0.8)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The grid. ``base`` carries every option that does not vary (data, samples, repeats, limits...)."""
+
+    base: RunConfig
+    models: tuple[str, ...]
+    exits: tuple[int, ...]
+    thresholds: tuple[float, ...]
+    links: tuple[LinkOptions, ...]
+
+    def __post_init__(self) -> None:
+        if not self.models or not self.thresholds or not self.links:
+            raise ValueError("a sweep needs at least one model, threshold and link")
+        if any(m in ("sem", "mem") for m in self.models) and not self.exits:
+            raise ValueError("sem and mem need at least one exit (--exits)")
+        bad = [k for k in self.exits if k not in LOCAL_EXITS]
+        if bad:
+            raise ValueError(f"exits {bad} are out of range 1..{LOCAL_EXITS[-1]}")
+
+    def points(self) -> list[RunConfig]:
+        """Every point as a full ``RunConfig``; ``standard`` has no exit and one point per link."""
+        out: list[RunConfig] = []
+        for link in self.links:
+            for model in self.models:
+                if model == "standard":
+                    out.append(self.base.replace(model=model, exit=None, edge_cloud=link))
+                    continue
+                for exit_ in self.exits:
+                    for threshold in self.thresholds:
+                        out.append(
+                            self.base.replace(model=model, exit=exit_, threshold=threshold, edge_cloud=link)
+                        )
+        return out
+
+    @classmethod
+    def paper(cls, base: RunConfig, links: Sequence[LinkOptions] | None = None) -> SweepSpec:
+        """The paper's grid: SEM-1…8 and MEM at exits 1…8, T ∈ {0.1, 0.3, 0.5, 0.8}."""
+        return cls(base, ("sem", "mem"), LOCAL_EXITS, PAPER_THRESHOLDS, tuple(links or (base.edge_cloud,)))
+
+
+def point_path(out_dir: Path, cfg: RunConfig) -> Path:
+    return out_dir / "points" / f"{cfg.label()}.json"
+
+
+def is_done(path: Path, cfg: RunConfig) -> bool:
+    """True when ``path`` holds complete, valid results for exactly this request."""
+    if not path.is_file():
+        return False
+    try:
+        data = load_results(path)
+    except ResultsError as exc:
+        logger.warning("re-running %s: %s", path.name, exc)
+        return False
+    return bool(data["config"].get("request") == config_to_dict(cfg))
+
+
+@dataclass
+class SweepOutcome:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+RunPoint = Callable[[RunConfig], dict[str, Any]]
+Check = Callable[[RunConfig], object]
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: Path,
+    run_point: RunPoint,
+    *,
+    preflight: Check | None = None,
+    progress: bool = True,
+    keep_going: bool = True,
+) -> SweepOutcome:
+    """Run every point not yet done; write one results file per point and the manifest after each."""
+    points = spec.points()
+    labels = [p.label() for p in points]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("two sweep points would share a results file; check for duplicate values")
+    if preflight is not None:
+        # Catch a missing checkpoint or dataset before hours of running, not at point 37.
+        for cfg in points:
+            preflight(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    status = {label: "pending" for label in labels}
+    errors: dict[str, str] = {}
+    for cfg in points:
+        if is_done(point_path(out_dir, cfg), cfg):
+            status[cfg.label()] = "done"
+
+    def save_manifest() -> None:
+        write_json_atomic(
+            out_dir / MANIFEST_NAME,
+            {
+                "schema": MANIFEST_SCHEMA,
+                "points": [
+                    {
+                        "label": label,
+                        "file": str(point_path(out_dir, cfg).relative_to(out_dir)),
+                        "status": status[label],
+                        "error": errors.get(label),
+                        "request": config_to_dict(cfg),
+                    }
+                    for label, cfg in zip(labels, points, strict=True)
+                ],
+            },
+        )
+
+    outcome = SweepOutcome(skipped=sum(1 for s in status.values() if s == "done"))
+    save_manifest()
+    started = time.monotonic()
+    todo = [cfg for cfg in points if status[cfg.label()] != "done"]
+    bar = tqdm(
+        total=len(points),
+        initial=outcome.skipped,
+        unit="point",
+        desc="sweep",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        for cfg in todo:
+            label = cfg.label()
+            bar.set_postfix_str(label)
+            try:
+                results = run_point(cfg)
+                write_results(point_path(out_dir, cfg), results)
+                status[label] = "done"
+                outcome.done += 1
+            except NodeFailure as exc:
+                status[label] = "failed"
+                errors[label] = str(exc)
+                outcome.failed += 1
+                bar.write(f"point {label} failed: {exc}")
+                if not keep_going:
+                    raise
+            except LocalExitError:
+                status[label] = "failed"
+                raise
+            finally:
+                save_manifest()
+            bar.update(1)
+    finally:
+        bar.close()
+        outcome.seconds = time.monotonic() - started
+    return outcome

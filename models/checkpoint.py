@@ -1,0 +1,129 @@
+"""Checkpoints that load without executing code, and the shipped zoo.
+
+A checkpoint is a ``torch.save`` of plain data only — format tag, model config, dataset, training
+metadata and the state dict — so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.cnn import ModelConfig, MultiExitCNN, build_model
+from models.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "localexit-checkpoint/1"
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself."""
+
+    path: Path
+    config: ModelConfig
+    dataset: str
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    model: MultiExitCNN, path: str | Path, *, dataset: str, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file + rename). ``extra`` must be plain JSON-like data."""
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "dataset": dataset,
+        "extra": dict(extra or {}),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[MultiExitCNN, CheckpointMeta]:
+    """Load a checkpoint into a model in eval mode; raises :class:`CheckpointError` with the reason."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} not found; train one with `python -m harness train` or omit --checkpoint "
+            "to use the shipped one"
+        ) from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+    try:
+        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"{path} is not a loadable checkpoint (corrupt, or not one of ours): {exc}"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {got!r})")
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+        model = build_model(config)
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the weights do not match the stored model config: {exc}") from exc
+    model.eval()
+    meta = CheckpointMeta(
+        path=path,
+        config=config,
+        dataset=str(payload.get("dataset", "")),
+        sha256=hashlib.sha256(blob).hexdigest(),
+        extra=dict(payload.get("extra") or {}),
+    )
+    return model, meta
+
+
+def zoo_name(kind: str, exit: int | None) -> str:
+    """File stem of a shipped checkpoint: ``standard``, ``sem-3`` or ``mem``."""
+    return f"sem-{exit}" if kind == "sem" else kind
+
+
+def default_checkpoint(kind: str, exit: int | None, dataset: str = "fashion-mnist") -> Path:
+    """Path of the shipped checkpoint for a model choice (trained on ``dataset``)."""
+    path = ZOO_DIR / dataset / f"{zoo_name(kind, exit)}.pt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"no shipped {zoo_name(kind, exit)} checkpoint for {dataset} at {path}; train one with "
+            f"`python -m harness train --model {kind}{f' --exit {exit}' if kind == 'sem' else ''} "
+            f"--dataset {dataset}` and pass it with --checkpoint"
+        )
+    return path
+
+
+def check_matches(meta: CheckpointMeta, kind: str, exit: int | None, dataset: str | None = None) -> None:
+    """Refuse a checkpoint that is not the model (or dataset) the user asked for."""
+    cfg = meta.config
+    if cfg.kind != kind or (kind == "sem" and cfg.exit != exit):
+        raise CheckpointError(
+            f"{meta.path} holds a {cfg.name} model, but --model {kind}"
+            f"{f' --exit {exit}' if exit is not None else ''} was asked for"
+        )
+    if kind == "mem" and exit is not None and exit not in cfg.local_exits:
+        raise CheckpointError(f"{meta.path}: exit {exit} is not among its exits {cfg.local_exits}")
+    if dataset is not None and meta.dataset and meta.dataset != dataset:
+        raise CheckpointError(f"{meta.path} was trained on {meta.dataset}, not on {dataset}")

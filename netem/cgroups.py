@@ -1,0 +1,174 @@
+"""The edge device's CPU quota, CPU set and memory limit, as a cgroup (v1 controllers or v2 unified).
+
+The plan (which directories, which files get which values) is pure data built by ``plan_cgroup``; the
+``EdgeCgroup`` object applies it, puts processes in it before they exec (``preexec_fn``), and removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from netem.errors import CapabilityError, NetemError
+from netem.spec import EdgeLimits, cpuset_cpus
+
+logger = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CFS_PERIOD_US = 100_000
+"""The kernel's default CFS period (100 ms); the quota is ``cpus`` times it."""
+
+
+@dataclass(frozen=True)
+class CgroupPlan:
+    version: str
+    dirs: tuple[Path, ...]  # created in this order, removed in reverse
+    writes: tuple[tuple[Path, str], ...]  # (file, value), in order
+    enable: tuple[tuple[Path, str], ...] = ()  # v2: subtree_control writes in the parent
+
+    @property
+    def procs_files(self) -> tuple[Path, ...]:
+        return tuple(d / "cgroup.procs" for d in self.dirs)
+
+
+def plan_cgroup(name: str, limits: EdgeLimits, version: str, root: Path = CGROUP_ROOT) -> CgroupPlan:
+    """Directories and file writes that give the cgroup ``name`` these limits (pure: touches nothing)."""
+    writes: list[tuple[Path, str]] = []
+    if version == "v1":
+        dirs: list[Path] = []
+        if limits.cpus is not None:
+            d = root / "cpu" / name
+            dirs.append(d)
+            writes += [(d / "cpu.cfs_period_us", str(CFS_PERIOD_US)),
+                       (d / "cpu.cfs_quota_us", str(round(limits.cpus * CFS_PERIOD_US)))]
+        if limits.cpuset is not None:
+            d = root / "cpuset" / name
+            dirs.append(d)
+            # a v1 cpuset takes no task until both cpus and mems are set; mems are copied from the parent
+            mems = _read(root / "cpuset" / "cpuset.mems") or "0"
+            writes += [(d / "cpuset.cpus", limits.cpuset), (d / "cpuset.mems", mems)]
+        if limits.memory_bytes is not None:
+            d = root / "memory" / name
+            dirs.append(d)
+            writes.append((d / "memory.limit_in_bytes", str(limits.memory_bytes)))
+        return CgroupPlan("v1", tuple(dirs), tuple(writes))
+    if version == "v2":
+        d = root / name
+        need = [c for c, on in (("cpu", limits.cpus is not None), ("cpuset", limits.cpuset is not None),
+                                 ("memory", limits.memory_bytes is not None)) if on]
+        enable = ((root / "cgroup.subtree_control", " ".join(f"+{c}" for c in need)),) if need else ()
+        if limits.cpus is not None:
+            writes.append((d / "cpu.max", f"{round(limits.cpus * CFS_PERIOD_US)} {CFS_PERIOD_US}"))
+        if limits.cpuset is not None:
+            writes.append((d / "cpuset.cpus", limits.cpuset))
+        if limits.memory_bytes is not None:
+            writes.append((d / "memory.max", str(limits.memory_bytes)))
+        return CgroupPlan("v2", (d,), tuple(writes), enable)
+    raise ValueError(f"unknown cgroup version {version!r}")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def available_cpus(version: str, root: Path = CGROUP_ROOT) -> list[int] | None:
+    f = root / "cpuset" / "cpuset.cpus" if version == "v1" else root / "cpuset.cpus.effective"
+    text = _read(f)
+    return cpuset_cpus(text) if text else None
+
+
+class EdgeCgroup:
+    """A created cgroup; ``enter`` (a ``preexec_fn``) moves the calling process into it."""
+
+    def __init__(self, plan: CgroupPlan) -> None:
+        self.plan = plan
+        self._created: list[Path] = []
+
+    @classmethod
+    def create(cls, name: str, limits: EdgeLimits, version: str | None, root: Path = CGROUP_ROOT) -> EdgeCgroup:
+        if version is None:
+            raise CapabilityError(
+                "edge limits need cgroups with the cpu, cpuset and memory controllers (v1 or v2), "
+                "and root; none were found"
+            )
+        if limits.cpuset is not None:
+            have = available_cpus(version, root)
+            want = cpuset_cpus(limits.cpuset)
+            if have is not None and not set(want) <= set(have):
+                raise CapabilityError(f"cpuset {limits.cpuset!r} asks for CPUs this machine lacks (has {have})")
+        cg = cls(plan_cgroup(name, limits, version, root))
+        try:
+            cg._apply()
+        except BaseException:
+            cg.remove()
+            raise
+        return cg
+
+    def _apply(self) -> None:
+        for path, value in self.plan.enable:
+            _write(path, value)
+        for d in self.plan.dirs:
+            logger.info("mkdir %s", d)
+            try:
+                d.mkdir()
+            except OSError as exc:
+                raise NetemError(f"cannot create cgroup {d}: {exc.strerror}") from exc
+            self._created.append(d)
+        for path, value in self.plan.writes:
+            _write(path, value)
+
+    def enter(self) -> None:
+        """Move this process into every controller's cgroup (runs in the child before exec)."""
+        pid = str(os.getpid())
+        for f in self.plan.procs_files:
+            with open(f, "w") as fh:
+                fh.write(pid)
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for f in self.plan.procs_files:
+            out.update(int(x) for x in _read(f).split())
+        return sorted(out)
+
+    def remove(self, grace_s: float = 2.0) -> None:
+        """Kill what is still inside (all of it was started by this testbed), then remove the directories."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            pids = [p for d in self._created for p in _pids_of(d)]
+            if not pids or time.monotonic() > deadline:
+                break
+            for p in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, 9)
+            time.sleep(0.02)
+        errors = []
+        for d in reversed(self._created):
+            try:
+                d.rmdir()
+                logger.info("rmdir %s", d)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                errors.append(f"{d}: {exc.strerror}")
+        self._created.clear()
+        if errors:
+            raise NetemError("could not remove cgroup(s): " + "; ".join(errors))
+
+
+def _pids_of(d: Path) -> list[int]:
+    return [int(x) for x in _read(d / "cgroup.procs").split()]
+
+
+def _write(path: Path, value: str) -> None:
+    logger.info("write %s = %s", path, value)
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        raise NetemError(f"cannot write {value!r} to {path}: {exc.strerror}") from exc

@@ -1,0 +1,170 @@
+"""Names of everything a testbed creates, and removal of what killed runs left behind.
+
+Every object is named ``<prefix>-<suffix>`` with a suffix from a fixed list, so cleaning matches our
+own naming scheme exactly (``lx3f9a1c-edge``), never a broad pattern that could hit other software
+(an LXC bridge called ``lxcbr0`` does not match).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from netem import _proc
+from netem.errors import CommandError, NetemError
+from netem.executor import Executor
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("test", "edge", "cloud")
+DEV_SUFFIXES = ("te-t", "te-e", "ec-e", "ec-c")
+"""Link ends: test–edge on the test side / edge side, edge–cloud on the edge side / cloud side."""
+OWNED_SUFFIXES = (*ROLES, "probe", *DEV_SUFFIXES)
+CHILD_SUFFIXES = ("te", "ec", "rl")
+"""Labels of our own child processes: delay lines of each link, relays."""
+CHILD_MODULES = ("netem.run_delayline", "netem.run_relay")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+FAMILY = "lx"
+
+
+def ns_name(prefix: str, role: str) -> str:
+    return f"{prefix}-{role}"
+
+
+def dev_name(prefix: str, link: str, end: str) -> str:
+    """``link`` is ``te`` or ``ec``; ``end`` is the first letter of the node that holds the device."""
+    return f"{prefix}-{link}-{end}"
+
+
+def cgroup_name(prefix: str) -> str:
+    return f"{prefix}-edge"
+
+
+def _check_prefix(prefix: str) -> None:
+    if not re.fullmatch(r"lx[0-9a-z]{0,8}", prefix):
+        raise NetemError(
+            f"clean prefix {prefix!r} must be 'lx' or a run prefix such as 'lx3f9a1c'; "
+            "other names are not this project's"
+        )
+
+
+def owned_pattern(prefix: str, suffixes: tuple[str, ...] = OWNED_SUFFIXES) -> re.Pattern[str]:
+    alts = "|".join(re.escape(s) for s in suffixes)
+    return re.compile(rf"^{re.escape(prefix)}[0-9a-z]*-(?:{alts})$")
+
+
+def _netns_list(ex: Executor) -> list[str]:
+    r = ex.run(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+
+
+def _root_links(ex: Executor) -> list[str]:
+    r = ex.run(["ip", "-o", "link", "show"], check=False)
+    names = []
+    for line in r.stdout.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) >= 2:
+            names.append(parts[1].strip().split("@")[0])
+    return names
+
+
+def _cgroup_dirs(prefix: str, root: Path) -> list[Path]:
+    pat = owned_pattern(prefix, ("edge",))
+    found = []
+    for parent in (root, root / "cpu", root / "cpuset", root / "memory", root / "cpu,cpuacct"):
+        if parent.is_dir() and not parent.is_symlink():
+            found += [d for d in parent.iterdir() if d.is_dir() and pat.match(d.name)]
+    return sorted(set(found))
+
+
+def _child_pids(prefix: str) -> list[int]:
+    """Our delay lines and relays: argv ``python -m netem.run_delayline --label <prefix>-ec ...``."""
+    pat = owned_pattern(prefix, CHILD_SUFFIXES)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if "-m" not in args or "--label" not in args:
+            continue
+        module = args[args.index("-m") + 1] if args.index("-m") + 1 < len(args) else ""
+        label = args[args.index("--label") + 1] if args.index("--label") + 1 < len(args) else ""
+        if module in CHILD_MODULES and pat.match(label) and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
+    return pids
+
+
+def find_leftovers(prefix: str = FAMILY, *, cgroup_root: Path = CGROUP_ROOT) -> list[str]:
+    """What a run with this prefix (or the whole ``lx`` family) left: ``"netns lx1a2b3c-edge"``, ..."""
+    _check_prefix(prefix)
+    ex = Executor()
+    pat = owned_pattern(prefix)
+    out = [f"netns {n}" for n in _netns_list(ex) if pat.match(n)]
+    out += [f"link {n}" for n in _root_links(ex) if pat.match(n)]
+    out += [f"cgroup {d}" for d in _cgroup_dirs(prefix, cgroup_root)]
+    out += [f"process {p}" for p in _child_pids(prefix)]
+    return out
+
+
+def clean(prefix_glob: str = FAMILY, *, cgroup_root: Path = CGROUP_ROOT) -> list[str]:
+    """Remove leftovers of killed runs whose names follow our scheme under ``prefix_glob``.
+
+    ``prefix_glob`` is a name prefix, not a shell glob: ``"lx"`` cleans every run of this project,
+    ``"lx3f9a1c"`` only that run. Processes still inside our namespaces or cgroups were started by the
+    dead run and are killed by PID. Returns what was removed; raises ``NetemError`` listing what could not be.
+    """
+    prefix = prefix_glob.rstrip("*")
+    _check_prefix(prefix)
+    if os.geteuid() != 0:
+        raise NetemError("clean needs root (namespaces and cgroups belong to root); run it with sudo")
+    ex = Executor()
+    removed: list[str] = []
+    failed: list[str] = []
+    for pid in _child_pids(prefix):
+        if _proc.kill_pid(pid):
+            removed.append(f"process {pid}")
+    pat = owned_pattern(prefix)
+    for ns in _netns_list(ex):
+        if not pat.match(ns):
+            continue
+        pids = ex.run(["ip", "netns", "pids", ns], check=False).stdout.split()
+        for p in pids:
+            if _proc.kill_pid(int(p)):
+                removed.append(f"process {p} (in {ns})")
+        try:
+            ex.run(["ip", "netns", "del", ns])
+            removed.append(f"netns {ns}")
+        except CommandError as exc:
+            failed.append(str(exc))
+    for link in _root_links(ex):
+        if pat.match(link):
+            try:
+                ex.run(["ip", "link", "del", link])
+                removed.append(f"link {link}")
+            except CommandError as exc:
+                failed.append(str(exc))
+    for d in sorted(_cgroup_dirs(prefix, cgroup_root), key=lambda p: len(p.parts), reverse=True):
+        for _ in range(100):
+            pids = (d / "cgroup.procs").read_text().split() if (d / "cgroup.procs").exists() else []
+            if not pids:
+                break
+            for p in pids:
+                _proc.kill_pid(int(p))
+            time.sleep(0.02)
+        try:
+            d.rmdir()
+            removed.append(f"cgroup {d}")
+        except OSError as exc:
+            failed.append(f"cgroup {d}: {exc.strerror}")
+    for item in removed:
+        logger.info("removed %s", item)
+    if failed:
+        raise NetemError("clean could not remove: " + "; ".join(failed))
+    return removed

@@ -1,0 +1,236 @@
+"""A packet-level delay line between two TUN devices (the Mahimahi way), for kernels without ``sch_netem``.
+
+Each TUN device sits in one namespace; its file descriptor stays with this process. Every IP packet
+read from one descriptor is written into the other after the one-way delay (plus jitter), or dropped
+with the loss probability. TCP in the namespaces therefore sees the real round trip: handshake, data
+and ACKs all cross the line. Rate stays in the kernel (tbf/htb on the TUN's egress, before the line).
+
+Jitter is uniform in [delay − jitter, delay + jitter] like netem's default, but packet order is kept
+(a packet never leaves before the one ahead of it), unlike netem, which reorders; ``--reorder`` gives
+netem's behaviour. Loss is independent per packet in each direction (netem's ``loss random``).
+
+Timing: one ``select()`` loop with microsecond timeouts and 1 ns timer slack; no sleeps.
+Run as ``python -m netem.run_delayline --fd-a N --fd-b M --delay-us D ...`` by the testbed, which owns it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import fcntl
+import heapq
+import json
+import os
+import random
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from netem import _proc
+
+if TYPE_CHECKING:  # the child process must not import netem.spec: it pulls in models (torch)
+    from netem.spec import LinkSpec
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+MAX_PACKET = 65535
+READ_BATCH = 64
+"""Packets read per descriptor per wake-up: amortises select() without starving the other direction."""
+MAX_QUEUED = 20_000
+"""Packets held per direction (~30 MB); the kernel's rate limiter upstream keeps the line far below it."""
+EARLY_NS = 10_000
+"""Release packets up to 10 µs early rather than pay another select() for a wake-up that short."""
+
+
+def open_tun(name: str) -> int:
+    """Create TUN device ``name`` (layer 3, no packet-info header) and return its non-blocking fd."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass(frozen=True)
+class DelayLineParams:
+    delay_ns: int = 0
+    jitter_ns: int = 0
+    loss: float = 0.0
+    reorder: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.delay_ns < 0 or self.jitter_ns < 0:
+            raise ValueError("delay and jitter must not be negative")
+        if not 0 <= self.loss < 1:
+            raise ValueError("loss must be within [0, 1)")
+
+    @classmethod
+    def from_spec(cls, spec: LinkSpec, *, seed: int = 0, reorder: bool = False) -> DelayLineParams:
+        return cls(round(spec.delay_s * 1e9), round(spec.jitter_s * 1e9), spec.loss, reorder, seed)
+
+
+@dataclass
+class DirectionStats:
+    forwarded: int = 0
+    lost: int = 0  # dropped on purpose (loss probability)
+    overflow: int = 0  # dropped because MAX_QUEUED packets were waiting
+    write_errors: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class Stats:
+    a_to_b: DirectionStats = field(default_factory=DirectionStats)
+    b_to_a: DirectionStats = field(default_factory=DirectionStats)
+
+
+class _Direction:
+    """Packets read from one fd, waiting for their release time before being written to the other."""
+
+    def __init__(self, out_fd: int, params: DelayLineParams, rng: random.Random, stats: DirectionStats):
+        self.out_fd = out_fd
+        self.p = params
+        self.rng = rng
+        self.stats = stats
+        self.fifo: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.heap: list[tuple[int, int, bytes]] = []
+        self.last_release = 0
+        self.seq = 0
+
+    def __len__(self) -> int:
+        return len(self.heap) if self.p.reorder else len(self.fifo)
+
+    def push(self, now: int, pkt: bytes) -> None:
+        p = self.p
+        if p.loss and self.rng.random() < p.loss:
+            self.stats.lost += 1
+            return
+        if len(self) >= MAX_QUEUED:
+            self.stats.overflow += 1
+            return
+        d = p.delay_ns
+        if p.jitter_ns:
+            d = max(0, d + round(self.rng.uniform(-p.jitter_ns, p.jitter_ns)))
+        release = now + d
+        if p.reorder:
+            self.seq += 1
+            heapq.heappush(self.heap, (release, self.seq, pkt))
+        else:
+            release = max(release, self.last_release)
+            self.last_release = release
+            self.fifo.append((release, pkt))
+
+    def next_due(self) -> int | None:
+        if self.p.reorder:
+            return self.heap[0][0] if self.heap else None
+        return self.fifo[0][0] if self.fifo else None
+
+    def flush(self, now: int) -> None:
+        limit = now + EARLY_NS
+        while True:
+            due = self.next_due()
+            if due is None or due > limit:
+                return
+            pkt = heapq.heappop(self.heap)[2] if self.p.reorder else self.fifo.popleft()[1]
+            try:
+                os.write(self.out_fd, pkt)
+            except OSError:
+                self.stats.write_errors += 1
+            else:
+                self.stats.forwarded += 1
+                self.stats.bytes += len(pkt)
+
+
+def run(fd_a: int, fd_b: int, params: DelayLineParams, stats: Stats, on_ready: Callable[[], None]) -> None:
+    """Forward packets between ``fd_a`` and ``fd_b`` until a signal handler raises (SystemExit)."""
+    rng = random.Random(params.seed)
+    to_b = _Direction(fd_b, params, rng, stats.a_to_b)
+    to_a = _Direction(fd_a, params, rng, stats.b_to_a)
+    route = {fd_a: to_b, fd_b: to_a}
+    fds = [fd_a, fd_b]
+    clock = time.monotonic_ns
+    on_ready()
+    while True:
+        now = clock()
+        to_b.flush(now)
+        to_a.flush(now)
+        dues = [d for d in (to_b.next_due(), to_a.next_due()) if d is not None]
+        timeout = max(0.0, (min(dues) - now) / 1e9) if dues else None
+        readable, _, _ = select.select(fds, [], [], timeout)
+        now = clock()
+        for fd in readable:
+            direction = route[fd]
+            for _ in range(READ_BATCH):
+                try:
+                    pkt = os.read(fd, MAX_PACKET)
+                except BlockingIOError:
+                    break
+                except OSError:  # device going away during teardown
+                    return
+                direction.push(now, pkt)
+
+
+def start(fd_a: int, fd_b: int, params: DelayLineParams, *, label: str, timeout_s: float = 10.0
+          ) -> subprocess.Popen[str]:
+    """Start the delay line as an owned child holding ``fd_a``/``fd_b``; returns once it is forwarding.
+
+    The child dies with its parent (PDEATHSIG), and with it the TUN devices, so a killed harness leaves
+    no delay line behind. ``label`` (e.g. ``lx1a2b3c-ec``) tags the command line for ``clean``.
+    """
+    argv = [sys.executable, "-m", "netem.run_delayline", "--label", label, "--fd-a", str(fd_a),
+            "--fd-b", str(fd_b), "--delay-ns", str(params.delay_ns), "--jitter-ns", str(params.jitter_ns),
+            "--loss", repr(params.loss), "--seed", str(params.seed)]
+    if params.reorder:
+        argv.append("--reorder")
+    proc = subprocess.Popen(
+        argv, pass_fds=(fd_a, fd_b), stdout=subprocess.PIPE, text=True, preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
+    )
+    _proc.wait_ready(proc, f"delay line {label}", timeout_s)
+    return proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m netem.run_delayline", description=__doc__.splitlines()[0])
+    ap.add_argument("--label", required=True, help="owner tag, e.g. <prefix>-ec")
+    ap.add_argument("--fd-a", type=int, required=True)
+    ap.add_argument("--fd-b", type=int, required=True)
+    ap.add_argument("--delay-ns", type=int, default=0)
+    ap.add_argument("--jitter-ns", type=int, default=0)
+    ap.add_argument("--loss", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reorder", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        params = DelayLineParams(args.delay_ns, args.jitter_ns, args.loss, args.reorder, args.seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _proc.fine_timer_slack()
+    stats = Stats()
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C reaches the whole process group; the owner decides when the line stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def ready() -> None:
+        print("READY", flush=True)
+
+    try:
+        run(args.fd_a, args.fd_b, params, stats, ready)
+    finally:
+        print(json.dumps({"stats": asdict(stats)}), flush=True)
+    return 0
+

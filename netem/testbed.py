@@ -1,0 +1,415 @@
+"""The testbed: test, edge and cloud nodes in their own namespaces, joined by shaped links.
+
+Topology (``X`` is derived from the prefix; the addresses exist only inside our namespaces)::
+
+    <p>-test  10.77.X.1/30 ──te── 10.77.X.2/30  <p>-edge  10.77.X.5/30 ──ec── 10.77.X.6/30  <p>-cloud
+
+The edge forwards (``ip_forward=1``), so test↔cloud traffic crosses both links. A link is a veth pair
+when the kernel can apply all of its spec; when it lacks ``sch_netem`` and the spec has delay, jitter
+or loss, the link is a pair of TUN devices with the user-space delay line between them. Rate is always
+shaped by tbf/htb on the egress of both ends. Without namespaces (no root), nodes share 127.0.0.1 and
+shaped paths go through a TCP relay; what that cannot do is listed in ``not_applied``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from netem import delayline, relay
+from netem._proc import stop_process
+from netem.cgroups import EdgeCgroup
+from netem.cleanup import ROLES, cgroup_name, dev_name, ns_name
+from netem.errors import CapabilityError, CommandError, NetemError
+from netem.executor import Executor
+from netem.probe import Capabilities, probe_capabilities
+from netem.spec import LinkSpec, TestbedConfig
+from netem.tc import ShapingPlan, plan_link_end, qdisc_del_argv
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+ISOLATIONS = ("netns", "loopback", "auto")
+
+
+@dataclass(frozen=True)
+class _Link:
+    name: str  # "test_edge" | "edge_cloud"
+    short: str  # "te" | "ec"
+    a: str  # node on one side
+    b: str
+    spec: LinkSpec
+    addr_a: str
+    addr_b: str
+
+
+def subnet_octet(prefix: str) -> int:
+    """Third octet of the run's 10.77.X.0/29, from the prefix (stable, 1..254)."""
+    return int(hashlib.sha256(prefix.encode()).hexdigest(), 16) % 254 + 1
+
+
+def _links(config: TestbedConfig) -> list[_Link]:
+    x = subnet_octet(config.prefix)
+    return [
+        _Link("test_edge", "te", "test", "edge", config.test_edge or LinkSpec(), f"10.77.{x}.1", f"10.77.{x}.2"),
+        _Link("edge_cloud", "ec", "edge", "cloud", config.edge_cloud, f"10.77.{x}.5", f"10.77.{x}.6"),
+    ]
+
+
+class Testbed:
+    """Brings the topology up in ``__enter__`` and down, in reverse order, in ``__exit__``.
+
+    ``applied`` maps each link to the mechanism that applied each parameter; ``not_applied`` lists in
+    plain words what was asked but not applied (loopback mode only: in namespaces an unapplicable
+    parameter is refused with ``CapabilityError`` instead).
+    """
+
+    __test__ = False
+
+    def __init__(self, config: TestbedConfig, isolation: str, caps: Capabilities,
+                 executor: Executor | None = None) -> None:
+        self.config = config
+        self.isolation = isolation
+        self.caps = caps
+        self.ex = executor or Executor()
+        self.applied: dict[str, dict[str, str]] = {"test_edge": {}, "edge_cloud": {}}
+        self.not_applied: list[str] = []
+        self.edge_limits_mechanism: str | None = None
+        self.delay_line_stats: dict[str, Any] = {}
+        self._links = _links(config)
+        self._plans: dict[str, tuple[ShapingPlan, ShapingPlan]] = {}
+        self._undo: list[tuple[str, Callable[[], object]]] = []
+        self._procs: list[subprocess.Popen[Any]] = []
+        self._owned: dict[str, subprocess.Popen[str]] = {}  # delay lines and relays, by label
+        self._relays: dict[tuple[str, str, int], int] = {}
+        self._cgroup: EdgeCgroup | None = None
+        self._up = False
+        if isolation == "netns":
+            self._plan_netns()
+
+    # ---------------------------------------------------------------- planning (no side effects)
+    def _plan_netns(self) -> None:
+        p = self.config.prefix
+        for link in self._links:
+            plans = (plan_link_end(dev_name(p, link.short, link.a[0]), link.spec, self.caps.qdiscs,
+                                   netns=ns_name(p, link.a)),
+                     plan_link_end(dev_name(p, link.short, link.b[0]), link.spec, self.caps.qdiscs,
+                                   netns=ns_name(p, link.b)))
+            if plans[0].userspace and not self.caps.tun:
+                raise CapabilityError(
+                    f"{link.name}: the kernel has no netem qdisc and /dev/net/tun is unavailable, so "
+                    f"{', '.join(plans[0].userspace)} cannot be applied; refusing to run unshaped"
+                )
+            self._plans[link.name] = plans
+            self.applied[link.name] = dict(plans[0].applied)
+            for param in plans[0].userspace:
+                self.applied[link.name][param] = "tun-delay-line"
+        limits = self.config.edge_limits
+        if limits is not None and limits.any and self.caps.cgroup is None:
+            raise CapabilityError("edge limits need cgroups (v1 cpu/cpuset/memory or v2), which were not found")
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self) -> Testbed:
+        self.up()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.close()
+        except NetemError:
+            if exc is None:
+                raise
+            logger.exception("teardown failed while handling another error")
+
+    def up(self) -> None:
+        if self._up:
+            raise NetemError("testbed is already up")
+        self._up = True
+        try:
+            if self.isolation == "netns":
+                self._up_netns()
+            else:
+                self._up_loopback()
+            self._up_cgroup()
+        except BaseException:
+            with contextlib.suppress(NetemError):
+                self.close()
+            raise
+        logger.info("testbed %s up (%s): applied=%s not_applied=%s", self.config.prefix, self.isolation,
+                    self.applied, self.not_applied)
+
+    def _push(self, what: str, fn: Callable[[], object]) -> None:
+        self._undo.append((what, fn))
+
+    def close(self) -> None:
+        """Stop our processes, then undo every step in reverse; keeps going past failures and Ctrl-C."""
+        errors: list[str] = []
+        interrupted: BaseException | None = None
+        steps: list[tuple[str, Callable[[], object]]] = [("stop node processes", self._stop_procs)]
+        steps += reversed(self._undo)
+        self._undo = []
+        for what, fn in steps:
+            try:
+                fn()
+            except Exception as exc:
+                errors.append(f"{what}: {exc}")
+            except BaseException as exc:  # KeyboardInterrupt mid-teardown: finish, then re-raise
+                interrupted = interrupted or exc
+        self._up = False
+        if interrupted is not None:
+            raise interrupted
+        if errors:
+            raise NetemError("teardown incomplete (run `python -m harness clean`): " + "; ".join(errors))
+
+    def _stop_procs(self) -> None:
+        for proc in reversed(self._procs):
+            stop_process(proc)
+        self._procs.clear()
+
+    # ---------------------------------------------------------------- netns
+    def _up_netns(self) -> None:
+        p, ex = self.config.prefix, self.ex
+        for role in ROLES:
+            ns = ns_name(p, role)
+            ex.run(["ip", "netns", "add", ns])
+            self._push(f"delete netns {ns}", functools.partial(self.ex.run, ["ip", "netns", "del", ns]))
+            ex.run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            ex.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1"], check=False)
+        ex.run(["ip", "netns", "exec", ns_name(p, "edge"), "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for link in self._links:
+            self._up_link(link)
+        te, ec = self._links
+        ex.run(["ip", "-n", ns_name(p, "test"), "route", "add", f"{ec.addr_a.rsplit('.', 1)[0]}.4/30",
+                "via", te.addr_b])
+        ex.run(["ip", "-n", ns_name(p, "cloud"), "route", "add", f"{te.addr_a.rsplit('.', 1)[0]}.0/30",
+                "via", ec.addr_a])
+
+    def _up_link(self, link: _Link) -> None:
+        p, ex = self.config.prefix, self.ex
+        ns_a, ns_b = ns_name(p, link.a), ns_name(p, link.b)
+        dev_a, dev_b = dev_name(p, link.short, link.a[0]), dev_name(p, link.short, link.b[0])
+        plan_a, plan_b = self._plans[link.name]
+        if plan_a.userspace:
+            self._up_tun_pair(link, ns_a, ns_b, dev_a, dev_b)
+        else:
+            ex.run(["ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b,
+                    "netns", ns_b])
+            self._push(f"delete link {dev_a}", lambda: self._del_link(ns_a, dev_a))
+        for ns, dev, addr in ((ns_a, dev_a, link.addr_a), (ns_b, dev_b, link.addr_b)):
+            if not plan_a.userspace and link.spec.rate_bps is not None:
+                # one MTU-sized packet per skb: tbf then counts exactly what goes on the wire, instead of
+                # 64 KiB GSO super-packets it must split against a bucket sized for the rate
+                ex.run(["ip", "-n", ns, "link", "set", "dev", dev, "gso_max_segs", "1"])
+            ex.run(["ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev])
+            ex.run(["ip", "-n", ns, "link", "set", dev, "up"])
+        for ns, dev, plan in ((ns_a, dev_a, plan_a), (ns_b, dev_b, plan_b)):
+            if not plan.commands:
+                continue
+            self._push(f"delete qdisc on {dev}", functools.partial(self._del_qdisc, ns, dev))
+            for argv in plan.commands:
+                ex.run(argv)
+
+    def _up_tun_pair(self, link: _Link, ns_a: str, ns_b: str, dev_a: str, dev_b: str) -> None:
+        label = f"{self.config.prefix}-{link.short}"
+        try:
+            fd_a = delayline.open_tun(dev_a)
+        except OSError as exc:
+            raise CapabilityError(f"cannot create TUN device {dev_a}: {exc.strerror}") from exc
+        try:
+            fd_b = delayline.open_tun(dev_b)
+        except OSError as exc:
+            os.close(fd_a)
+            raise CapabilityError(f"cannot create TUN device {dev_b}: {exc.strerror}") from exc
+        try:
+            # the devices live as long as an fd holds them: ours until the delay line has its copies
+            self.ex.run(["ip", "link", "set", dev_a, "netns", ns_a])
+            self.ex.run(["ip", "link", "set", dev_b, "netns", ns_b])
+            seed = int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)
+            params = delayline.DelayLineParams.from_spec(link.spec, seed=seed)
+            proc = delayline.start(fd_a, fd_b, params, label=label)
+        finally:
+            os.close(fd_a)
+            os.close(fd_b)
+        self._owned[label] = proc
+        self._push(f"stop delay line {label}", lambda: self._stop_delay_line(link.name, label))
+
+    def _stop_delay_line(self, link_name: str, label: str) -> None:
+        proc = self._owned.pop(label)
+        stop_process(proc)
+        out = proc.stdout.read() if proc.stdout else ""
+        for line in out.splitlines():
+            with contextlib.suppress(ValueError):
+                self.delay_line_stats[link_name] = json.loads(line)["stats"]
+
+    def _del_link(self, ns: str, dev: str) -> None:
+        r = self.ex.run(["ip", "-n", ns, "link", "del", dev], check=False)
+        if r.returncode != 0 and "Cannot find device" not in r.stderr and "No such" not in r.stderr:
+            raise CommandError(r.argv, r.returncode, r.stderr)
+
+    def _del_qdisc(self, ns: str, dev: str) -> None:
+        r = self.ex.run(qdisc_del_argv(dev, netns=ns), check=False)
+        if r.returncode != 0 and "Cannot find device" not in r.stderr and "No such" not in r.stderr:
+            raise CommandError(r.argv, r.returncode, r.stderr)
+
+    # ---------------------------------------------------------------- loopback
+    def _up_loopback(self) -> None:
+        for link in self._links:
+            spec, applied = link.spec, self.applied[link.name]
+            for param, on in (("rate", spec.rate_bps is not None), ("delay", spec.delay_s > 0),
+                              ("jitter", spec.jitter_s > 0)):
+                if on:
+                    applied[param] = "tcp-relay"
+            if spec.delay_s > 0 or spec.jitter_s > 0:
+                self.not_applied.append(
+                    f"{link.name}: delay as TCP sees it (loopback mode: the relay delays data, not the "
+                    "handshake or ACKs; run as root for namespaces and a packet-level delay line)"
+                )
+            if spec.loss > 0:
+                self.not_applied.append(
+                    f"{link.name}: packet loss {spec.describe()['loss']} (a TCP relay cannot drop packets; "
+                    "run as root for namespaces)"
+                )
+
+    def _path_spec(self, src: str, dst: str) -> LinkSpec:
+        te, ec = (link.spec for link in self._links)
+        pair = {src, dst}
+        if pair == {"test", "edge"}:
+            return te
+        if pair == {"edge", "cloud"}:
+            return ec
+        return te.then(ec)
+
+    # ---------------------------------------------------------------- cgroup
+    def _up_cgroup(self) -> None:
+        limits = self.config.edge_limits
+        if limits is None or not limits.any:
+            return
+        if not self.caps.root or self.caps.cgroup is None:
+            self.not_applied.append(
+                f"edge limits {limits.describe()}: need root and cgroups; the edge runs without them"
+            )
+            return
+        self._cgroup = EdgeCgroup.create(cgroup_name(self.config.prefix), limits, self.caps.cgroup)
+        self.edge_limits_mechanism = f"cgroup-{self.caps.cgroup}"
+        cg = self._cgroup
+        self._push("remove edge cgroup", cg.remove)
+
+    # ---------------------------------------------------------------- the API nodes use
+    def _check_node(self, node: str) -> None:
+        if node not in ROLES:
+            raise ValueError(f"node must be one of {ROLES}, got {node!r}")
+
+    def bind_address(self, node: str) -> str:
+        """The IP ``node`` listens on (reachable from both other nodes)."""
+        self._check_node(node)
+        if self.isolation == "loopback":
+            return LOOPBACK
+        te, ec = self._links
+        return {"test": te.addr_a, "edge": te.addr_b, "cloud": ec.addr_b}[node]
+
+    def connect_address(self, src: str, dst: str, port: int) -> tuple[str, int]:
+        """Where ``src`` reaches ``dst``'s listener on ``port``; in loopback mode maybe a shaping relay."""
+        self._check_node(src)
+        self._check_node(dst)
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {port}")
+        if self.isolation == "netns" or src == dst:
+            return self.bind_address(dst), port
+        spec = self._path_spec(src, dst)
+        if spec.rate_bps is None and spec.delay_s == 0 and spec.jitter_s == 0:
+            return LOOPBACK, port
+        key = (src, dst, port)
+        if key not in self._relays:
+            if not self._up:
+                raise NetemError("the testbed is not up")
+            label = f"{self.config.prefix}-rl"
+            proc, relay_port = relay.start(relay.RelayParams.from_spec(spec), (LOOPBACK, port), label=label)
+            self._owned[f"{label}{len(self._relays)}"] = proc
+            self._push(f"stop relay {src}->{dst}", functools.partial(stop_process, proc))
+            self._relays[key] = relay_port
+        return LOOPBACK, self._relays[key]
+
+    def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in ``node``'s namespace (the edge also in its cgroup, before it execs).
+
+        Sets ``OMP_NUM_THREADS`` for the edge to ``edge_threads()`` unless ``env`` is given.
+        The testbed stops the process (by PID) at teardown if it is still running.
+        """
+        self._check_node(node)
+        if not self._up:
+            raise NetemError("the testbed is not up; use it as `with make_testbed(...) as tb:`")
+        if "preexec_fn" in kw or "shell" in kw:
+            raise ValueError("popen takes no preexec_fn or shell: the testbed sets the process up itself")
+        args = list(argv)
+        if self.isolation == "netns":
+            args = ["ip", "netns", "exec", ns_name(self.config.prefix, node), *args]
+        if node == "edge":
+            threads = self.edge_threads()
+            if threads is not None and "env" not in kw:
+                kw["env"] = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            if self._cgroup is not None:
+                kw["preexec_fn"] = self._cgroup.enter
+        logger.info("popen on %s: %s", node, args)
+        proc = subprocess.Popen(args, **kw)
+        self._procs.append(proc)
+        return proc
+
+    def edge_threads(self) -> int | None:
+        """PyTorch threads for the edge that match its CPU quota / CPU set; None without limits."""
+        limits = self.config.edge_limits
+        return None if limits is None else limits.threads()
+
+    def helper_pids(self) -> dict[str, int]:
+        """PIDs of the testbed's own helpers (delay lines ``<prefix>-te``/``-ec``, relays), e.g. for CPU cost."""
+        return {label: proc.pid for label, proc in self._owned.items() if proc.poll() is None}
+
+    def check(self) -> None:
+        """Raise ``NetemError`` if one of our delay lines or relays has died (the link would be down)."""
+        for label, proc in self._owned.items():
+            if proc.poll() is not None:
+                raise NetemError(f"{label} exited with status {proc.returncode}; the link is down")
+
+    def describe(self) -> dict[str, Any]:
+        """For the results file: isolation, link specs, mechanisms, what was not applied, edge limits."""
+        limits = self.config.edge_limits
+        return {
+            "isolation": self.isolation,
+            "links": {link.name: (None if link.name == "test_edge" and self.config.test_edge is None
+                                  else link.spec.describe()) for link in self._links},
+            "link_backend": self.applied,
+            "not_applied": list(self.not_applied),
+            "edge_limits": {**(limits.describe() if limits else {"cpus": None, "cpuset": None, "memory": None}),
+                            "mechanism": self.edge_limits_mechanism},
+        }
+
+
+def make_testbed(config: TestbedConfig, *, isolation: str = "auto",
+                 caps: Capabilities | None = None) -> Testbed:
+    """Plan a testbed (nothing is created until ``with``/``up()``); refuse what cannot be applied.
+
+    ``isolation``: ``netns`` (needs root and iproute2), ``loopback`` (no root: 127.0.0.1 and relays),
+    or ``auto`` (netns where possible).
+    """
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+    caps = caps or probe_capabilities()
+    can_netns = caps.root and caps.iproute2 and caps.netns
+    if isolation == "auto":
+        isolation = "netns" if can_netns else "loopback"
+        if isolation == "loopback":
+            logger.warning("no namespaces (%s): nodes run on loopback", "; ".join(caps.notes) or "unknown")
+    elif isolation == "netns" and not can_netns:
+        raise CapabilityError("network namespaces unavailable: " + ("; ".join(caps.notes) or "unknown reason")
+                              + " (run as root, or use isolation='loopback')")
+    return Testbed(config, isolation, caps)

@@ -1,0 +1,193 @@
+"""The cloud node: runs blocks k+1..9 and the cloud head on the edge's features and answers the test node.
+
+Test nodes connect first and get a session id in their :class:`Ready`; the edge forwards each batch's
+unsure samples as :class:`Features` tagged with that session, and the cloud sends its
+:class:`Predictions` back on the test node's connection.
+
+    python -m nodes.cloud --listen 127.0.0.1:0 --checkpoint mem.pt --exit 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from nodes import cli
+from nodes.compute import BadInput, ModelParts, load_parts, run_cloud, set_threads
+from nodes.errors import RemoteProtocolError
+from nodes.handshake import accept_hello, send_ready
+from nodes.messages import (
+    PROTOCOL_VERSION,
+    ClockProbe,
+    ClockReply,
+    Error,
+    Features,
+    Predictions,
+    Ready,
+    Shutdown,
+)
+from nodes.transport import FramedStream, Listener
+
+log = logging.getLogger(__name__)
+
+# A connected test node may sit idle this long between messages (the run's own timeouts are the test
+# node's business); a dead peer is noticed by TCP long before.
+IDLE_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    token: str | None = None
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+
+
+class CloudNode:
+    """The cloud server. ``start()`` listens, ``close()`` stops and closes every connection."""
+
+    def __init__(self, config: CloudConfig, parts: ModelParts) -> None:
+        self.config = config
+        self.parts = parts
+        self._sessions: dict[str, FramedStream] = {}
+        self._listener = Listener(self._handle, node="cloud", peer_node="peer", timeout=config.timeout)
+
+    async def start(self) -> tuple[str, int]:
+        host, port = await self._listener.start(self.config.host, self.config.port)
+        log.info("cloud node: %s exit %d, listening on %s:%d", self.parts.kind, self.parts.exit, host, port)
+        return host, port
+
+    async def close(self) -> None:
+        await self._listener.close()
+
+    async def _handle(self, stream: FramedStream) -> None:
+        hello = await accept_hello(stream, node="cloud", accept_roles=("test", "edge"), model=self.parts.kind,
+                                   exit=self.parts.exit, threshold=None, token=self.config.token)
+        if hello is None:
+            log.warning("refused a connection from %s", stream.peer)
+            return
+        stream.node = hello.role
+        if hello.role == "test":
+            await self._serve_test(stream)
+        else:
+            await self._serve_edge(stream)
+
+    def _ready(self, session: str | None = None) -> Ready:
+        return Ready(role="cloud", version=PROTOCOL_VERSION, model=self.parts.kind, exit=self.parts.exit,
+                     threshold=None, session=session)
+
+    async def _serve_test(self, stream: FramedStream) -> None:
+        session = secrets.token_hex(8)
+        self._sessions[session] = stream
+        try:
+            await send_ready(stream, self._ready(session))
+            log.info("test node %s connected (session %s)", stream.peer, session)
+            while True:
+                msg = await stream.recv(timeout=IDLE_TIMEOUT_S)
+                if isinstance(msg, ClockProbe):
+                    await stream.send(_clock_reply(msg))
+                elif isinstance(msg, Shutdown):
+                    log.info("test node %s done (%s)", stream.peer, msg.reason)
+                    return
+                elif isinstance(msg, Error):
+                    log.warning("test node %s reported: %s", stream.peer, msg.message)
+                    return
+                else:
+                    raise RemoteProtocolError(f"a test node may not send {type(msg).__name__.lower()} to the cloud")
+        finally:
+            self._sessions.pop(session, None)
+
+    async def _serve_edge(self, stream: FramedStream) -> None:
+        await send_ready(stream, self._ready())
+        log.info("edge node %s connected", stream.peer)
+        while True:
+            msg = await stream.recv(timeout=IDLE_TIMEOUT_S)
+            if isinstance(msg, Features):
+                await self._on_features(stream, msg)
+            elif isinstance(msg, ClockProbe):
+                await stream.send(_clock_reply(msg))
+            elif isinstance(msg, Shutdown):
+                log.info("edge node %s done (%s)", stream.peer, msg.reason)
+                return
+            elif isinstance(msg, Error):
+                log.warning("edge node %s reported: %s", stream.peer, msg.message)
+                if msg.fatal:
+                    return
+            else:
+                raise RemoteProtocolError(f"the edge node may not send {type(msg).__name__.lower()} to the cloud")
+
+    async def _on_features(self, edge: FramedStream, msg: Features) -> None:
+        t_recv = time.monotonic_ns()
+        try:
+            preds, entropy = run_cloud(self.parts, msg.features)
+        except BadInput as exc:
+            await edge.send_error(Error("bad-input", f"batch {msg.batch_id}: {exc}", "cloud", msg.batch_id))
+            raise
+        t_done = time.monotonic_ns()
+        reply = Predictions(batch_id=msg.batch_id, source="cloud", sample_ids=msg.sample_ids, preds=preds,
+                            entropy=msg.entropy, t_edge_recv_ns=msg.t_edge_recv_ns,
+                            t_edge_done_ns=msg.t_edge_done_ns, t_cloud_recv_ns=t_recv, t_cloud_done_ns=t_done,
+                            cloud_entropy=entropy)
+        test = self._sessions.get(msg.session)
+        if test is None or test.closed:
+            log.warning("batch %d: no test node with session %s; dropping its predictions", msg.batch_id,
+                        msg.session)
+            await edge.send(Error("unknown-session", f"no test node with session {msg.session}", "cloud",
+                                  msg.batch_id, fatal=False))
+            return
+        try:
+            await test.send(reply)
+        except Exception as exc:  # the test node's failure must not end the edge's connection
+            log.warning("batch %d: cannot reply to test node %s: %s", msg.batch_id, test.peer, exc)
+
+
+def _clock_reply(msg: ClockProbe) -> ClockReply:
+    t = time.monotonic_ns()
+    return ClockReply(seq=msg.seq, t_sent_ns=msg.t_sent_ns, t_recv_ns=t, t_reply_ns=time.monotonic_ns())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nodes.cloud", description=__doc__.split("\n\n")[0])
+    p.add_argument("--listen", type=cli.hostport_arg, default=("127.0.0.1", 0), metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:0, a free port; see the READY line)")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (models.save_checkpoint format)")
+    p.add_argument("--exit", type=cli.nonneg_int, required=True, metavar="K",
+                   help="the local exit in force (the cloud runs blocks K+1..9); 0 = all in the cloud")
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads")
+    cli.add_common_args(p)
+    return p
+
+
+async def amain(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    parts = load_parts(args.checkpoint, args.exit)
+    node = CloudNode(CloudConfig(host=args.listen[0], port=args.listen[1], token=cli.token_from(args),
+                                 timeout=args.timeout), parts)
+    stop = cli.stop_on_signals()
+    host, port = await node.start()
+    try:
+        cli.print_ready(host, port)
+        await stop.wait()
+        log.info("cloud node stopping")
+    finally:
+        await node.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    return cli.run_entry(amain(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

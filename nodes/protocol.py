@@ -1,0 +1,90 @@
+"""Sans-IO message connection: frames in, messages out; messages in, buffers out.
+
+:class:`Connection` joins :class:`nodes.codec.FrameDecoder` with the message layer, in the manner of
+``h11.Connection``: ``receive_data``/``get_buffer``/``buffer_updated`` take bytes, :meth:`next_event`
+returns the next :class:`~nodes.messages.Message`, :data:`NEED_DATA` or :data:`CLOSED`, and
+:meth:`send` returns the buffers to write. Tests join two of them in memory.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from nodes.codec import (
+    HANDSHAKE_MAX_FRAME_SIZE,
+    MAX_FRAME_SIZE,
+    Buffer,
+    FrameDecoder,
+    decode_frame,
+    encode_frame,
+)
+from nodes.errors import LocalProtocolError
+from nodes.messages import Message, message_from_header, message_to_header
+
+
+class Sentinel(enum.Enum):
+    NEED_DATA = "need-data"
+    CLOSED = "closed"
+
+
+NEED_DATA = Sentinel.NEED_DATA
+CLOSED = Sentinel.CLOSED
+
+Event = Message | Sentinel
+
+
+class Connection:
+    """One side of a message connection, with no I/O.
+
+    Starts with the small :data:`~nodes.codec.HANDSHAKE_MAX_FRAME_SIZE` limit on received frames; call
+    :meth:`handshake_done` once the peer is known, which raises it to ``max_frame_size``.
+    """
+
+    def __init__(self, *, max_frame_size: int = MAX_FRAME_SIZE, handshake_limit: bool = True) -> None:
+        self._max_frame_size = max_frame_size
+        first = min(HANDSHAKE_MAX_FRAME_SIZE, max_frame_size) if handshake_limit else max_frame_size
+        self._decoder = FrameDecoder(first)
+        self._send_closed = False
+
+    def handshake_done(self) -> None:
+        self._decoder.max_frame_size = self._max_frame_size
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
+
+    # -- receiving ---------------------------------------------------------------------------------
+    def receive_data(self, data: Buffer) -> None:
+        """Feed bytes received from the peer; ``b""`` means the peer closed its side."""
+        self._decoder.receive_data(data)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._decoder.buffer_updated(nbytes)
+
+    def next_event(self) -> Event:
+        """The next message, :data:`NEED_DATA`, or :data:`CLOSED` after a clean end of stream.
+
+        Raises :class:`~nodes.errors.RemoteProtocolError` for anything the peer got wrong.
+        """
+        frame = self._decoder.next_frame()
+        if frame is None:
+            return CLOSED if self._decoder.eof else NEED_DATA
+        return message_from_header(decode_frame(frame))
+
+    @property
+    def frames_pending(self) -> int:
+        return self._decoder.frames_pending
+
+    # -- sending -----------------------------------------------------------------------------------
+    def send(self, msg: Message) -> list[Buffer]:
+        """The buffers that carry ``msg``, to be written in order (tensor bytes are not copied)."""
+        if self._send_closed:
+            raise LocalProtocolError("cannot send after send_eof()")
+        return encode_frame(message_to_header(msg), max_frame_size=self._max_frame_size)
+
+    def send_eof(self) -> None:
+        """Mark our side closed; further :meth:`send` calls raise :class:`LocalProtocolError`."""
+        self._send_closed = True

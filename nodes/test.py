@@ -1,0 +1,350 @@
+"""The test node: streams a test set to the edge in batches and collects one record per sample.
+
+    python -m nodes.test --edge 127.0.0.1:9000 --cloud 127.0.0.1:9001 --dataset fashion-mnist --out rec.json
+
+It connects to the cloud first (to get a session id), then to the edge. By default it is closed loop, as
+in the paper: the next batch goes out when every prediction of the previous one has arrived;
+``--inflight N`` allows N batches outstanding. Warm-up batches (the first batches of the set, sent
+again afterwards) are excluded from the records. A run either completes -- every sample has a prediction
+-- and writes its records atomically, or fails with a message naming the node that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import ImageDataset, load_dataset
+from nodes import cli
+from nodes.errors import NodeError, NodeTimeout, PeerError, RemoteProtocolError, UsageError
+from nodes.handshake import client_handshake, describe
+from nodes.messages import Batch, ClockProbe, ClockReply, Error, Hello, Predictions, Ready, Shutdown
+from nodes.records import BatchRecord, RecordsResult, SampleRecord, write_records
+from nodes.timing import NS_PER_MS, BatchStamps, ClockEstimate, clock_offset
+from nodes.transport import FramedStream, open_stream
+
+log = logging.getLogger(__name__)
+
+# Readers wait this long for an unsolicited message; the run's progress is bounded by cfg.timeout per
+# batch instead (an idle cloud is normal when every sample exits at the edge).
+_READER_IDLE_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What the test node does. ``model``/``exit``/``threshold`` are checked against the nodes in hello
+    (``None``: accept what they run)."""
+
+    edge: tuple[str, int]
+    cloud: tuple[str, int]
+    dataset: str = "fashion-mnist"
+    data_dir: Path | None = None
+    samples: int | None = None
+    batch_size: int = 32
+    inflight: int = 1
+    warmup_batches: int = 2
+    model: str | None = None
+    exit: int | None = None
+    threshold: float | None = None
+    timeout: float = 30.0
+    seed: int | None = None
+    token: str | None = None
+    clock_probes: int = 5
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.batch_size < 1 or self.inflight < 1 or self.warmup_batches < 0 or self.clock_probes < 1:
+            raise ValueError("batch_size, inflight and clock_probes must be >= 1, warmup_batches >= 0")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+
+
+@dataclass(eq=False)
+class _Pending:
+    """Mutable bookkeeping of one batch in flight (private to a run)."""
+
+    batch_id: int
+    ids: np.ndarray
+    t_send: int
+    done: asyncio.Future[None]
+    edge: Predictions | None = None
+    t_edge_reply: int = 0
+    cloud: list[tuple[Predictions, int]] = field(default_factory=list)
+    answered: set[int] = field(default_factory=set)
+
+    def complete(self) -> bool:
+        return self.edge is not None and len(self.answered) == len(self.ids)
+
+
+class _Run:
+    def __init__(self, cfg: ClientConfig, data: ImageDataset) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.pending: dict[int, _Pending] = {}
+        self.finished = False
+
+    # -- receiving ---------------------------------------------------------------------------------
+    async def read(self, stream: FramedStream, source: str) -> None:
+        try:
+            while True:
+                msg = await stream.recv(timeout=_READER_IDLE_S, what="for predictions")
+                t = time.monotonic_ns()
+                if isinstance(msg, Predictions):
+                    self._on_predictions(msg, source, t)
+                elif isinstance(msg, Error):
+                    via = "" if msg.node == source else f" (reported by the {source} node)"
+                    raise PeerError(msg.node, f"the {msg.node} node failed{via}: {msg.message} [{msg.code}]")
+                else:
+                    raise RemoteProtocolError(f"unexpected {type(msg).__name__.lower()} from the {source} node")
+        except asyncio.CancelledError:
+            raise
+        except NodeError as exc:
+            if not self.finished:
+                self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        for p in self.pending.values():
+            if not p.done.done():
+                p.done.set_exception(exc)
+
+    def _on_predictions(self, msg: Predictions, source: str, t: int) -> None:
+        p = self.pending.get(msg.batch_id)
+        if p is None or msg.source != source:
+            raise RemoteProtocolError(f"the {source} node sent predictions for batch {msg.batch_id}, "
+                                      "which is not in flight")
+        ids = set(msg.sample_ids.tolist())
+        if len(ids) != len(msg.sample_ids) or not ids <= set(p.ids.tolist()) or ids & p.answered:
+            raise RemoteProtocolError(f"the {source} node sent predictions for samples that are not in "
+                                      f"batch {msg.batch_id} or were answered already")
+        if len(msg.preds) and (msg.preds.min() < 0 or msg.preds.max() >= self.data.num_classes):
+            raise RemoteProtocolError(f"the {source} node predicted a class outside 0..{self.data.num_classes - 1}")
+        if source == "edge":
+            if p.edge is not None:
+                raise RemoteProtocolError(f"the edge node answered batch {msg.batch_id} twice")
+            p.edge, p.t_edge_reply = msg, t
+        else:
+            p.cloud.append((msg, t))
+        p.answered |= ids
+        if p.complete() and not p.done.done():
+            p.done.set_result(None)
+
+    # -- sending -----------------------------------------------------------------------------------
+    async def wait_one(self, outstanding: list[_Pending]) -> None:
+        done, _ = await asyncio.wait([p.done for p in outstanding], timeout=self.cfg.timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            oldest = outstanding[0]
+            node = "edge" if oldest.edge is None else "cloud"
+            missing = len(oldest.ids) - len(oldest.answered)
+            raise NodeTimeout(node, f"timed out after {self.cfg.timeout:g} s waiting for predictions of batch "
+                                    f"{oldest.batch_id} from the {node} node ({missing} of {len(oldest.ids)} "
+                                    "samples missing)")
+        for fut in done:
+            fut.result()  # raises the failure a reader recorded
+        outstanding[:] = [p for p in outstanding if not p.done.done()]
+
+    async def stream_batches(self, edge: FramedStream, order: np.ndarray) -> list[_Pending]:
+        cfg = self.cfg
+        bs = cfg.batch_size
+        chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
+        schedule = [(chunks[i % len(chunks)], False) for i in range(cfg.warmup_batches)]
+        schedule += [(c, True) for c in chunks]
+        loop = asyncio.get_running_loop()
+        outstanding: list[_Pending] = []
+        measured: list[_Pending] = []
+        for batch_id, (ids, is_measured) in enumerate(schedule):
+            if is_measured and batch_id == cfg.warmup_batches:
+                while outstanding:  # warm-up must be over before the measured run starts
+                    await self.wait_one(outstanding)
+            while len(outstanding) >= cfg.inflight:
+                await self.wait_one(outstanding)
+            ids64 = ids.astype(np.int64)
+            images = self.data.images[ids]  # gathered before t_send: not part of procedure 1
+            p = _Pending(batch_id, ids64, 0, loop.create_future())
+            self.pending[batch_id] = p
+            p.t_send = time.monotonic_ns()
+            await edge.send(Batch(batch_id=batch_id, sample_ids=ids64, images=images, t_sent_ns=p.t_send))
+            outstanding.append(p)
+            if is_measured:
+                measured.append(p)
+        while outstanding:
+            await self.wait_one(outstanding)
+        return measured
+
+
+async def _probe(stream: FramedStream, n: int) -> ClockEstimate:
+    samples = []
+    for seq in range(n):
+        t0 = time.monotonic_ns()
+        await stream.send(ClockProbe(seq=seq, t_sent_ns=t0))
+        msg = await stream.recv(what="for a clock reply")
+        t3 = time.monotonic_ns()
+        if not isinstance(msg, ClockReply) or msg.seq != seq:
+            raise RemoteProtocolError(f"the {stream.node} node answered a clock probe with "
+                                      f"{type(msg).__name__.lower()}")
+        samples.append((t0, msg.t_recv_ns, msg.t_reply_ns, t3))
+    return clock_offset(samples)
+
+
+def _select(cfg: ClientConfig, data: ImageDataset) -> np.ndarray:
+    n = len(data) if cfg.samples is None else cfg.samples
+    if n > len(data):
+        raise UsageError(f"--samples {n} is more than the {len(data)} samples of the {data.name} test set")
+    if cfg.seed is None:
+        return np.arange(n)
+    return np.random.default_rng(cfg.seed).permutation(len(data))[:n]
+
+
+def _node_info(stream: FramedStream, ready: Ready) -> dict[str, Any]:
+    return {"address": stream.peer, "version": ready.version, "model": ready.model, "exit": ready.exit,
+            "threshold": ready.threshold}
+
+
+def _build_result(cfg: ClientConfig, data: ImageDataset, measured: list[_Pending], edge_ready: Ready,
+                  clock: dict[str, ClockEstimate], nodes: dict[str, dict[str, Any]]) -> RecordsResult:
+    samples: list[SampleRecord] = []
+    batches: list[BatchRecord] = []
+    for index, p in enumerate(measured):
+        assert p.edge is not None
+        e = p.edge
+        for sid, pred, ent in zip(e.sample_ids.tolist(), e.preds.tolist(), e.entropy.tolist(), strict=True):
+            samples.append(SampleRecord(sid, int(data.labels[sid]), pred, "edge", ent,
+                                        (p.t_edge_reply - p.t_send) / NS_PER_MS))
+        last_cloud: tuple[Predictions, int] | None = None
+        for msg, t in p.cloud:
+            assert msg.cloud_entropy is not None
+            for sid, pred, ent, cent in zip(msg.sample_ids.tolist(), msg.preds.tolist(), msg.entropy.tolist(),
+                                            msg.cloud_entropy.tolist(), strict=True):
+                samples.append(SampleRecord(sid, int(data.labels[sid]), pred, "cloud", ent,
+                                            (t - p.t_send) / NS_PER_MS, cent))
+            if last_cloud is None or t > last_cloud[1]:
+                last_cloud = (msg, t)
+        n_cloud = sum(len(m.sample_ids) for m, _ in p.cloud)
+        stamps = BatchStamps(
+            t_send=p.t_send, t_edge_recv=e.t_edge_recv_ns, t_edge_done=e.t_edge_done_ns,
+            t_edge_reply=p.t_edge_reply, local=len(e.sample_ids), cloud=n_cloud,
+            t_cloud_recv=last_cloud[0].t_cloud_recv_ns if last_cloud else None,
+            t_cloud_done=last_cloud[0].t_cloud_done_ns if last_cloud else None,
+            t_cloud_reply=last_cloud[1] if last_cloud else None,
+        )
+        batches.append(BatchRecord(index=index, size=len(p.ids), stamps=stamps))
+    config = {"model": edge_ready.model, "exit": edge_ready.exit, "threshold": edge_ready.threshold,
+              "batch_size": cfg.batch_size, "inflight": cfg.inflight, "dataset": data.name,
+              "samples": len(samples), "warmup_batches": cfg.warmup_batches, "seed": cfg.seed}
+    return RecordsResult(
+        config=config, samples=tuple(samples), batches=tuple(batches), first_send_ns=measured[0].t_send,
+        last_recv_ns=max(b.stamps.t_done for b in batches), warmup_batches=cfg.warmup_batches,
+        clock=clock, nodes=nodes,
+    )
+
+
+async def run_test_client(cfg: ClientConfig, dataset: ImageDataset | None = None) -> RecordsResult:
+    """Run the test set through the edge and cloud nodes; the complete result, or an error naming the
+    node that failed (:class:`~nodes.errors.PeerError`, :class:`~nodes.errors.HandshakeError`)."""
+    data = dataset if dataset is not None else load_dataset(cfg.dataset, "test", cfg.data_dir)
+    order = _select(cfg, data)
+    run = _Run(cfg, data)
+    streams: list[FramedStream] = []
+    readers: list[asyncio.Task[None]] = []
+    try:
+        cloud = await open_stream(*cfg.cloud, node="cloud", timeout=cfg.timeout)
+        streams.append(cloud)
+        cloud_ready = await client_handshake(cloud, Hello(role="test", model=cfg.model, exit=cfg.exit,
+                                                          token=cfg.token))
+        edge = await open_stream(*cfg.edge, node="edge", timeout=cfg.timeout)
+        streams.append(edge)
+        edge_ready = await client_handshake(edge, Hello(role="test", model=cfg.model, exit=cfg.exit,
+                                                        threshold=cfg.threshold, token=cfg.token,
+                                                        session=cloud_ready.session))
+        if (edge_ready.model, edge_ready.exit) != (cloud_ready.model, cloud_ready.exit):
+            raise NodeError(f"the edge runs {describe(edge_ready.model, edge_ready.exit, None)} but the cloud "
+                            f"runs {describe(cloud_ready.model, cloud_ready.exit, None)}; start both with the "
+                            "same checkpoint and --exit")
+        clock = {"edge": await _probe(edge, cfg.clock_probes), "cloud": await _probe(cloud, cfg.clock_probes)}
+        loop = asyncio.get_running_loop()
+        readers = [loop.create_task(run.read(edge, "edge")), loop.create_task(run.read(cloud, "cloud"))]
+        measured = await run.stream_batches(edge, order)
+        run.finished = True
+        nodes = {"edge": _node_info(edge, edge_ready), "cloud": _node_info(cloud, cloud_ready)}
+        return _build_result(cfg, data, measured, edge_ready, clock, nodes)
+    finally:
+        run.finished = True
+        for t in readers:
+            t.cancel()
+        for t in readers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for s in streams:
+            if not s.closed:
+                with contextlib.suppress(Exception):
+                    await s.send(Shutdown("test done"), timeout=1.0)
+            await s.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nodes.test", description=__doc__.split("\n\n")[0])
+    p.add_argument("--edge", type=cli.hostport_arg, required=True, metavar="HOST:PORT")
+    p.add_argument("--cloud", type=cli.hostport_arg, required=True, metavar="HOST:PORT")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 or synthetic")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--samples", type=cli.positive_int, default=None, help="first N samples (default: all)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    p.add_argument("--inflight", type=cli.positive_int, default=1,
+                   help="batches outstanding at once (1 = closed loop, the paper's setting)")
+    p.add_argument("--warmup-batches", type=cli.nonneg_int, default=2)
+    p.add_argument("--model", default=None, help="expected model kind (checked in hello)")
+    p.add_argument("--exit", type=cli.nonneg_int, default=None, help="expected local exit (checked in hello)")
+    p.add_argument("--threshold", type=cli.threshold_arg, default=None, help="expected threshold (checked)")
+    p.add_argument("--seed", type=int, default=None, help="shuffle the samples with this seed")
+    p.add_argument("--clock-probes", type=cli.positive_int, default=5)
+    p.add_argument("--out", type=Path, required=True, help="records file to write (JSON)")
+    cli.add_common_args(p)
+    return p
+
+
+async def amain(args: argparse.Namespace) -> int:
+    cfg = ClientConfig(edge=args.edge, cloud=args.cloud, dataset=args.dataset, data_dir=args.data_dir,
+                       samples=args.samples, batch_size=args.batch_size, inflight=args.inflight,
+                       warmup_batches=args.warmup_batches, model=args.model, exit=args.exit,
+                       threshold=args.threshold, timeout=args.timeout, seed=args.seed,
+                       token=cli.token_from(args), clock_probes=args.clock_probes)
+    stop = cli.stop_on_signals()
+    loop = asyncio.get_running_loop()
+    run = loop.create_task(run_test_client(cfg))
+    stopper = loop.create_task(stop.wait())
+    try:
+        await asyncio.wait([run, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            raise NodeError("interrupted by a signal; the run is incomplete and no records were written")
+    result = run.result()
+    write_records(result, args.out)
+    edge_n = sum(1 for s in result.samples if s.exit == "edge")
+    log.info("done: %d samples (%d at the edge, %d in the cloud), overall latency %.3f ms/sample -> %s",
+             len(result.samples), edge_n, len(result.samples) - edge_n, result.overall_latency_ms, args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    return cli.run_entry(amain(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

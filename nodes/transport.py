@@ -1,0 +1,343 @@
+"""asyncio transport for :class:`nodes.protocol.Connection`: one buffered protocol, timeouts everywhere.
+
+The socket writes straight into the decoder's buffer (``asyncio.BufferedProtocol``), so a large frame is
+received with a single copy, as with ``socket.recv_into``. Sending is ``transport.write`` of the codec's
+buffers followed by a drain with a timeout. Every await that waits on the network has a timeout, and
+low-level failures are mapped to :class:`~nodes.errors.PeerError` naming the peer node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
+
+from nodes.codec import MAX_FRAME_SIZE
+from nodes.errors import NodeTimeout, PeerError, ProtocolError, RemoteProtocolError, UsageError
+from nodes.messages import Error, Message
+from nodes.protocol import CLOSED, NEED_DATA, Connection, Sentinel
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Stop reading from the socket while this many decoded-but-unconsumed frames wait, so a fast sender
+# cannot make us buffer without bound (TCP flow control then slows it down).
+_MAX_QUEUED_FRAMES = 8
+
+DEFAULT_TIMEOUT_S = 30.0
+
+_WRITE_HIGH_WATER = 4 * 1024 * 1024
+
+
+async def with_timeout(aw: Awaitable[T], timeout: float, node: str, what: str) -> T:
+    """Await ``aw`` for at most ``timeout`` seconds; :class:`NodeTimeout` naming ``node`` otherwise."""
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except asyncio.TimeoutError as exc:
+        raise NodeTimeout(node, f"timed out after {timeout:g} s {what} ({node} node)") from exc
+
+
+class _FrameProtocol(asyncio.BufferedProtocol):
+    def __init__(self, conn: Connection, on_made: Callable[[_FrameProtocol], None] | None = None) -> None:
+        self.conn = conn
+        self._on_made = on_made
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+        self.closed = False
+        self.closed_event = asyncio.Event()
+        self.error: ProtocolError | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self._write_paused = False
+        self._read_paused = False
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        # Let up to a few MiB queue before drain() waits: with the default 64 KiB high-water mark a large
+        # frame is sent in many pause/resume rounds and the pipe runs empty in between.
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):  # small messages must not wait for Nagle
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.conn.buffer_updated(nbytes)
+        except ProtocolError as exc:
+            self.error = exc
+        if self.conn.frames_pending >= _MAX_QUEUED_FRAMES and self.transport is not None:
+            self.transport.pause_reading()
+            self._read_paused = True
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        try:
+            self.conn.receive_data(b"")
+        except ProtocolError as exc:
+            self.error = exc
+        self._wake_reader()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.closed_event.set()
+        self.lost = exc
+        with contextlib.suppress(ProtocolError):
+            self.conn.receive_data(b"")
+        self._wake_reader()
+        while self._drain_waiters:
+            fut = self._drain_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        while self._drain_waiters:
+            fut = self._drain_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    # helpers for FramedStream
+    def _wake_reader(self) -> None:
+        if self._read_waiter is not None and not self._read_waiter.done():
+            self._read_waiter.set_result(None)
+
+    def resume_reading_if_needed(self) -> None:
+        if self._read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    async def wait_readable(self, timeout: float) -> bool:
+        """Wait until data, EOF or loss; False on timeout."""
+        self._read_waiter = asyncio.get_running_loop().create_future()
+        try:
+            return await _wait_future(self._read_waiter, timeout)
+        finally:
+            self._read_waiter = None
+
+    async def wait_drained(self, timeout: float) -> bool:
+        """Wait until the transport accepts more writes; False on timeout."""
+        if not self._write_paused or self.closed:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        return await _wait_future(fut, timeout)
+
+
+async def _wait_future(fut: asyncio.Future[None], timeout: float) -> bool:
+    """Await ``fut`` for at most ``timeout`` s with a timer rather than ``wait_for`` (which would wrap it
+    in a new task per call); cancelling the caller cancels ``fut``."""
+    def expire() -> None:
+        if not fut.done():
+            fut.set_result(None)
+            expired.append(True)
+
+    expired: list[bool] = []
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        await fut
+    finally:
+        handle.cancel()
+    return not expired
+
+
+class FramedStream:
+    """A message connection to one peer node over an asyncio transport.
+
+    ``node`` is the peer's role ("edge", "cloud", "test"), used in every error message so that a failed
+    run names the node that failed.
+    """
+
+    def __init__(self, protocol: _FrameProtocol, node: str, timeout: float) -> None:
+        self._p = protocol
+        self.node = node
+        self.timeout = timeout
+        transport = protocol.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    @property
+    def conn(self) -> Connection:
+        return self._p.conn
+
+    @property
+    def closed(self) -> bool:
+        return self._p.closed
+
+    async def send(self, msg: Message, *, timeout: float | None = None) -> None:
+        """Write ``msg`` and wait until the transport's buffer has drained below its high-water mark."""
+        if self._p.closed or self._p.transport is None or self._p.transport.is_closing():
+            raise PeerError(self.node, f"cannot send to the {self.node} node at {self.peer}: connection closed")
+        transport = self._p.transport
+        for buf in self.conn.send(msg):
+            transport.write(buf)
+        limit = timeout or self.timeout
+        if not await self._p.wait_drained(limit):
+            raise NodeTimeout(self.node, f"timed out after {limit:g} s sending to the {self.node} node at "
+                                         f"{self.peer} (it is not reading)")
+        if self._p.closed:
+            raise PeerError(self.node, f"the {self.node} node at {self.peer} closed the connection while "
+                                       "we were sending")
+
+    async def recv(self, *, timeout: float | None = None, what: str = "for a message") -> Message:
+        """The next message. Raises :class:`PeerError` when the peer closed the connection,
+        :class:`RemoteProtocolError` when it sent something invalid, :class:`NodeTimeout` on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.timeout)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {exc}") from exc
+            self._p.resume_reading_if_needed()
+            if event is NEED_DATA:
+                if self._p.error is not None:
+                    err = self._p.error
+                    raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {err}") from err
+                if self._p.closed:
+                    raise self._closed_error()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise NodeTimeout(self.node, f"timed out after {timeout or self.timeout:g} s waiting "
+                                                 f"{what} from the {self.node} node at {self.peer}")
+                await self._p.wait_readable(remaining)
+                continue
+            if event is CLOSED:
+                raise self._closed_error()
+            assert not isinstance(event, Sentinel)
+            return event
+
+    def _closed_error(self) -> PeerError:
+        detail = f" ({self._p.lost})" if self._p.lost else ""
+        return PeerError(self.node, f"the {self.node} node at {self.peer} closed the connection{detail}")
+
+    async def send_error(self, err: Error) -> None:
+        """Best effort: tell the peer what went wrong before we close (never raises)."""
+        try:
+            await self.send(err, timeout=min(self.timeout, 2.0))
+        except Exception as exc:  # the peer may already be gone; we are closing anyway
+            log.debug("could not send error to %s: %s", self.peer, exc)
+
+    def abort(self) -> None:
+        if self._p.transport is not None:
+            self._p.transport.abort()
+
+    async def close(self) -> None:
+        """Close the connection and wait (briefly) until the transport is gone; safe to call twice and
+        under cancellation (the transport is closed before the first await)."""
+        transport = self._p.transport
+        if transport is None:
+            return
+        if not transport.is_closing():
+            transport.close()
+        if not self._p.closed:
+            try:
+                await asyncio.wait_for(_wait_closed(self._p), 2.0)
+            except asyncio.TimeoutError:
+                transport.abort()
+
+
+async def _wait_closed(p: _FrameProtocol) -> None:
+    await p.closed_event.wait()
+
+
+async def open_stream(
+    host: str, port: int, *, node: str, timeout: float = DEFAULT_TIMEOUT_S, max_frame_size: int | None = None
+) -> FramedStream:
+    """Connect to the ``node`` at ``host:port``; :class:`PeerError` naming it if that fails."""
+    loop = asyncio.get_running_loop()
+    conn = Connection(max_frame_size=max_frame_size or MAX_FRAME_SIZE)
+    try:
+        _, protocol = await with_timeout(
+            loop.create_connection(lambda: _FrameProtocol(conn), host, port), timeout, node,
+            f"connecting to {host}:{port}")
+    except OSError as exc:
+        raise PeerError(node, f"cannot connect to the {node} node at {host}:{port}: {exc.strerror or exc}") from exc
+    return FramedStream(protocol, node, timeout)
+
+
+Handler = Callable[[FramedStream], Awaitable[None]]
+
+
+class Listener:
+    """A listening socket that runs ``handler(stream)`` for each connection.
+
+    The stream is closed when the handler returns or raises; the handler's errors are logged and never
+    propagated, so one bad connection cannot stop the node. :meth:`close` stops listening, cancels the
+    handlers and waits for them.
+    """
+
+    def __init__(self, handler: Handler, *, node: str, peer_node: str = "peer",
+                 timeout: float = DEFAULT_TIMEOUT_S, max_frame_size: int | None = None) -> None:
+        self._handler = handler
+        self._node = node
+        self._peer_node = peer_node
+        self._timeout = timeout
+        self._max_frame_size = max_frame_size
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and listen; returns the address actually bound (port 0 picks a free port)."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(self._make_protocol, host, port)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        addr = self._server.sockets[0].getsockname()
+        return str(addr[0]), int(addr[1])
+
+    def _make_protocol(self) -> _FrameProtocol:
+        conn = Connection(max_frame_size=self._max_frame_size or MAX_FRAME_SIZE)
+        return _FrameProtocol(conn, on_made=self._on_connection)
+
+    def _on_connection(self, proto: _FrameProtocol) -> None:
+        stream = FramedStream(proto, self._peer_node, self._timeout)
+        task = asyncio.get_running_loop().create_task(self._serve_one(stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_one(self, stream: FramedStream) -> None:
+        try:
+            await self._handler(stream)
+        except asyncio.CancelledError:
+            raise
+        except ProtocolError as exc:
+            log.error("closing connection from %s: %s", stream.peer, exc)
+            await stream.send_error(Error("protocol", str(exc), self._node))
+        except PeerError as exc:
+            log.warning("connection from %s ended: %s", stream.peer, exc)
+        except Exception:
+            log.exception("unexpected error serving %s; closing that connection", stream.peer)
+        finally:
+            await stream.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)

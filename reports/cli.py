@@ -1,0 +1,92 @@
+"""``python -m reports RESULTS... --out DIR``: build the Markdown/HTML report from results files."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from models.errors import LocalExitError
+from reports import claims, tables
+from reports.loader import load_results
+from reports.report import build_report
+from reports.tables import TABLE_FORMATS
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reports",
+        description="Turn localexit results files (and training logs) into tables, figures and a "
+        "Markdown + self-contained HTML report.",
+    )
+    p.add_argument(
+        "results",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="results files (schema localexit/1) or folders of them",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)"
+    )
+    p.add_argument(
+        "--train-logs",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="training logs (schema localexit-trainlog/1) or folders of them",
+    )
+    p.add_argument(
+        "--format",
+        dest="formats",
+        nargs="+",
+        choices=TABLE_FORMATS,
+        default=list(TABLE_FORMATS),
+        help="table formats written under DIR/tables (default: all)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="threshold of the per-exit figures (default: 0.3 when present)",
+    )
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print the claims table")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        md = build_report(
+            args.results,
+            args.out,
+            train_logs=args.train_logs,
+            title=args.title,
+            threshold=args.threshold,
+            table_formats=args.formats,
+        )
+        if not args.quiet:
+            for scn in tables.group_scenarios(load_results(args.results)):
+                t = scn.primary_threshold() if args.threshold is None else args.threshold
+                table = claims.claims_table(scn, t)
+                print(table.title)
+                print(tables.render(table, "terminal"))
+                print()
+    except LocalExitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {md}")
+    print(f"html:   {md.with_suffix('.html')}")
+    return 0

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from harness.check import compare, format_report
+from harness.errors import ResultsError
+
+from .helpers import make_results
+
+
+def test_same_distribution_passes() -> None:
+    report = compare(make_results(seed=0), make_results(seed=100))
+    assert report.exit_code == 0
+    assert all(c.verdict in ("pass", "absent") for c in report.comparisons), format_report(report)
+
+
+def test_a_real_slowdown_is_a_regression() -> None:
+    report = compare(make_results(seed=0, batch_ms=2.0), make_results(seed=100, batch_ms=2.6))
+    assert report.exit_code == 1
+    assert "overall" in [c.metric for c in report.regressions]
+    assert "REGRESSION" in format_report(report)
+
+
+def test_slowdown_explained_by_machine_speed_is_not_a_regression() -> None:
+    # Everything 30 % slower, and the calibration workload too: the machine, not the code.
+    base = make_results(seed=0, batch_ms=2.0, calibration_ms=10.0)
+    cur = make_results(seed=100, batch_ms=2.6, calibration_ms=13.0)
+    assert compare(base, cur).exit_code == 0
+    assert compare(base, cur, use_calibration=False).exit_code == 1
+
+
+def test_small_change_within_tolerance_passes() -> None:
+    report = compare(make_results(seed=0, batch_ms=2.0), make_results(seed=100, batch_ms=2.1))
+    assert report.exit_code == 0
+
+
+def test_too_few_batches_is_inconclusive_not_failure() -> None:
+    report = compare(make_results(batches=3, seed=0), make_results(batches=3, seed=1, batch_ms=4.0))
+    assert report.exit_code == 0
+    assert {c.verdict for c in report.comparisons} <= {"inconclusive", "absent"}
+
+
+def test_noisy_large_change_is_inconclusive() -> None:
+    base = make_results(seed=0, batch_ms=2.0, batches=20)
+    cur = make_results(seed=1, batch_ms=2.0, batches=20)
+    # Half the batches much slower, half faster: the median moves a lot, but no consistent shift.
+    for run in cur["runs"]:
+        values = run["per_batch_ms"]["latency"]
+        run["per_batch_ms"]["latency"] = [v * (4.0 if i % 2 else 0.5) for i, v in enumerate(values)]
+    report = compare(base, cur)
+    overall = next(c for c in report.comparisons if c.metric == "overall")
+    assert overall.verdict == "inconclusive", format_report(report)
+    assert report.exit_code == 0
+
+
+def test_different_experiments_are_refused() -> None:
+    with pytest.raises(ResultsError, match="different experiments"):
+        compare(make_results(), make_results(threshold=0.5))
+
+
+def test_regression_on_a_busy_machine_is_inconclusive() -> None:
+    base = make_results(seed=0, batch_ms=2.0)
+    cur = make_results(seed=100, batch_ms=3.0)
+    for run in cur["runs"]:
+        run["host_other_cpu_percent"] = {"mean": 150.0, "max": 200.0, "n": 10}
+    report = compare(base, cur)
+    assert report.exit_code == 0
+    overall = next(c for c in report.comparisons if c.metric == "overall")
+    assert overall.verdict == "inconclusive" and "machine busy" in overall.note
+    assert compare(base, cur, busy_limit=500.0).exit_code == 1

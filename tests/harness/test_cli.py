@@ -1,0 +1,150 @@
+"""The command line: every user error is one clear line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def base_args(ckpt: Path) -> list[str]:
+    return [
+        "--dataset",
+        "synthetic",
+        "--checkpoint",
+        str(ckpt),
+        "--exit",
+        "2",
+        "--samples",
+        "16",
+        "--batch-size",
+        "8",
+        "--no-calibration",
+    ]
+
+
+def test_missing_dataset_says_how_to_install(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "--data-dir", str(tmp_path / "nowhere"))
+    assert code == 2
+    assert err.startswith("error: ") and "Fashion-MNIST" in err
+    assert "apt" in err or "install" in err
+
+
+def test_missing_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "--dataset", "synthetic", "--checkpoint", str(tmp_path / "no.pt"))
+    assert code == 2 and "not found" in err
+
+
+def test_corrupt_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(capsys, "--dataset", "synthetic", "--checkpoint", str(bad))
+    assert code == 2 and "not a loadable checkpoint" in err
+
+
+def test_mismatched_checkpoint(capsys: pytest.CaptureFixture[str], tiny_sem3_checkpoint: Path) -> None:
+    code, _, err = run_cli(
+        capsys,
+        "--dataset",
+        "synthetic",
+        "--model",
+        "mem",
+        "--exit",
+        "3",
+        "--checkpoint",
+        str(tiny_sem3_checkpoint),
+    )
+    assert code == 2 and "sem-3" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--exit", "9"], "exit 9 is out of range"),
+        (["--exit", "0"], "exit 0 is out of range"),
+        (["--model", "sem"], "needs --exit"),
+        (["--model", "standard", "--exit", "3"], "only the cloud exit"),
+        (["--threshold", "1.5"], "[0, 1]"),
+        (["--batch-size", "0"], "positive integer"),
+    ],
+)
+def test_bad_options(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and message in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--bw", "10mbps"), ("--bw", "fast"), ("--delay", "20"), ("--loss", "150%")]
+)
+def test_bad_link_units(
+    capsys: pytest.CaptureFixture[str], tiny_checkpoint: Path, option: str, value: str
+) -> None:
+    code, _, err = run_cli(capsys, *base_args(tiny_checkpoint), option, value)
+    assert code == 2
+    assert f"{option} {value}" in err and "Units follow tc" in err
+
+
+def test_port_in_use(capsys: pytest.CaptureFixture[str], tiny_checkpoint: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code, _, err = run_cli(
+            capsys, *base_args(tiny_checkpoint), "--isolation", "loopback", "--ports", f"{port},{port + 1}"
+        )
+    assert code == 2 and f"port {port} on 127.0.0.1 is already in use" in err
+
+
+def test_bad_ports_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--ports", "70000"])
+    assert info.value.code == 2
+    assert "CLOUD,EDGE" in capsys.readouterr().err
+
+
+def test_keyboard_interrupt_exits_130(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(argv: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_run", interrupted)
+    code, _, err = run_cli(capsys)
+    assert code == 130 and "no results file written" in err
+
+
+def test_check_with_unusable_baseline(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "check", "--baseline", str(tmp_path / "missing.json"))
+    assert code == 2 and "does not exist" in err
+    bad = tmp_path / "b.json"
+    bad.write_text('{"schema": "something/2"}')
+    code, _, err = run_cli(capsys, "check", "--baseline", str(bad))
+    assert code == 2 and "schema" in err
+
+
+def test_check_exit_codes_on_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from harness.results import write_results
+
+    from .helpers import make_results
+
+    write_results(tmp_path / "base.json", make_results(seed=0))
+    write_results(tmp_path / "same.json", make_results(seed=5))
+    write_results(tmp_path / "slow.json", make_results(seed=5, batch_ms=3.0))
+    code, out, _ = run_cli(
+        capsys, "check", "--baseline", str(tmp_path / "base.json"), "--results", str(tmp_path / "same.json")
+    )
+    assert code == 0 and "no regression" in out
+    code, out, _ = run_cli(
+        capsys, "check", "--baseline", str(tmp_path / "base.json"), "--results", str(tmp_path / "slow.json")
+    )
+    assert code == 1 and "REGRESSION" in out

@@ -1,0 +1,145 @@
+"""End to end with the real nodes and testbed: ``python -m harness`` as a user runs it.
+
+Small runs (synthetic set, a 4-channel model, 12 batches of 8) keep each run to seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.results import load_results, write_results
+
+SMALL = ["--dataset", "synthetic", "--exit", "2", "--samples", "96", "--batch-size", "8", "--warmup", "1"]
+
+
+def harness(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", *argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_namespaced_run_baseline_check_and_regression(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    proc = harness(
+        "record-baseline",
+        *SMALL,
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--bw",
+        "10mbit",
+        "--out",
+        str(baseline),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "per-procedure time per batch" in proc.stdout and "tbf" in proc.stdout
+    results = load_results(baseline)
+    cfg = results["config"]
+    assert cfg["isolation"] == "netns"
+    assert cfg["link_backend"]["edge_cloud"]["rate"] == "tbf"
+    assert cfg["links"]["edge_cloud"]["rate"] == "10mbit"
+    run = results["runs"][0]
+    assert run["summary"]["samples"] == 96
+    assert run["summary"]["local_exits"] + run["summary"]["cloud_exits"] == 96
+    assert len(run["per_batch_ms"]["latency"]) == 12  # warm-up batch excluded
+    assert run["calibration_ms"] > 0
+    assert run["edge_rss_mib"]["max"] > 50  # an interpreter with torch loaded
+
+    assert run["host_other_cpu_percent"]["n"] > 0
+
+    # No change: the check re-runs the recorded configuration and must not report a regression
+    # (on a busy machine the verdicts may be "inconclusive", which also exits 0).
+    proc = harness("check", "--baseline", str(baseline))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no regression" in proc.stdout and "calibration: this machine ran" in proc.stdout
+
+    # A slowed-down copy of the same measurement (every batch and procedure 60 % slower) must fail.
+    slow = json.loads(baseline.read_text())
+    for r in slow["runs"]:
+        r["per_batch_ms"] = {k: [v * 1.6 for v in vs] for k, vs in r["per_batch_ms"].items()}
+    write_results(tmp_path / "slow.json", slow)
+    # Both sides carry the same recorded machine load, so the busy-machine rule is lifted here: the only
+    # difference between them is the slow-down.
+    proc = harness(
+        "check",
+        "--baseline",
+        str(baseline),
+        "--results",
+        str(tmp_path / "slow.json"),
+        "--busy-limit",
+        "10000",
+    )
+    assert proc.returncode == 1 and "REGRESSION" in proc.stdout
+
+
+@pytest.mark.slow
+def test_loopback_run_without_namespaces(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """What a user without root gets: loopback isolation, the rate applied by a relay, said so."""
+    out = tmp_path / "r.json"
+    proc = harness(
+        *SMALL,
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--isolation",
+        "loopback",
+        "--bw",
+        "10mbit",
+        "--repeat",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = load_results(out)
+    assert results["config"]["isolation"] == "loopback"
+    assert results["config"]["link_backend"]["edge_cloud"]["rate"] == "tcp-relay"
+    assert len(results["runs"]) == 2 and results["aggregate"]["overall_latency_ms"]["n"] == 2
+    assert "medians across runs" in proc.stdout
+
+    # Packet loss cannot be applied on loopback: refused, with what to do, and nothing written.
+    refused = tmp_path / "refused.json"
+    proc = harness(
+        *SMALL,
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--isolation",
+        "loopback",
+        "--loss",
+        "1%",
+        "--out",
+        str(refused),
+    )
+    assert proc.returncode == 2
+    assert "packet loss" in proc.stderr and "--allow-unshaped" in proc.stderr
+    assert not refused.exists()
+
+
+@pytest.mark.slow
+def test_failing_node_ends_the_run_with_its_log(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A checkpoint the nodes cannot use (deleted after the harness checked it) — here: a bad data dir
+    for the test node is simulated by a dataset the nodes reject."""
+    out = tmp_path / "r.json"
+    proc = harness(
+        *SMALL,
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--isolation",
+        "loopback",
+        "--inflight",
+        "1",
+        "--run-timeout",
+        "0.001",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 1
+    assert "test node" in proc.stderr and "did not finish" in proc.stderr
+    assert not out.exists()

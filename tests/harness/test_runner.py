@@ -1,0 +1,186 @@
+"""The orchestration with fake node programs on loopback: readiness, failures, teardown, repeats."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness.config import RunConfig
+from harness.errors import ConfigError, NodeFailure, PortInUseError, UnshapedError
+from harness.results import load_results, write_results
+from harness.runner import run_experiment
+
+from .conftest import FakeCommands, FakeTestbed
+
+
+def _no_fake_nodes_left(tb: FakeTestbed) -> bool:
+    return all(p.poll() is not None for p in tb.popened)
+
+
+def test_complete_run_produces_valid_results(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], tmp_path: Path
+) -> None:
+    results = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+    tb = fake_testbed.instances[0]
+    assert tb.entered and tb.exited and _no_fake_nodes_left(tb)
+    run = results["runs"][0]
+    assert run["summary"]["samples"] == 48
+    assert len(run["per_batch_ms"]["latency"]) == 6
+    assert results["config"]["link_backend"]["edge_cloud"] == {"rate": "fake-shaper"}
+    assert results["config"]["request"]["exit"] == 2
+    assert run["edge_rss_mib"]["n"] >= 0
+    write_results(tmp_path / "r.json", results)
+    assert load_results(tmp_path / "r.json")["runs"][0]["index"] == 0
+
+
+def test_repeats_use_fresh_processes_and_aggregate(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed]
+) -> None:
+    cfg = small_config.replace(repeat=3)
+    seen: list[int] = []
+    results = run_experiment(
+        cfg,
+        testbed_factory=fake_testbed,
+        commands=FakeCommands(),
+        on_run=lambda run: seen.append(run["index"]),
+    )
+    assert seen == [0, 1, 2]
+    tb = fake_testbed.instances[0]
+    assert len({p.pid for p in tb.popened}) == 9  # 3 nodes × 3 runs, never reused
+    agg = results["aggregate"]["overall_latency_ms"]
+    assert agg["n"] == 3 and agg["min"] <= agg["median"] <= agg["max"]
+
+
+def test_edge_sampler_measures_the_edge(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_TEST_SLEEP", "0.6")  # long enough for several 100 ms samples
+    results = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+    rss = results["runs"][0]["edge_rss_mib"]
+    assert rss["n"] >= 3
+    assert 1.0 < rss["max"] < 500.0  # a Python interpreter's RSS, in MiB
+    assert results["runs"][0]["edge_cpu_percent"]["mean"] is not None
+
+
+@pytest.mark.parametrize("role", ["cloud", "edge"])
+def test_node_that_dies_before_ready_shows_its_log(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], monkeypatch: pytest.MonkeyPatch, role: str
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", role)
+    with pytest.raises(NodeFailure, match=f"fake {role} failure") as info:
+        run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+    assert info.value.node == role
+    assert "before it was ready" in str(info.value)
+    tb = fake_testbed.instances[0]
+    assert tb.exited and _no_fake_nodes_left(tb)
+
+
+def test_node_that_never_gets_ready_times_out(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_HANG", "cloud")
+    with pytest.raises(NodeFailure, match="did not print READY within 1 s"):
+        run_experiment(
+            small_config.replace(ready_timeout_s=1.0), testbed_factory=fake_testbed, commands=FakeCommands()
+        )
+    assert _no_fake_nodes_left(fake_testbed.instances[0])
+
+
+def test_edge_crash_during_run_is_reported(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_DIE_DURING", "edge")
+    with pytest.raises(NodeFailure, match="simulated crash") as info:
+        run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+    assert info.value.node == "edge"
+
+
+def test_test_node_failure(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "test")
+    with pytest.raises(NodeFailure, match="fake test failure"):
+        run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+
+
+def test_port_in_use_is_a_clear_error(small_config: RunConfig, fake_testbed: type[FakeTestbed]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"port {port} on 127.0.0.1 is already in use"):
+            run_experiment(
+                small_config.replace(ports=(port, port + 1)),
+                testbed_factory=fake_testbed,
+                commands=FakeCommands(),
+            )
+
+
+def test_refuses_to_run_unshaped_unless_allowed(small_config: RunConfig) -> None:
+    def factory(config, *, isolation):  # type: ignore[no-untyped-def]
+        return FakeTestbed(config, isolation=isolation, not_applied=["edge_cloud: packet loss 1%"])
+
+    with pytest.raises(UnshapedError, match=r"packet loss 1%.*--allow-unshaped"):
+        run_experiment(small_config, testbed_factory=factory, commands=FakeCommands())
+    notices: list[str] = []
+    results = run_experiment(
+        small_config.replace(allow_unshaped=True),
+        testbed_factory=factory,
+        commands=FakeCommands(),
+        notify=notices.append,
+    )
+    assert results["config"]["not_applied"] == ["edge_cloud: packet loss 1%"]
+    assert any("NOT applied" in n for n in notices)
+
+
+def test_not_root_message_says_what_the_fallback_does(
+    small_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+    def factory(config, *, isolation):  # type: ignore[no-untyped-def]
+        return FakeTestbed(config, isolation=isolation, not_applied=["edge_cloud: delay as TCP sees it"])
+
+    with pytest.raises(UnshapedError, match=r"not running as root.*loopback.*127\.0\.0\.1"):
+        run_experiment(small_config, testbed_factory=factory, commands=FakeCommands())
+
+
+def test_exit_out_of_range_for_checkpoint(small_config: RunConfig, tiny_sem3_checkpoint: Path) -> None:
+    from models.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="sem-3"):
+        run_experiment(
+            small_config.replace(model="sem", exit=5, checkpoint=tiny_sem3_checkpoint),
+            testbed_factory=FakeTestbed,
+            commands=FakeCommands(),
+        )
+
+
+def test_bad_link_units(small_config: RunConfig) -> None:
+    from harness.config import LinkOptions
+
+    with pytest.raises(ConfigError, match=r"--bw 10mbps.*mbps would mean megabytes"):
+        run_experiment(
+            small_config.replace(edge_cloud=LinkOptions(rate="10mbps")),
+            testbed_factory=FakeTestbed,
+            commands=FakeCommands(),
+        )
+
+
+def test_keyboard_interrupt_tears_down(small_config: RunConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import runner
+
+    def interrupt(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_wait_test", interrupt)
+    FakeTestbed.instances = []
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(small_config, testbed_factory=FakeTestbed, commands=FakeCommands())
+    tb = FakeTestbed.instances[0]
+    assert tb.exited and _no_fake_nodes_left(tb)
+    assert not any(psutil.pid_exists(p.pid) and p.poll() is None for p in tb.popened)

@@ -1,0 +1,185 @@
+"""The namespace testbed on this machine (root): shaped links measured coarsely, edge cgroup, and no
+leftovers after success, an exception, Ctrl-C or a killed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netem import EdgeLimits, LinkSpec, Testbed, TestbedConfig, clean, find_leftovers, make_testbed
+
+pytestmark = pytest.mark.root
+
+
+def new_prefix() -> str:
+    return "lx" + secrets.token_hex(3)
+
+
+def server(tb: Testbed, node: str, *args: str) -> tuple[subprocess.Popen[str], int]:
+    proc = tb.popen(node, [sys.executable, "-m", "netem.measure", *args, "--bind", tb.bind_address(node)],
+                    stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("READY"), line
+    return proc, int(line.split()[1])
+
+
+def client(tb: Testbed, src: str, dst: str, port: int, *args: str, timeout: float = 15) -> dict[str, Any]:
+    host, p = tb.connect_address(src, dst, port)
+    proc = tb.popen(src, [sys.executable, "-m", "netem.measure", args[0], "--to", f"{host}:{p}", *args[1:]],
+                    stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def expected_mechanisms(tb: Testbed, params: list[str]) -> dict[str, str]:
+    line = "netem" if "netem" in tb.caps.qdiscs else "tun-delay-line"
+    return {p: line for p in params}
+
+
+def test_delay_and_rate_are_what_tcp_sees() -> None:
+    prefix = new_prefix()
+    cfg = TestbedConfig(prefix, LinkSpec.parse(rate="10mbit", delay="20ms"))
+    with make_testbed(cfg, isolation="netns") as tb:
+        assert tb.applied["edge_cloud"] == {"rate": "tbf", **expected_mechanisms(tb, ["delay"])}
+        assert tb.not_applied == []
+        _, port = server(tb, "cloud", "echo")
+        r = client(tb, "edge", "cloud", port, "ping", "--count", "10")
+        assert 39.5 <= r["connect_ms"] < 55  # the handshake crosses the delay too
+        assert 39.5 <= statistics.median(r["rtt_ms"]) < 46
+        sink, port = server(tb, "cloud", "sink", "--warmup", "0.7")
+        client(tb, "edge", "cloud", port, "send", "--seconds", "2.5")
+        out, _ = sink.communicate(timeout=10)
+        goodput = json.loads(out)["goodput_bps"]
+        assert 10e6 * 1448 / 1500 * 0.85 < goodput < 10e6 * 1.15
+    assert find_leftovers(prefix) == []
+
+
+def test_test_reaches_cloud_through_the_edge() -> None:
+    prefix = new_prefix()
+    cfg = TestbedConfig(prefix, edge_cloud=LinkSpec.parse(rate="100mbit"),
+                        test_edge=LinkSpec.parse(delay="5ms"))
+    with make_testbed(cfg, isolation="netns") as tb:
+        assert tb.applied == {"test_edge": expected_mechanisms(tb, ["delay"]), "edge_cloud": {"rate": "tbf"}}
+        _, port = server(tb, "cloud", "echo")
+        r = client(tb, "test", "cloud", port, "ping", "--count", "10")
+        assert 9.9 <= statistics.median(r["rtt_ms"]) < 15  # 2 × 5 ms on test–edge, nothing on edge–cloud
+        _, port = server(tb, "edge", "echo")
+        r = client(tb, "cloud", "edge", port, "ping", "--count", "5")
+        assert statistics.median(r["rtt_ms"]) < 4  # cloud–edge does not cross the delayed link
+    assert find_leftovers(prefix) == []
+
+
+def test_loss_and_jitter() -> None:
+    prefix = new_prefix()
+    cfg = TestbedConfig(prefix, LinkSpec.parse(delay="10ms", jitter="3ms", loss="10%"))
+    with make_testbed(cfg, isolation="netns") as tb:
+        assert tb.applied["edge_cloud"] == expected_mechanisms(tb, ["delay", "jitter", "loss"])
+        rx, port = server(tb, "cloud", "udp-recv", "--count", "250", "--idle", "0.5")
+        # 7 ms apart (> 2 × jitter): order keeping never holds one datagram behind another
+        client(tb, "edge", "cloud", port, "udp-send", "--count", "250", "--interval", "0.007")
+        r = json.loads(rx.communicate(timeout=10)[0])
+    loss = 1 - r["received"] / 250
+    assert 0.03 < loss < 0.17  # 10 % ± 3.6σ
+    owd = sorted(r["owd_ms"])
+    assert owd[0] >= 6.9
+    assert owd[len(owd) // 2] == pytest.approx(10, abs=1.5)
+    assert statistics.pstdev(owd) > 1.0  # uniform ±3 ms: σ ≈ 1.7 ms
+
+
+def test_edge_cgroup_limits_cpu_and_memory() -> None:
+    prefix = new_prefix()
+    cfg = TestbedConfig(prefix, LinkSpec(), edge_limits=EdgeLimits.parse(cpus="0.5", cpuset="0", memory="64m"))
+    with make_testbed(cfg, isolation="netns") as tb:
+        assert tb.edge_limits_mechanism in ("cgroup-v1", "cgroup-v2")
+        assert tb.edge_threads() == 1
+        code = textwrap.dedent("""
+            import os, time, json
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                pass
+            print(json.dumps({"cpu": time.process_time(), "threads": os.environ.get("OMP_NUM_THREADS"),
+                              "cgroup": open("/proc/self/cgroup").read(), "cpus": sorted(os.sched_getaffinity(0))}))
+        """)
+        busy = tb.popen("edge", [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        r = json.loads(busy.communicate(timeout=15)[0])
+        assert r["cpu"] < 0.6 * 1.5 + 0.15  # a quota of half a core
+        assert r["threads"] == "1"
+        assert r["cpus"] == [0]
+        assert f"/{prefix}-edge" in r["cgroup"]
+        hog = tb.popen("edge", [sys.executable, "-c", "x = bytearray(256 * 2**20); x[::4096] = b'x' * len(x[::4096])"],
+                       stderr=subprocess.DEVNULL)
+        assert hog.wait(timeout=15) == -signal.SIGKILL  # the OOM killer, at 64m
+    assert find_leftovers(prefix) == []
+
+
+def test_exception_inside_the_block_leaves_nothing() -> None:
+    prefix = new_prefix()
+    cfg = TestbedConfig(prefix, LinkSpec.parse(rate="1mbit", delay="5ms"), edge_limits=EdgeLimits.parse(cpus="1"))
+    with pytest.raises(RuntimeError, match="node crashed"), make_testbed(cfg, isolation="netns") as tb:
+        tb.popen("edge", ["sleep", "30"])
+        assert find_leftovers(prefix) != []
+        raise RuntimeError("node crashed")
+    assert find_leftovers(prefix) == []
+
+
+RUN = textwrap.dedent("""
+    import sys, time
+    from netem import LinkSpec, TestbedConfig, make_testbed, EdgeLimits
+    cfg = TestbedConfig(sys.argv[1], LinkSpec.parse(rate="10mbit", delay="10ms"),
+                        test_edge=LinkSpec.parse(delay="1ms"), edge_limits=EdgeLimits.parse(cpus="1"))
+    with make_testbed(cfg, isolation="netns") as tb:
+        tb.popen("edge", ["sleep", "60"])
+        tb.popen("cloud", ["sleep", "60"])
+        print("UP", flush=True)
+        time.sleep(60)
+""")
+
+
+def _start_run(prefix: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", RUN, prefix], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "UP"
+    return proc
+
+
+def test_ctrl_c_leaves_nothing() -> None:
+    prefix = new_prefix()
+    proc = _start_run(prefix)
+    assert any(x.startswith("netns") for x in find_leftovers(prefix))
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    assert find_leftovers(prefix) == []
+
+
+def test_killed_run_is_cleaned_by_prefix() -> None:
+    prefix = new_prefix()
+    proc = _start_run(prefix)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while any(x.startswith("process") for x in find_leftovers(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = find_leftovers(prefix)
+    assert not any(x.startswith("process") for x in left)  # delay lines die with their parent
+    assert {f"netns {prefix}-{r}" for r in ("test", "edge", "cloud")} <= set(left)
+    other = new_prefix()  # a second run is not touched by cleaning the first
+    with make_testbed(TestbedConfig(other, LinkSpec()), isolation="netns"):
+        removed = clean(prefix)
+        assert find_leftovers(other) != []
+    assert any(r.startswith(f"netns {prefix}-") for r in removed)
+    assert any(r.startswith("process") for r in removed)  # the sleeps in the namespaces
+    assert find_leftovers(prefix) == []
+    assert not any(Path(p).name.startswith(prefix) for p in os.listdir("/sys/fs/cgroup/cpu"))
