@@ -52,7 +52,7 @@ def _client(tb: Testbed, src: str, dst: str, port: int, *args: str) -> dict[str,
     proc = tb.popen(src, [sys.executable, "-m", "netem.measure", args[0], "--to", f"{host}:{p}", *args[1:]],
                     stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=60)
-    return json.loads(out)  # type: ignore[no-any-return]
+    return json.loads(out)
 
 
 def _cpu_s(pid: int) -> float:

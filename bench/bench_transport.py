@@ -12,7 +12,17 @@ Measured in one run, receivers in a separate process, so only ratios are reporte
   same event loop (target ≤ 1.2×), and vs a pyzmq PAIR ping-pong;
 - decode: time to turn a received frame into a message, per payload size (target: flat; zero-copy).
 
-Each figure is the best of several repeats (the least disturbed by other load on the machine).
+Each figure is the best of several repeats (the least disturbed by other load on the machine); within a
+repeat the methods run one after the other, size by size, so that a burst of background load hits them
+alike. What each baseline is, exactly:
+
+- raw: a blocking ``socket.sendall`` of the payload (one buffer, no event loop, no framing) into a
+  blocking ``recv_into`` that reuses one buffer -- the most a Python process can get from TCP here; both
+  ends set TCP_NODELAY, as the framed transport does;
+- raw asyncio echo: ``StreamWriter.write``/``drain`` then ``StreamReader.readexactly`` of 64 bytes, on the
+  same event loop as the framed client (uvloop when installed; the echo server too), TCP_NODELAY on;
+- pyzmq: PAIR sockets, ``send_multipart([64-byte header, payload], copy=False)``, receiver
+  ``recv_multipart(copy=False)``.
 """
 
 from __future__ import annotations
@@ -165,122 +175,109 @@ def _start(target: Callable[[Pipe], None]) -> tuple[mp.process.BaseProcess, Pipe
     return proc, parent, int(parent.recv())
 
 
-# -- senders ----------------------------------------------------------------------------------------------
+# -- senders (one trial each; the caller interleaves the methods) ----------------------------------------
 
-def raw_send(port: int, trials: list[tuple[int, int]], repeats: int) -> dict[int, float]:
-    best: dict[int, float] = {}
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for k, p in trials:
-            payload = np.ones(p, dtype=np.uint8)
-            for _ in range(repeats):
-                s.sendall(SPEC.pack(k, p))
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    s.sendall(payload.data)
-                assert s.recv(1) == b"k"
-                best[p] = min(best.get(p, float("inf")), time.perf_counter() - t0)
-    return best
+def raw_trial(s: socket.socket, k: int, payload: np.ndarray) -> float:
+    s.sendall(SPEC.pack(k, len(payload)))
+    t0 = time.perf_counter()
+    for _ in range(k):
+        s.sendall(payload.data)
+    if s.recv(1) != b"k":
+        raise RuntimeError("raw receiver did not acknowledge")
+    return time.perf_counter() - t0
 
 
-async def framed_send(port: int, trials: list[tuple[int, int]], repeats: int) -> dict[int, float]:
-    stream = await open_stream("127.0.0.1", port, node="cloud", timeout=600)
-    stream.conn.handshake_done()
-    best: dict[int, float] = {}
-    try:
-        for k, p in trials:
-            msg = Batch(batch_id=1, sample_ids=np.zeros(1, np.int64), images=np.ones((1, 1, 1, p), np.uint8),
-                        t_sent_ns=0)
-            for _ in range(repeats):
-                await stream.send(ClockProbe(seq=k, t_sent_ns=p))
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    await stream.send(msg)
-                ack = await stream.recv()
-                assert isinstance(ack, ClockReply) and ack.seq == k
-                best[p] = min(best.get(p, float("inf")), time.perf_counter() - t0)
-    finally:
-        await stream.close()
-    return best
+async def framed_trial(stream: FramedStream, k: int, msg: Batch) -> float:
+    await stream.send(ClockProbe(seq=k, t_sent_ns=0))
+    t0 = time.perf_counter()
+    for _ in range(k):
+        await stream.send(msg)
+    ack = await stream.recv()
+    if not (isinstance(ack, ClockReply) and ack.seq == k):
+        raise RuntimeError(f"framed receiver answered {ack!r}")
+    return time.perf_counter() - t0
 
 
-def zmq_send(port: int, trials: list[tuple[int, int]], repeats: int) -> dict[int, float]:
-    import zmq
-
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PAIR)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    best: dict[int, float] = {}
-    try:
-        for k, p in trials:
-            payload = np.ones(p, dtype=np.uint8)
-            header = b"\x00" * 64  # a small header frame, as a user would send dtype/shape alongside
-            for _ in range(repeats):
-                sock.send(SPEC.pack(k, p))
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    sock.send_multipart([header, payload.data], copy=False)
-                assert sock.recv() == b"k"
-                best[p] = min(best.get(p, float("inf")), time.perf_counter() - t0)
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-    return best
+def zmq_trial(sock: Any, k: int, payload: np.ndarray) -> float:
+    header = b"\x00" * 64  # a small header frame, as a user would send dtype/shape alongside
+    sock.send(SPEC.pack(k, len(payload)))
+    t0 = time.perf_counter()
+    for _ in range(k):
+        sock.send_multipart([header, payload.data], copy=False)
+    if sock.recv() != b"k":
+        raise RuntimeError("zmq receiver did not acknowledge")
+    return time.perf_counter() - t0
 
 
-async def framed_rtt(port: int, n: int, repeats: int) -> float:
-    stream = await open_stream("127.0.0.1", port, node="cloud", timeout=600)
-    stream.conn.handshake_done()
-    best = float("inf")
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                await stream.send(ClockProbe(seq=0, t_sent_ns=1))
-                await stream.recv()
-            best = min(best, (time.perf_counter() - t0) / n)
-    finally:
-        await stream.close()
-    return best
+async def framed_rtt(stream: FramedStream, n: int) -> float:
+    probe = ClockProbe(seq=0, t_sent_ns=1)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await stream.send(probe)
+        await stream.recv()
+    return (time.perf_counter() - t0) / n
 
 
-async def echo_rtt(port: int, n: int, repeats: int) -> float:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+async def echo_rtt(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> float:
     data = b"x" * ECHO_SIZE
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            writer.write(data)
-            await writer.drain()
-            await reader.readexactly(ECHO_SIZE)
-        best = min(best, (time.perf_counter() - t0) / n)
-    writer.close()
-    return best
+    t0 = time.perf_counter()
+    for _ in range(n):
+        writer.write(data)
+        await writer.drain()
+        await reader.readexactly(ECHO_SIZE)
+    return (time.perf_counter() - t0) / n
 
 
-def zmq_rtt(port: int, n: int, repeats: int) -> float:
+def zmq_rtt(sock: Any, n: int) -> float:
+    data = b"x" * ECHO_SIZE
+    sock.send(SPEC.pack(n, 0))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sock.send(data)
+        sock.recv()
+    return (time.perf_counter() - t0) / n
+
+
+async def measure(ports: dict[str, int], trials: list[tuple[int, int]], repeats: int, rtt_n: int
+                  ) -> dict[str, Any]:
+    """All transfers and round trips, the methods interleaved within each repeat so that background load
+    hits them alike; best of ``repeats`` per method and size. One event loop runs the framed and the
+    echo clients (the same loop, uvloop if installed); raw and zmq block the loop while they run."""
     import zmq
 
+    best: dict[str, dict[int, float]] = {"raw": {}, "framed": {}, "zmq": {}}
+    rtt: dict[str, float] = {"framed": float("inf"), "echo": float("inf"), "zmq": float("inf")}
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.PAIR)
-    sock.connect(f"tcp://127.0.0.1:{port}")
-    best = float("inf")
+    zsock = ctx.socket(zmq.PAIR)
+    zsock.connect(f"tcp://127.0.0.1:{ports['zmq']}")
+    raw = socket.create_connection(("127.0.0.1", ports["raw"]))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stream = await open_stream("127.0.0.1", ports["framed"], node="cloud", timeout=600)
+    stream.conn.handshake_done()
+    reader, writer = await asyncio.open_connection("127.0.0.1", ports["echo"])
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
+        await framed_rtt(stream, 1)  # the receiver lifts its handshake frame limit before any big frame
         for _ in range(repeats):
-            sock.send(SPEC.pack(n, 0))
-            t0 = time.perf_counter()
-            for _ in range(n):
-                sock.send(b"x" * ECHO_SIZE)
-                sock.recv()
-            best = min(best, (time.perf_counter() - t0) / n)
-        sock.send(SPEC.pack(0, 0))
+            for k, p in trials:
+                payload = np.ones(p, dtype=np.uint8)
+                msg = Batch(batch_id=1, sample_ids=np.zeros(1, np.int64),
+                            images=payload.reshape(1, 1, 1, p), t_sent_ns=0)
+                for name, t in (("raw", raw_trial(raw, k, payload)),
+                                ("framed", await framed_trial(stream, k, msg)),
+                                ("zmq", zmq_trial(zsock, k, payload))):
+                    best[name][p] = min(best[name].get(p, float("inf")), t)
+            rtt["framed"] = min(rtt["framed"], await framed_rtt(stream, rtt_n))
+            rtt["echo"] = min(rtt["echo"], await echo_rtt(reader, writer, rtt_n))
+            rtt["zmq"] = min(rtt["zmq"], zmq_rtt(zsock, rtt_n))
+        zsock.send(SPEC.pack(0, 0))
     finally:
-        sock.close(linger=0)
+        writer.close()
+        raw.close()
+        await stream.close()
+        zsock.close(linger=0)
         ctx.term()
-    return best
+    return {"throughput": best, "rtt": rtt}
 
 
 def decode_cost(sizes: list[int], repeats: int) -> dict[int, float]:
@@ -326,13 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         ec_p, ec_pipe, ec_port = _start(echo_server)
         zm_p, zm_pipe, zm_port = _start(zmq_server)
         procs = [(raw_p, raw_pipe), (fr_p, fr_pipe), (ec_p, ec_pipe), (zm_p, zm_pipe)]
-        # interleave the methods per repeat-set so that background load hits them alike
-        raw = raw_send(raw_port, trials, repeats)
-        framed = _run_loop(framed_send(fr_port, trials, repeats))
-        zmq_t = zmq_send(zm_port, trials, repeats)
-        rtt_framed = _run_loop(framed_rtt(fr_port, rtt_n, repeats))
-        rtt_echo = _run_loop(echo_rtt(ec_port, rtt_n, repeats))
-        rtt_zmq = zmq_rtt(zm_port, rtt_n, repeats)
+        res = _run_loop(measure({"raw": raw_port, "framed": fr_port, "echo": ec_port, "zmq": zm_port},
+                                trials, repeats, rtt_n))
+        raw, framed, zmq_t = (res["throughput"][m] for m in ("raw", "framed", "zmq"))
+        rtt_framed, rtt_echo, rtt_zmq = (res["rtt"][m] for m in ("framed", "echo", "zmq"))
         decode = decode_cost(sizes, repeats)
     finally:
         for proc, pipe in procs:

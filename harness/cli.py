@@ -165,7 +165,10 @@ def default_out(cfg: RunConfig) -> Path:
 
 def cmd_run(argv: Sequence[str], prog: str = "python -m harness") -> int:
     parser = argparse.ArgumentParser(
-        prog=prog, description="Run one local-exit experiment and print its summary."
+        prog=prog,
+        description="Run one local-exit experiment and print its summary.",
+        epilog="other commands: sweep, check, record-baseline, clean, train, reproduce "
+        "(python -m harness COMMAND --help)",
     )
     add_run_options(parser)
     parser.add_argument(

@@ -261,6 +261,24 @@ class RunContext:
     commands: NodeCommands = field(default_factory=NodeCommands)
 
 
+#: Idle OpenMP worker threads spin-wait by default. Three torch processes on a few cores then steal CPU
+#: from whichever node is computing: on a 2-core machine the nodes computed 10-60x slower than the same
+#: work standalone (bench/bench_harness.py), against about 1.2x with passive waiting.
+NODE_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def node_env(tb: TestbedLike, node: str) -> dict[str, str]:
+    """Environment of a node process: ours, plus ``NODE_ENV_DEFAULTS`` unless the user set them, plus
+    the edge's thread count under a CPU limit (what ``netem`` would set had we passed no environment)."""
+    env = dict(os.environ)
+    for key, value in NODE_ENV_DEFAULTS.items():
+        env.setdefault(key, value)
+    threads = tb.edge_threads() if node == "edge" else None
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
 @contextlib.contextmanager
 def _started(
     tb: TestbedLike, name: str, argv: list[str], workdir: Path, *, pipe_stdout: bool
@@ -273,6 +291,7 @@ def _started(
             name,
             argv,
             stdin=subprocess.DEVNULL,
+            env=node_env(tb, name),
             stdout=subprocess.PIPE if pipe_stdout else log_file,
             stderr=log_file,
         )
@@ -412,6 +431,7 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
             "mechanism": mechanism if limits else None,
         },
         "isolation": tb.isolation,
+        "node_env": {key: node_env(tb, "cloud")[key] for key in NODE_ENV_DEFAULTS},
         "request": config_to_dict(cfg),
     }
 

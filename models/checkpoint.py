@@ -51,6 +51,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint or log is meant to be shared
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
         os.replace(tmp, path)

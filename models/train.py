@@ -240,6 +240,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint or log is meant to be shared
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1)
             fh.write("\n")

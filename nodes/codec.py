@@ -26,8 +26,10 @@ making decode cost grow with the tensor size. The padding keeps every tensor ali
 from __future__ import annotations
 
 import struct
+import sys
 from collections import deque
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -39,6 +41,7 @@ Buffer = bytes | bytearray | memoryview
 
 LENGTH_PREFIX = struct.Struct(">I")
 HEADER_LENGTH = struct.Struct(">I")
+_PREFIXES = struct.Struct(">II")  # length prefix and header length, packed in one call
 
 # The largest frame body a decoder accepts by default. The decoder allocates the body buffer as soon as
 # it has read a length prefix (so that the socket can fill it in place), so this bound is the memory one
@@ -65,10 +68,19 @@ MAX_NDIM = 8
 # Reading a length prefix into a scratch buffer of this size lets one recv pick up many small frames.
 _SCRATCH_SIZE = 256 * 1024
 
+# Frame bodies at least this large are received into a buffer the decoder recycles once the caller has
+# dropped every view of it. A fresh buffer of tens of MiB is a fresh mmap whose page faults (and the
+# kernel zeroing each page) cost about as much as copying the bytes again; below 1 MiB malloc reuses
+# its own freed memory anyway, so recycling would only pin memory.
+_RECYCLE_MIN = 1024 * 1024
+
+_ZEROS = bytes(ALIGN)
+
 # Only plain numeric types, in little-endian byte order, travel; object arrays never do.
 ALLOWED_DTYPES = frozenset(
     {"|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8"}
 )
+_DTYPES: Mapping[str, np.dtype[Any]] = MappingProxyType({name: np.dtype(name) for name in ALLOWED_DTYPES})
 
 
 def _pad(n: int) -> int:
@@ -94,20 +106,37 @@ def encode_frame(header: Mapping[str, Any], *, max_frame_size: int = MAX_FRAME_S
     list holds memoryviews of the arrays). Raises :class:`LocalProtocolError` for values msgpack cannot
     carry or a frame larger than ``max_frame_size``.
     """
+    for value in header.values():
+        if isinstance(value, np.ndarray):  # a message's tensors are top-level values
+            return _encode_frame_with_tensors(header, max_frame_size)
+    try:
+        # Fast path: a header without tensors (or other numpy values) packs in one call, with no hook.
+        packed = msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):  # nested tensors, numpy scalars, or an error
+        return _encode_frame_with_tensors(header, max_frame_size)
+    head_len = HEADER_LENGTH.size + len(packed)
+    pad = -head_len % ALIGN
+    if head_len + pad > max_frame_size:
+        raise LocalProtocolError(
+            f"frame of {head_len + pad} bytes exceeds the limit of {max_frame_size} bytes")
+    return [_PREFIXES.pack(head_len + pad, len(packed)) + packed + _ZEROS[:pad]]
+
+
+def _encode_frame_with_tensors(header: Mapping[str, Any], max_frame_size: int) -> list[Buffer]:
     tensors: list[np.ndarray] = []
+    pack_descriptor = msgpack.Packer().pack
 
     def default(obj: object) -> object:
         if isinstance(obj, np.ndarray):
             arr = _to_wire_array(obj)
             tensors.append(arr)
-            descriptor = msgpack.packb([arr.dtype.str, list(arr.shape), arr.nbytes])
-            return msgpack.ExtType(TENSOR_EXT_CODE, descriptor)
+            return msgpack.ExtType(TENSOR_EXT_CODE, pack_descriptor([arr.dtype.str, arr.shape, arr.nbytes]))
         if isinstance(obj, np.generic):
             return obj.item()
         raise LocalProtocolError(f"cannot encode a value of type {type(obj).__name__} in a frame")
 
     try:
-        packed = msgpack.packb(header, default=default, use_bin_type=True)
+        packed = msgpack.Packer(default=default, use_bin_type=True).pack(header)
     except LocalProtocolError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -116,15 +145,13 @@ def encode_frame(header: Mapping[str, Any], *, max_frame_size: int = MAX_FRAME_S
     body_len = head_len + _pad(head_len) + sum(t.nbytes + _pad(t.nbytes) for t in tensors)
     if body_len > max_frame_size:
         raise LocalProtocolError(f"frame of {body_len} bytes exceeds the limit of {max_frame_size} bytes")
-    first = b"".join(
-        (LENGTH_PREFIX.pack(body_len), HEADER_LENGTH.pack(len(packed)), packed, bytes(_pad(head_len)))
-    )
+    first = _PREFIXES.pack(body_len, len(packed)) + packed + _ZEROS[: _pad(head_len)]
     out: list[Buffer] = [first]
     for t in tensors:
         if t.nbytes:
-            out.append(t.reshape(-1).data.cast("B"))
+            out.append(t.data.cast("B"))  # C-contiguous, so a flat byte view without a copy
         if _pad(t.nbytes):
-            out.append(bytes(_pad(t.nbytes)))
+            out.append(_ZEROS[: _pad(t.nbytes)])
     return out
 
 
@@ -141,17 +168,17 @@ def _parse_descriptor(data: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int]
     if not (isinstance(desc, list) and len(desc) == 3):
         raise RemoteProtocolError("malformed tensor descriptor: expected [dtype, shape, nbytes]")
     dtype_str, shape, nbytes = desc
-    if not isinstance(dtype_str, str) or dtype_str not in ALLOWED_DTYPES:
+    dtype = _DTYPES.get(dtype_str) if isinstance(dtype_str, str) else None
+    if dtype is None:
         raise RemoteProtocolError(f"tensor dtype {dtype_str!r} is not allowed")
     if not (isinstance(shape, list) and len(shape) <= MAX_NDIM):
         raise RemoteProtocolError(f"tensor shape must be a list of at most {MAX_NDIM} sizes")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise RemoteProtocolError(f"tensor shape {shape!r} has a negative or non-integer size")
-    dtype = np.dtype(dtype_str)
     count = 1
     for s in shape:
+        if type(s) is not int or s < 0:  # (msgpack gives plain ints; a bool is not a size)
+            raise RemoteProtocolError(f"tensor shape {shape!r} has a negative or non-integer size")
         count *= s
-    if not isinstance(nbytes, int) or nbytes != count * dtype.itemsize:
+    if type(nbytes) is not int or nbytes != count * dtype.itemsize:
         raise RemoteProtocolError(f"tensor of shape {shape} and dtype {dtype_str} cannot be {nbytes!r} bytes")
     return dtype, tuple(shape), nbytes
 
@@ -181,8 +208,8 @@ def decode_frame(body: Buffer | np.ndarray) -> dict[str, Any]:
             raise RemoteProtocolError(
                 f"tensor data ({nbytes} bytes at offset {offset}) runs past the end of a {total}-byte frame"
             )
-        arr = np.frombuffer(mv, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(shape)
-        offset += nbytes + _pad(nbytes)
+        arr: np.ndarray = np.ndarray(shape, dtype, buffer=mv, offset=offset)
+        offset += nbytes + (-nbytes % ALIGN)
         return arr
 
     try:
@@ -191,8 +218,11 @@ def decode_frame(body: Buffer | np.ndarray) -> dict[str, Any]:
         raise
     except Exception as exc:  # msgpack raises a zoo of types (ExtraData, FormatError, ValueError, ...)
         raise RemoteProtocolError(f"malformed msgpack header: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
+    if not isinstance(header, dict):
         raise RemoteProtocolError("frame header is not a map with string keys")
+    for key in header:
+        if type(key) is not str:
+            raise RemoteProtocolError("frame header is not a map with string keys")
     if offset != total:
         raise RemoteProtocolError(f"frame is {total} bytes but its header and tensors account for {offset}")
     return header
@@ -212,6 +242,7 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._buf = bytearray()  # bytes of the length prefix and of small frames still incomplete
         self._body: np.ndarray | None = None  # preallocated body of the frame being received
+        self._spare: np.ndarray | None = None  # the large body buffer recycled across frames
         self._filled = 0
         self._frames: deque[np.ndarray] = deque()
         self._scratch = bytearray(_SCRATCH_SIZE)
@@ -322,5 +353,21 @@ class FrameDecoder:
             if length < HEADER_LENGTH.size:
                 self._fail(f"peer announced a frame of {length} bytes, too short to hold a header length")
             self._buf.clear()
-            self._body = np.empty(length, dtype=np.uint8)
+            self._body = self._new_body(length)
             self._filled = 0
+
+    def _new_body(self, length: int) -> np.ndarray:
+        """A buffer for a frame body of ``length`` bytes: the recycled one when nobody uses it any more.
+
+        Whether the caller still holds a frame, a decoded tensor or anything derived from one (a torch
+        tensor from ``torch.from_numpy``, a memoryview) shows in the spare's reference count: every view
+        keeps its base alive. So a buffer is overwritten only once nothing can see it.
+        """
+        if length < _RECYCLE_MIN:
+            return np.empty(length, dtype=np.uint8)
+        getrefcount = getattr(sys, "getrefcount", None)  # CPython only; elsewhere never recycle
+        if (self._spare is not None and len(self._spare) >= length and getrefcount is not None
+                and getrefcount(self._spare) == 2):  # our attribute and getrefcount's argument
+            return self._spare[:length]
+        self._spare = np.empty(length, dtype=np.uint8)
+        return self._spare[:length]

@@ -1,9 +1,12 @@
 """asyncio transport for :class:`nodes.protocol.Connection`: one buffered protocol, timeouts everywhere.
 
 The socket writes straight into the decoder's buffer (``asyncio.BufferedProtocol``), so a large frame is
-received with a single copy, as with ``socket.recv_into``. Sending is ``transport.write`` of the codec's
-buffers followed by a drain with a timeout. Every await that waits on the network has a timeout, and
-low-level failures are mapped to :class:`~nodes.errors.PeerError` naming the peer node.
+received with a single copy, as with ``socket.recv_into``; the reader task is woken once per complete
+frame, not once per read. Sending writes a small frame as one ``bytes`` and a large one as the codec's
+buffers (scatter/gather where the transport supports it, so tensor bytes are never copied), followed by
+a drain with a timeout. Every await that waits on the network has a timeout -- for reads one re-armed
+deadline timer per connection rather than a timer per receive -- and low-level failures are mapped to
+:class:`~nodes.errors.PeerError` naming the peer node.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
@@ -33,6 +37,14 @@ DEFAULT_TIMEOUT_S = 30.0
 
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 
+# Event loops round timers to their clock's resolution (uvloop: 1 ms) and may run one slightly early; a
+# read deadline within this much of now counts as reached, so that the timer is not re-armed in a spin.
+_TIMER_SLACK_S = 0.002
+
+# Frames up to this size are joined into one bytes object and written with one call (one syscall, one
+# TCP segment): copying a few KiB costs less than a write per buffer. Larger ones go out uncopied.
+_JOIN_MAX = 64 * 1024
+
 
 async def with_timeout(aw: Awaitable[T], timeout: float, node: str, what: str) -> T:
     """Await ``aw`` for at most ``timeout`` seconds; :class:`NodeTimeout` naming ``node`` otherwise."""
@@ -45,20 +57,31 @@ async def with_timeout(aw: Awaitable[T], timeout: float, node: str, what: str) -
 class _FrameProtocol(asyncio.BufferedProtocol):
     def __init__(self, conn: Connection, on_made: Callable[[_FrameProtocol], None] | None = None) -> None:
         self.conn = conn
+        self.loop = asyncio.get_running_loop()  # protocols are built by the loop that runs them
         self._on_made = on_made
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
         self.closed = False
         self.closed_event = asyncio.Event()
         self.error: ProtocolError | None = None
-        self._read_waiter: asyncio.Future[None] | None = None
+        self._read_waiter: asyncio.Future[bool] | None = None
+        self._read_deadline = 0.0
+        # One timer bounds every read wait: it is armed at the first wait's deadline and, when it fires
+        # while a later wait (with a later deadline) is pending, re-armed to that wait's deadline. A
+        # receive then costs no timer of its own, and no wait outlives its deadline.
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._read_timer_when = 0.0
+        self.scatter_writes = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
-        self._write_paused = False
+        self.write_paused = False
         self._read_paused = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        # uvloop's writelines hands all buffers to one writev, as does asyncio's from Python 3.12; 3.11's
+        # joins them into one bytes first (a copy of every tensor), so there we write them one by one.
+        self.scatter_writes = type(transport).__module__.startswith("uvloop") or sys.version_info >= (3, 12)
         # Let up to a few MiB queue before drain() waits: with the default 64 KiB high-water mark a large
         # frame is sent in many pause/resume rounds and the pipe runs empty in between.
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
@@ -77,7 +100,12 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self.conn.buffer_updated(nbytes)
         except ProtocolError as exc:
             self.error = exc
-        if self.conn.frames_pending >= _MAX_QUEUED_FRAMES and self.transport is not None:
+            self._wake_reader()
+            return
+        pending = self.conn.frames_pending
+        if not pending:
+            return  # the middle of a frame: nothing for the reader yet
+        if pending >= _MAX_QUEUED_FRAMES and self.transport is not None:
             self.transport.pause_reading()
             self._read_paused = True
         self._wake_reader()
@@ -92,6 +120,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         self.closed_event.set()
         self.lost = exc
         with contextlib.suppress(ProtocolError):
@@ -103,10 +134,10 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                 fut.set_result(None)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         while self._drain_waiters:
             fut = self._drain_waiters.popleft()
             if not fut.done():
@@ -115,24 +146,44 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     # helpers for FramedStream
     def _wake_reader(self) -> None:
         if self._read_waiter is not None and not self._read_waiter.done():
-            self._read_waiter.set_result(None)
+            self._read_waiter.set_result(True)
 
     def resume_reading_if_needed(self) -> None:
         if self._read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
             self._read_paused = False
             self.transport.resume_reading()
 
-    async def wait_readable(self, timeout: float) -> bool:
-        """Wait until data, EOF or loss; False on timeout."""
-        self._read_waiter = asyncio.get_running_loop().create_future()
+    async def wait_readable(self, deadline: float) -> bool:
+        """Wait until a frame, an error, EOF or loss; False once ``deadline`` (loop time) has passed."""
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        self._read_waiter = fut
+        self._read_deadline = deadline
+        if self._read_timer is None or self._read_timer_when > deadline:
+            self._arm_read_timer(deadline)
         try:
-            return await _wait_future(self._read_waiter, timeout)
+            return await fut
         finally:
             self._read_waiter = None
 
+    def _arm_read_timer(self, when: float) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+        self._read_timer = self.loop.call_at(when, self._on_read_timer)
+        self._read_timer_when = when
+
+    def _on_read_timer(self) -> None:
+        self._read_timer = None
+        fut = self._read_waiter
+        if fut is None or fut.done():
+            return  # nobody waits; the next wait arms the timer again
+        if self.loop.time() + _TIMER_SLACK_S >= self._read_deadline:
+            fut.set_result(False)
+        else:
+            self._arm_read_timer(self._read_deadline)
+
     async def wait_drained(self, timeout: float) -> bool:
         """Wait until the transport accepts more writes; False on timeout."""
-        if not self._write_paused or self.closed:
+        if not self.write_paused or self.closed:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._drain_waiters.append(fut)
@@ -184,8 +235,18 @@ class FramedStream:
         if self._p.closed or self._p.transport is None or self._p.transport.is_closing():
             raise PeerError(self.node, f"cannot send to the {self.node} node at {self.peer}: connection closed")
         transport = self._p.transport
-        for buf in self.conn.send(msg):
-            transport.write(buf)
+        bufs = self.conn.send(msg)
+        if len(bufs) == 1:
+            transport.write(bufs[0])
+        elif sum(len(b) for b in bufs) <= _JOIN_MAX:
+            transport.write(b"".join(bufs))
+        elif self._p.scatter_writes:
+            transport.writelines(bufs)
+        else:
+            for buf in bufs:
+                transport.write(buf)
+        if not self._p.write_paused and not self._p.closed:
+            return  # the common case: no await, so no task switch
         limit = timeout or self.timeout
         if not await self._p.wait_drained(limit):
             raise NodeTimeout(self.node, f"timed out after {limit:g} s sending to the {self.node} node at "
@@ -197,25 +258,25 @@ class FramedStream:
     async def recv(self, *, timeout: float | None = None, what: str = "for a message") -> Message:
         """The next message. Raises :class:`PeerError` when the peer closed the connection,
         :class:`RemoteProtocolError` when it sent something invalid, :class:`NodeTimeout` on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
+        p = self._p
+        deadline: float | None = None
         while True:
             try:
-                event = self.conn.next_event()
+                event = p.conn.next_event()
             except RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {exc}") from exc
-            self._p.resume_reading_if_needed()
+            p.resume_reading_if_needed()
             if event is NEED_DATA:
-                if self._p.error is not None:
-                    err = self._p.error
+                if p.error is not None:
+                    err = p.error
                     raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {err}") from err
-                if self._p.closed:
+                if p.closed:
                     raise self._closed_error()
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                if deadline is None:
+                    deadline = p.loop.time() + (timeout or self.timeout)
+                if not await p.wait_readable(deadline):
                     raise NodeTimeout(self.node, f"timed out after {timeout or self.timeout:g} s waiting "
                                                  f"{what} from the {self.node} node at {self.peer}")
-                await self._p.wait_readable(remaining)
                 continue
             if event is CLOSED:
                 raise self._closed_error()

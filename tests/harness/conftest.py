@@ -113,3 +113,11 @@ class FakeTestbed:
 def fake_testbed() -> type[FakeTestbed]:
     FakeTestbed.instances = []
     return FakeTestbed
+
+
+@pytest.fixture(autouse=True)
+def _private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs that fail keep their node logs in a temporary directory; keep those inside the test's own."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

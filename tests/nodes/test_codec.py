@@ -280,3 +280,40 @@ def test_fuzz_tensor_round_trip_any_dtype_shape_and_chunking(dtype: str, shape: 
     for got in (out["a"], out["b"][0], out["b"][1]["c"]):
         assert got.dtype == arr.dtype and got.shape == arr.shape
         np.testing.assert_array_equal(got, arr)
+
+
+def test_large_frame_buffer_is_recycled_only_once_nothing_views_it() -> None:
+    payload = np.arange(2 << 20, dtype=np.uint8)
+    data = encode_frame_bytes({"t": payload})
+    dec = FrameDecoder()
+    dec.receive_data(data)
+    first = decode_frame(_next(dec))["t"]
+    dec.receive_data(encode_frame_bytes({"t": payload[::-1].copy()}))
+    second = decode_frame(_next(dec))["t"]
+    assert not np.shares_memory(first, second)  # `first` is still held: its bytes must stay put
+    np.testing.assert_array_equal(first, payload)
+    address = second.ctypes.data
+    del first, second
+    dec.receive_data(data)
+    third = decode_frame(_next(dec))["t"]
+    assert third.ctypes.data == address  # nothing viewed the spare any more: no fresh allocation
+    np.testing.assert_array_equal(third, payload)
+
+
+def test_numpy_scalars_and_nested_tensors_take_the_tensor_path() -> None:
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    out = decode_frame(_next_from(encode_frame_bytes({"n": np.int64(7), "x": [{"a": arr}]})))
+    assert out["n"] == 7
+    np.testing.assert_array_equal(out["x"][0]["a"], arr)
+
+
+def _next(dec: FrameDecoder) -> np.ndarray:
+    frame = dec.next_frame()
+    assert frame is not None
+    return frame
+
+
+def _next_from(data: bytes) -> np.ndarray:
+    dec = FrameDecoder()
+    dec.receive_data(data)
+    return _next(dec)
