@@ -82,6 +82,7 @@ def bench_edge_parts(rounds: int, inner: int) -> list[list[object]]:
                 "ok" if ratio <= LIMIT else f"ABOVE {LIMIT}",
             ]
         )
+    torch.set_num_threads(threads)
     return rows
 
 

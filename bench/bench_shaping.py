@@ -39,8 +39,12 @@ PAYLOAD, IP_PACKET, ETH = 1448, 1500, 14
 
 
 def _server(tb: Testbed, node: str, *args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = tb.popen(node, [sys.executable, "-m", "netem.measure", *args, "--bind", tb.bind_address(node)],
-                    stdout=subprocess.PIPE, text=True)
+    proc = tb.popen(
+        node,
+        [sys.executable, "-m", "netem.measure", *args, "--bind", tb.bind_address(node)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.startswith("READY"):
         raise RuntimeError(f"measure server {args[0]} did not start")
@@ -49,8 +53,12 @@ def _server(tb: Testbed, node: str, *args: str) -> tuple[subprocess.Popen[str], 
 
 def _client(tb: Testbed, src: str, dst: str, port: int, *args: str) -> dict[str, Any]:
     host, p = tb.connect_address(src, dst, port)
-    proc = tb.popen(src, [sys.executable, "-m", "netem.measure", args[0], "--to", f"{host}:{p}", *args[1:]],
-                    stdout=subprocess.PIPE, text=True)
+    proc = tb.popen(
+        src,
+        [sys.executable, "-m", "netem.measure", args[0], "--to", f"{host}:{p}", *args[1:]],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     out, _ = proc.communicate(timeout=60)
     return json.loads(out)
 
@@ -68,8 +76,10 @@ def goodput_rows(quick: bool) -> list[list[Any]]:
     rows = []
     seconds, warmup = (2.5, 0.8) if quick else (6.0, 1.5)
     for mbit in (1, 10, 100):
-        for kind, spec in (("veth+tbf", LinkSpec(rate_bps=mbit * 10**6)),
-                           ("tun+tbf+delay line (5ms)", LinkSpec(rate_bps=mbit * 10**6, delay_s=0.005))):
+        for kind, spec in (
+            ("veth+tbf", LinkSpec(rate_bps=mbit * 10**6)),
+            ("tun+tbf+delay line (5ms)", LinkSpec(rate_bps=mbit * 10**6, delay_s=0.005)),
+        ):
             with _bed(spec) as tb:
                 sink, port = _server(tb, "cloud", "sink", "--warmup", str(warmup))
                 line_pid = tb.helper_pids().get(f"{tb.config.prefix}-ec")
@@ -84,9 +94,18 @@ def goodput_rows(quick: bool) -> list[list[Any]]:
             if line_pid:
                 mbit_s = r["bytes"] * 8 / 1e6 / seconds  # Mbit/s carried over the whole transfer
                 cost = f"{(cpu1 - cpu0) / seconds * 100 / mbit_s:.2f}% core per Mbit/s"
-            rows.append([f"goodput {mbit}mbit", kind, f"{expected / 1e6:.3f} Mbit/s",
-                         f"{r['goodput_bps'] / 1e6:.3f} Mbit/s", f"{ratio:.3f}", "±5%",
-                         "ok" if abs(ratio - 1) <= 0.05 else "MISS", cost])
+            rows.append(
+                [
+                    f"goodput {mbit}mbit",
+                    kind,
+                    f"{expected / 1e6:.3f} Mbit/s",
+                    f"{r['goodput_bps'] / 1e6:.3f} Mbit/s",
+                    f"{ratio:.3f}",
+                    "±5%",
+                    "ok" if abs(ratio - 1) <= 0.05 else "MISS",
+                    cost,
+                ]
+            )
     return rows
 
 
@@ -103,9 +122,18 @@ def delay_rows(quick: bool) -> list[list[Any]]:
             r = _client(tb, "edge", "cloud", port, "ping", "--count", str(n))
         added = statistics.median(r["rtt_ms"]) - base
         tol = max(0.5, 0.05 * 2 * ms)
-        rows.append([f"added rtt, delay {ms}ms", mech, f"{2 * ms:.3f} ms", f"{added:.3f} ms",
-                     f"{added / (2 * ms):.3f}", f"±{tol:g} ms", "ok" if abs(added - 2 * ms) <= tol else "MISS",
-                     f"handshake {r['connect_ms']:.2f} ms"])
+        rows.append(
+            [
+                f"added rtt, delay {ms}ms",
+                mech,
+                f"{2 * ms:.3f} ms",
+                f"{added:.3f} ms",
+                f"{added / (2 * ms):.3f}",
+                f"±{tol:g} ms",
+                "ok" if abs(added - 2 * ms) <= tol else "MISS",
+                f"handshake {r['connect_ms']:.2f} ms",
+            ]
+        )
     return rows
 
 
@@ -122,10 +150,30 @@ def jitter_loss_rows(quick: bool) -> list[list[Any]]:
     q = [owd[min(len(owd) - 1, math.ceil(p * len(owd)) - 1)] for p in (0.05, 0.5, 0.95)]  # nearest rank
     sd = statistics.pstdev(owd)
     want_sd = 5 / math.sqrt(3)
-    rows.append(["one-way delay p5/p50/p95", mech, "16.0/20.0/24.0 ms", "/".join(f"{x:.1f}" for x in q) + " ms",
-                 f"{q[1] / 20:.3f}", "p50 ±5%", "ok" if abs(q[1] - 20) <= 1 else "MISS", f"n={len(owd)}"])
-    rows.append(["jitter σ (uniform ±5ms)", mech, f"{want_sd:.2f} ms", f"{sd:.2f} ms", f"{sd / want_sd:.3f}",
-                 "±15%", "ok" if abs(sd / want_sd - 1) <= 0.15 else "MISS", ""])
+    rows.append(
+        [
+            "one-way delay p5/p50/p95",
+            mech,
+            "16.0/20.0/24.0 ms",
+            "/".join(f"{x:.1f}" for x in q) + " ms",
+            f"{q[1] / 20:.3f}",
+            "p50 ±5%",
+            "ok" if abs(q[1] - 20) <= 1 else "MISS",
+            f"n={len(owd)}",
+        ]
+    )
+    rows.append(
+        [
+            "jitter σ (uniform ±5ms)",
+            mech,
+            f"{want_sd:.2f} ms",
+            f"{sd:.2f} ms",
+            f"{sd / want_sd:.3f}",
+            "±15%",
+            "ok" if abs(sd / want_sd - 1) <= 0.15 else "MISS",
+            "",
+        ]
+    )
     n = 1500 if quick else 5000
     for pct in (1, 10):
         with _bed(LinkSpec(loss=pct / 100)) as tb:
@@ -136,8 +184,18 @@ def jitter_loss_rows(quick: bool) -> list[list[Any]]:
         p = pct / 100
         half = 1.96 * math.sqrt(p * (1 - p) / n)
         seen = 1 - got / n
-        rows.append([f"loss {pct}%", mech, f"{pct:.2f}%", f"{seen * 100:.2f}%", f"{seen / p:.3f}",
-                     f"±{half * 100:.2f} pp (95%)", "ok" if abs(seen - p) <= half else "MISS", f"n={n}"])
+        rows.append(
+            [
+                f"loss {pct}%",
+                mech,
+                f"{pct:.2f}%",
+                f"{seen * 100:.2f}%",
+                f"{seen / p:.3f}",
+                f"±{half * 100:.2f} pp (95%)",
+                "ok" if abs(seen - p) <= half else "MISS",
+                f"n={n}",
+            ]
+        )
     return rows
 
 
@@ -146,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="shorter transfers and fewer probes (< 60 s)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
-        print("error: the shaping benchmark needs root (network namespaces); run it with sudo", file=sys.stderr)
+        print(
+            "error: the shaping benchmark needs root (network namespaces); run it with sudo", file=sys.stderr
+        )
         return 2
     caps = probe_capabilities()
     t0 = time.monotonic()
@@ -155,11 +215,26 @@ def main(argv: list[str] | None = None) -> int:
     except LocalExitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"# shaping accuracy — {platform.node()}, kernel {platform.release()}, {os.cpu_count()} CPUs, "
-          f"qdiscs {sorted(caps.qdiscs)}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{'quick' if args.quick else 'full'}, {time.monotonic() - t0:.0f} s")
-    print(tabulate(rows, headers=["measure", "mechanism", "configured/expected", "measured", "ratio",
-                                  "target", "", "note"]))
+    print(
+        f"# shaping accuracy — {platform.node()}, kernel {platform.release()}, {os.cpu_count()} CPUs, "
+        f"qdiscs {sorted(caps.qdiscs)}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{'quick' if args.quick else 'full'}, {time.monotonic() - t0:.0f} s"
+    )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "measure",
+                "mechanism",
+                "configured/expected",
+                "measured",
+                "ratio",
+                "target",
+                "",
+                "note",
+            ],
+        )
+    )
     return 0
 
 

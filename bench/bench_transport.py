@@ -72,6 +72,7 @@ def loop_name() -> str:
 
 # -- receivers (run in a child process) -------------------------------------------------------------------
 
+
 def raw_server(pipe: Pipe) -> None:
     srv = socket.create_server(("127.0.0.1", 0))
     pipe.send(srv.getsockname()[1])
@@ -177,6 +178,7 @@ def _start(target: Callable[[Pipe], None]) -> tuple[mp.process.BaseProcess, Pipe
 
 # -- senders (one trial each; the caller interleaves the methods) ----------------------------------------
 
+
 def raw_trial(s: socket.socket, k: int, payload: np.ndarray) -> float:
     s.sendall(SPEC.pack(k, len(payload)))
     t0 = time.perf_counter()
@@ -238,8 +240,9 @@ def zmq_rtt(sock: Any, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-async def measure(ports: dict[str, int], trials: list[tuple[int, int]], repeats: int, rtt_n: int
-                  ) -> dict[str, Any]:
+async def measure(
+    ports: dict[str, int], trials: list[tuple[int, int]], repeats: int, rtt_n: int
+) -> dict[str, Any]:
     """All transfers and round trips, the methods interleaved within each repeat so that background load
     hits them alike; best of ``repeats`` per method and size. One event loop runs the framed and the
     echo clients (the same loop, uvloop if installed); raw and zmq block the loop while they run."""
@@ -261,11 +264,17 @@ async def measure(ports: dict[str, int], trials: list[tuple[int, int]], repeats:
         for _ in range(repeats):
             for k, p in trials:
                 payload = np.ones(p, dtype=np.uint8)
-                msg = Batch(batch_id=1, sample_ids=np.zeros(1, np.int64),
-                            images=payload.reshape(1, 1, 1, p), t_sent_ns=0)
-                for name, t in (("raw", raw_trial(raw, k, payload)),
-                                ("framed", await framed_trial(stream, k, msg)),
-                                ("zmq", zmq_trial(zsock, k, payload))):
+                msg = Batch(
+                    batch_id=1,
+                    sample_ids=np.zeros(1, np.int64),
+                    images=payload.reshape(1, 1, 1, p),
+                    t_sent_ns=0,
+                )
+                for name, t in (
+                    ("raw", raw_trial(raw, k, payload)),
+                    ("framed", await framed_trial(stream, k, msg)),
+                    ("zmq", zmq_trial(zsock, k, payload)),
+                ):
                     best[name][p] = min(best[name].get(p, float("inf")), t)
             rtt["framed"] = min(rtt["framed"], await framed_rtt(stream, rtt_n))
             rtt["echo"] = min(rtt["echo"], await echo_rtt(reader, writer, rtt_n))
@@ -284,8 +293,9 @@ def decode_cost(sizes: list[int], repeats: int) -> dict[int, float]:
     """Seconds to turn one complete frame into a Batch message (the receive copy itself excluded)."""
     out: dict[int, float] = {}
     for p in sizes:
-        msg = Batch(batch_id=1, sample_ids=np.zeros(1, np.int64), images=np.ones((1, 1, 1, p), np.uint8),
-                    t_sent_ns=0)
+        msg = Batch(
+            batch_id=1, sample_ids=np.zeros(1, np.int64), images=np.ones((1, 1, 1, p), np.uint8), t_sent_ns=0
+        )
         dec = FrameDecoder()
         dec.receive_data(encode_frame_bytes(message_to_header(msg)))
         frame = dec.next_frame()
@@ -309,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_transport", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats (< ~30 s)")
     args = ap.parse_args(argv)
-    sizes = [4 * KIB, 64 * KIB, 1 * MIB, 16 * MIB, 64 * MIB] if args.quick else \
-        [4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB, 16 * MIB, 64 * MIB]
+    sizes = (
+        [4 * KIB, 64 * KIB, 1 * MIB, 16 * MIB, 64 * MIB]
+        if args.quick
+        else [4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB, 16 * MIB, 64 * MIB]
+    )
     per_trial = 32 * MIB if args.quick else 128 * MIB
     repeats = 3 if args.quick else 5
     rtt_n = 2000 if args.quick else 10000
@@ -323,8 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         ec_p, ec_pipe, ec_port = _start(echo_server)
         zm_p, zm_pipe, zm_port = _start(zmq_server)
         procs = [(raw_p, raw_pipe), (fr_p, fr_pipe), (ec_p, ec_pipe), (zm_p, zm_pipe)]
-        res = _run_loop(measure({"raw": raw_port, "framed": fr_port, "echo": ec_port, "zmq": zm_port},
-                                trials, repeats, rtt_n))
+        res = _run_loop(
+            measure(
+                {"raw": raw_port, "framed": fr_port, "echo": ec_port, "zmq": zm_port}, trials, repeats, rtt_n
+            )
+        )
         raw, framed, zmq_t = (res["throughput"][m] for m in ("raw", "framed", "zmq"))
         rtt_framed, rtt_echo, rtt_zmq = (res["rtt"][m] for m in ("framed", "echo", "zmq"))
         decode = decode_cost(sizes, repeats)
@@ -336,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             if proc.is_alive():
                 proc.kill()
 
-    print(f"# transport benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
-          f"{platform.node()} ({platform.processor() or platform.machine()}, {mp.cpu_count()} CPUs), "
-          f"Python {sys.version.split()[0]}, {loop_name()}, loopback, best of {repeats}")
+    print(
+        f"# transport benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"{platform.node()} ({platform.processor() or platform.machine()}, {mp.cpu_count()} CPUs), "
+        f"Python {sys.version.split()[0]}, {loop_name()}, loopback, best of {repeats}"
+    )
     rows = []
     failures = []
     for k, p in trials:
@@ -351,25 +369,61 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"throughput {_fmt_size(p)}: {r_raw:.2f}x raw < 0.9x")
         if not ok_zmq:
             failures.append(f"throughput {_fmt_size(p)}: {r_zmq:.2f}x zmq < 1.0x")
-        rows.append([_fmt_size(p), k, f"{gbps['raw']:.2f}", f"{gbps['framed']:.2f}", f"{gbps['zmq']:.2f}",
-                     f"{r_raw:.2f}" + ("" if p < MIB else (" ok" if ok_raw else " BELOW 0.9")),
-                     f"{r_zmq:.2f}" + (" ok" if ok_zmq else " slower"),
-                     f"{decode[p] * 1e6:.1f}"])
-    print(tabulate(rows, headers=["payload", "msgs", "raw GB/s", "framed GB/s", "zmq GB/s",
-                                  "framed/raw (≥0.9 from 1 MiB)", "framed/zmq (≥1)", "decode µs"]))
+        rows.append(
+            [
+                _fmt_size(p),
+                k,
+                f"{gbps['raw']:.2f}",
+                f"{gbps['framed']:.2f}",
+                f"{gbps['zmq']:.2f}",
+                f"{r_raw:.2f}" + ("" if p < MIB else (" ok" if ok_raw else " BELOW 0.9")),
+                f"{r_zmq:.2f}" + (" ok" if ok_zmq else " slower"),
+                f"{decode[p] * 1e6:.1f}",
+            ]
+        )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "payload",
+                "msgs",
+                "raw GB/s",
+                "framed GB/s",
+                "zmq GB/s",
+                "framed/raw (≥0.9 from 1 MiB)",
+                "framed/zmq (≥1)",
+                "decode µs",
+            ],
+        )
+    )
     flat = max(decode.values()) / min(decode.values())
-    print(f"\ndecode cost 64 MiB / 4 KiB: {decode[sizes[-1]] / decode[sizes[0]]:.2f}x "
-          f"(max/min over sizes {flat:.2f}x; flat = zero-copy)")
+    print(
+        f"\ndecode cost 64 MiB / 4 KiB: {decode[sizes[-1]] / decode[sizes[0]]:.2f}x "
+        f"(max/min over sizes {flat:.2f}x; flat = zero-copy)"
+    )
     r_echo = rtt_framed / rtt_echo
     r_zrtt = rtt_framed / rtt_zmq
     print()
-    print(tabulate([
-        ["framed clock probe/reply", f"{rtt_framed * 1e6:.1f}", "", ""],
-        ["raw asyncio echo (64 B)", f"{rtt_echo * 1e6:.1f}", f"{r_echo:.2f}",
-         "ok (≤1.2)" if r_echo <= 1.2 else "ABOVE 1.2"],
-        ["pyzmq PAIR ping-pong (64 B)", f"{rtt_zmq * 1e6:.1f}", f"{r_zrtt:.2f}",
-         "ok (≤1.0)" if r_zrtt <= 1.0 else "slower"],
-    ], headers=["round trip", "µs", "framed / this", "target"]))
+    print(
+        tabulate(
+            [
+                ["framed clock probe/reply", f"{rtt_framed * 1e6:.1f}", "", ""],
+                [
+                    "raw asyncio echo (64 B)",
+                    f"{rtt_echo * 1e6:.1f}",
+                    f"{r_echo:.2f}",
+                    "ok (≤1.2)" if r_echo <= 1.2 else "ABOVE 1.2",
+                ],
+                [
+                    "pyzmq PAIR ping-pong (64 B)",
+                    f"{rtt_zmq * 1e6:.1f}",
+                    f"{r_zrtt:.2f}",
+                    "ok (≤1.0)" if r_zrtt <= 1.0 else "slower",
+                ],
+            ],
+            headers=["round trip", "µs", "framed / this", "target"],
+        )
+    )
     if r_echo > 1.2:
         failures.append(f"round trip {r_echo:.2f}x raw echo > 1.2x")
     if r_zrtt > 1.0:

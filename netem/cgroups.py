@@ -43,8 +43,10 @@ def plan_cgroup(name: str, limits: EdgeLimits, version: str, root: Path = CGROUP
         if limits.cpus is not None:
             d = root / "cpu" / name
             dirs.append(d)
-            writes += [(d / "cpu.cfs_period_us", str(CFS_PERIOD_US)),
-                       (d / "cpu.cfs_quota_us", str(round(limits.cpus * CFS_PERIOD_US)))]
+            writes += [
+                (d / "cpu.cfs_period_us", str(CFS_PERIOD_US)),
+                (d / "cpu.cfs_quota_us", str(round(limits.cpus * CFS_PERIOD_US))),
+            ]
         if limits.cpuset is not None:
             d = root / "cpuset" / name
             dirs.append(d)
@@ -58,8 +60,15 @@ def plan_cgroup(name: str, limits: EdgeLimits, version: str, root: Path = CGROUP
         return CgroupPlan("v1", tuple(dirs), tuple(writes))
     if version == "v2":
         d = root / name
-        need = [c for c, on in (("cpu", limits.cpus is not None), ("cpuset", limits.cpuset is not None),
-                                 ("memory", limits.memory_bytes is not None)) if on]
+        need = [
+            c
+            for c, on in (
+                ("cpu", limits.cpus is not None),
+                ("cpuset", limits.cpuset is not None),
+                ("memory", limits.memory_bytes is not None),
+            )
+            if on
+        ]
         enable = ((root / "cgroup.subtree_control", " ".join(f"+{c}" for c in need)),) if need else ()
         if limits.cpus is not None:
             writes.append((d / "cpu.max", f"{round(limits.cpus * CFS_PERIOD_US)} {CFS_PERIOD_US}"))
@@ -92,7 +101,9 @@ class EdgeCgroup:
         self._created: list[Path] = []
 
     @classmethod
-    def create(cls, name: str, limits: EdgeLimits, version: str | None, root: Path = CGROUP_ROOT) -> EdgeCgroup:
+    def create(
+        cls, name: str, limits: EdgeLimits, version: str | None, root: Path = CGROUP_ROOT
+    ) -> EdgeCgroup:
         if version is None:
             raise CapabilityError(
                 "edge limits need cgroups with the cpu, cpuset and memory controllers (v1 or v2), "
@@ -102,7 +113,9 @@ class EdgeCgroup:
             have = available_cpus(version, root)
             want = cpuset_cpus(limits.cpuset)
             if have is not None and not set(want) <= set(have):
-                raise CapabilityError(f"cpuset {limits.cpuset!r} asks for CPUs this machine lacks (has {have})")
+                raise CapabilityError(
+                    f"cpuset {limits.cpuset!r} asks for CPUs this machine lacks (has {have})"
+                )
         cg = cls(plan_cgroup(name, limits, version, root))
         try:
             cg._apply()

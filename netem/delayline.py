@@ -183,20 +183,41 @@ def run(fd_a: int, fd_b: int, params: DelayLineParams, stats: Stats, on_ready: C
                 direction.push(now, pkt)
 
 
-def start(fd_a: int, fd_b: int, params: DelayLineParams, *, label: str, timeout_s: float = 10.0
-          ) -> subprocess.Popen[str]:
+def start(
+    fd_a: int, fd_b: int, params: DelayLineParams, *, label: str, timeout_s: float = 10.0
+) -> subprocess.Popen[str]:
     """Start the delay line as an owned child holding ``fd_a``/``fd_b``; returns once it is forwarding.
 
     The child dies with its parent (PDEATHSIG), and with it the TUN devices, so a killed harness leaves
     no delay line behind. ``label`` (e.g. ``lx1a2b3c-ec``) tags the command line for ``clean``.
     """
-    argv = [sys.executable, "-m", "netem.run_delayline", "--label", label, "--fd-a", str(fd_a),
-            "--fd-b", str(fd_b), "--delay-ns", str(params.delay_ns), "--jitter-ns", str(params.jitter_ns),
-            "--loss", repr(params.loss), "--seed", str(params.seed)]
+    argv = [
+        sys.executable,
+        "-m",
+        "netem.run_delayline",
+        "--label",
+        label,
+        "--fd-a",
+        str(fd_a),
+        "--fd-b",
+        str(fd_b),
+        "--delay-ns",
+        str(params.delay_ns),
+        "--jitter-ns",
+        str(params.jitter_ns),
+        "--loss",
+        repr(params.loss),
+        "--seed",
+        str(params.seed),
+    ]
     if params.reorder:
         argv.append("--reorder")
     proc = subprocess.Popen(
-        argv, pass_fds=(fd_a, fd_b), stdout=subprocess.PIPE, text=True, preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
+        argv,
+        pass_fds=(fd_a, fd_b),
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
     )
     _proc.wait_ready(proc, f"delay line {label}", timeout_s)
     return proc
@@ -240,4 +261,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print(json.dumps({"stats": asdict(stats)}), flush=True)
     return 0
-

@@ -41,9 +41,7 @@ class Executor:
         logger.info("run: %s", shlex.join(args))
         self.history.append(args)
         try:
-            proc = subprocess.run(
-                args, capture_output=True, text=True, timeout=self.timeout_s, check=False
-            )
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=self.timeout_s, check=False)
         except FileNotFoundError as exc:
             raise CommandError(args, None, "", f"{args[0]} not found (install iproute2?)") from exc
         except subprocess.TimeoutExpired as exc:
@@ -53,5 +51,7 @@ class Executor:
         if check and proc.returncode != 0:
             raise CommandError(args, proc.returncode, proc.stderr)
         if proc.returncode != 0:
-            logger.debug("ignored failure (%d) of %s: %s", proc.returncode, shlex.join(args), proc.stderr.strip())
+            logger.debug(
+                "ignored failure (%d) of %s: %s", proc.returncode, shlex.join(args), proc.stderr.strip()
+            )
         return result

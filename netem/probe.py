@@ -33,9 +33,15 @@ class Capabilities:
     notes: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, object]:
-        return {"root": self.root, "iproute2": self.iproute2, "netns": self.netns,
-                "qdiscs": sorted(self.qdiscs), "tun": self.tun, "cgroup": self.cgroup,
-                "notes": list(self.notes)}
+        return {
+            "root": self.root,
+            "iproute2": self.iproute2,
+            "netns": self.netns,
+            "qdiscs": sorted(self.qdiscs),
+            "tun": self.tun,
+            "cgroup": self.cgroup,
+            "notes": list(self.notes),
+        }
 
 
 def cgroup_version(root: Path = Path("/sys/fs/cgroup")) -> str | None:
@@ -44,8 +50,11 @@ def cgroup_version(root: Path = Path("/sys/fs/cgroup")) -> str | None:
     if controllers.exists():
         have = set(controllers.read_text().split())
         return "v2" if {"cpu", "cpuset", "memory"} <= have else None
-    v1 = (root / "cpu" / "cpu.cfs_quota_us", root / "cpuset" / "cpuset.cpus",
-          root / "memory" / "memory.limit_in_bytes")
+    v1 = (
+        root / "cpu" / "cpu.cfs_quota_us",
+        root / "cpuset" / "cpuset.cpus",
+        root / "memory" / "memory.limit_in_bytes",
+    )
     return "v1" if all(p.exists() for p in v1) else None
 
 
@@ -95,8 +104,14 @@ def probe_capabilities() -> Capabilities:
     else:
         qdiscs = _probe_qdiscs(Executor(), notes)
         netns = not any(n.startswith("cannot create a network namespace") for n in notes)
-    caps = Capabilities(root=root, iproute2=iproute2, netns=netns, qdiscs=qdiscs,
-                        tun=root and _tun_available(), cgroup=cgroup_version() if root else None,
-                        notes=tuple(notes))
+    caps = Capabilities(
+        root=root,
+        iproute2=iproute2,
+        netns=netns,
+        qdiscs=qdiscs,
+        tun=root and _tun_available(),
+        cgroup=cgroup_version() if root else None,
+        notes=tuple(notes),
+    )
     logger.info("capabilities: %s", caps.describe())
     return caps

@@ -131,8 +131,11 @@ class _Pipe:
 
 
 async def _serve_one(
-    params: RelayParams, target: tuple[str, int], rng: random.Random,
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    params: RelayParams,
+    target: tuple[str, int],
+    rng: random.Random,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
 ) -> None:
     try:
         up_r, up_w = await asyncio.wait_for(asyncio.open_connection(*target), CONNECT_TIMEOUT_S)
@@ -140,8 +143,10 @@ async def _serve_one(
         writer.close()
         return
     fwd, back = _Pipe(params, rng), _Pipe(params, rng)
-    tasks = [asyncio.create_task(c) for c in (fwd.read_side(reader), fwd.write_side(up_w),
-                                              back.read_side(up_r), back.write_side(writer))]
+    tasks = [
+        asyncio.create_task(c)
+        for c in (fwd.read_side(reader), fwd.write_side(up_w), back.read_side(up_r), back.write_side(writer))
+    ]
     try:
         await asyncio.gather(*tasks)
     except (OSError, asyncio.TimeoutError):
@@ -158,9 +163,7 @@ async def _serve_one(
 
 async def serve(params: RelayParams, target: tuple[str, int], port: int = 0) -> None:
     rng = random.Random(params.seed)
-    server = await asyncio.start_server(
-        lambda r, w: _serve_one(params, target, rng, r, w), "127.0.0.1", port
-    )
+    server = await asyncio.start_server(lambda r, w: _serve_one(params, target, rng, r, w), "127.0.0.1", port)
     sock_port = server.sockets[0].getsockname()[1]
     print(f"READY {sock_port}", flush=True)
     stop = asyncio.Event()
@@ -170,16 +173,32 @@ async def serve(params: RelayParams, target: tuple[str, int], port: int = 0) -> 
         await stop.wait()
 
 
-def start(params: RelayParams, target: tuple[str, int], *, label: str, timeout_s: float = 10.0
-          ) -> tuple[subprocess.Popen[str], int]:
+def start(
+    params: RelayParams, target: tuple[str, int], *, label: str, timeout_s: float = 10.0
+) -> tuple[subprocess.Popen[str], int]:
     """Start an owned relay child (dies with its parent); returns it and the port it listens on."""
-    argv = [sys.executable, "-m", "netem.run_relay", "--label", label, "--target", f"{target[0]}:{target[1]}",
-            "--delay-ns", str(params.delay_ns), "--jitter-ns", str(params.jitter_ns),
-            "--seed", str(params.seed)]
+    argv = [
+        sys.executable,
+        "-m",
+        "netem.run_relay",
+        "--label",
+        label,
+        "--target",
+        f"{target[0]}:{target[1]}",
+        "--delay-ns",
+        str(params.delay_ns),
+        "--jitter-ns",
+        str(params.jitter_ns),
+        "--seed",
+        str(params.seed),
+    ]
     if params.rate_bps is not None:
         argv += ["--rate-bps", str(params.rate_bps)]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, text=True, preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
+        argv,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
     )
     port = int(_proc.wait_ready(proc, f"relay {label}", timeout_s))
     return proc, port
@@ -203,4 +222,3 @@ def main(argv: list[str] | None = None) -> int:
     params = RelayParams(args.rate_bps, args.delay_ns, args.jitter_ns, args.seed)
     asyncio.run(serve(params, (host, int(port)), args.port))
     return 0
-

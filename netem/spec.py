@@ -30,16 +30,33 @@ _RATE_UNITS: dict[str, int] = {
 _BYTE_RATE_UNITS = ("bps", "kbps", "mbps", "gbps", "tbps", "kibps", "mibps", "gibps", "tibps")
 
 _TIME_UNITS: dict[str, float] = {
-    "s": 1.0, "sec": 1.0, "secs": 1.0,
-    "ms": 1e-3, "msec": 1e-3, "msecs": 1e-3,
-    "us": 1e-6, "usec": 1e-6, "usecs": 1e-6,
+    "s": 1.0,
+    "sec": 1.0,
+    "secs": 1.0,
+    "ms": 1e-3,
+    "msec": 1e-3,
+    "msecs": 1e-3,
+    "us": 1e-6,
+    "usec": 1e-6,
+    "usecs": 1e-6,
 }
 
 # tc sizes: a bare number or "b" is bytes, "k"/"kb" is KiB (tc uses 1024 for sizes), "kbit" is bits.
 _SIZE_UNITS: dict[str, float] = {
-    "": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
-    "kbit": 1024 / 8, "mbit": 1024**2 / 8, "gbit": 1024**3 / 8,
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "kbit": 1024 / 8,
+    "mbit": 1024**2 / 8,
+    "gbit": 1024**3 / 8,
 }
 
 MAX_RATE_BPS = 100 * 10**9
@@ -244,7 +261,9 @@ class EdgeLimits:
             raise SpecError(f"memory limit must be at least 16m, got {self.memory_bytes} bytes")
 
     @classmethod
-    def parse(cls, cpus: str | None = None, cpuset: str | None = None, memory: str | None = None) -> EdgeLimits:
+    def parse(
+        cls, cpus: str | None = None, cpuset: str | None = None, memory: str | None = None
+    ) -> EdgeLimits:
         """``EdgeLimits.parse(cpus="0.5", cpuset="0", memory="256m")``; memory units are binary (m = MiB)."""
         cpu_value: float | None = None
         if cpus:

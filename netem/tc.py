@@ -65,8 +65,23 @@ def tbf_argv(
     b = burst if burst is not None else burst_bytes(rate_bps)
     lim = limit if limit is not None else max(MIN_LIMIT_BYTES, math.ceil(rate_bps / 8 * QUEUE_SECONDS))
     where = ["root"] if parent == "root" else ["parent", parent]
-    return [*_tc(netns), "qdisc", "add", "dev", dev, *where, "handle", handle, "tbf",
-            "rate", f"{rate_bps}bit", "burst", str(b), "limit", str(lim)]
+    return [
+        *_tc(netns),
+        "qdisc",
+        "add",
+        "dev",
+        dev,
+        *where,
+        "handle",
+        handle,
+        "tbf",
+        "rate",
+        f"{rate_bps}bit",
+        "burst",
+        str(b),
+        "limit",
+        str(lim),
+    ]
 
 
 def htb_argvs(
@@ -87,10 +102,40 @@ def htb_argvs(
     tc = _tc(netns)
     return [
         [*tc, "qdisc", "add", "dev", dev, *where, "handle", f"{major}:", "htb", "default", "1"],
-        [*tc, "class", "add", "dev", dev, "parent", f"{major}:", "classid", f"{major}:1", "htb",
-         "rate", f"{rate_bps}bit", "ceil", f"{rate_bps}bit", "burst", str(b), "cburst", str(b)],
-        [*tc, "qdisc", "add", "dev", dev, "parent", f"{major}:1", "handle", f"{int(major) + 1}:",
-         "bfifo", "limit", str(lim)],
+        [
+            *tc,
+            "class",
+            "add",
+            "dev",
+            dev,
+            "parent",
+            f"{major}:",
+            "classid",
+            f"{major}:1",
+            "htb",
+            "rate",
+            f"{rate_bps}bit",
+            "ceil",
+            f"{rate_bps}bit",
+            "burst",
+            str(b),
+            "cburst",
+            str(b),
+        ],
+        [
+            *tc,
+            "qdisc",
+            "add",
+            "dev",
+            dev,
+            "parent",
+            f"{major}:1",
+            "handle",
+            f"{int(major) + 1}:",
+            "bfifo",
+            "limit",
+            str(lim),
+        ],
     ]
 
 
@@ -107,8 +152,19 @@ def netem_argv(
 ) -> Argv:
     """``tc qdisc add ... netem limit N delay D [J] loss P%`` (jitter needs a delay to attach to)."""
     where = ["root"] if parent == "root" else ["parent", parent]
-    argv = [*_tc(netns), "qdisc", "add", "dev", dev, *where, "handle", handle, "netem",
-            "limit", str(limit_packets)]
+    argv = [
+        *_tc(netns),
+        "qdisc",
+        "add",
+        "dev",
+        dev,
+        *where,
+        "handle",
+        handle,
+        "netem",
+        "limit",
+        str(limit_packets),
+    ]
     if delay_s > 0 or jitter_s > 0:
         argv += ["delay", _us(delay_s)]
         if jitter_s > 0:
@@ -151,26 +207,37 @@ def plan_link_end(
     """
     commands: list[Argv] = []
     applied: dict[str, str] = {}
-    wanted = [p for p, on in (("delay", spec.delay_s > 0), ("jitter", spec.jitter_s > 0),
-                               ("loss", spec.loss > 0)) if on]
+    wanted = [
+        p
+        for p, on in (("delay", spec.delay_s > 0), ("jitter", spec.jitter_s > 0), ("loss", spec.loss > 0))
+        if on
+    ]
     use_netem = bool(wanted) and "netem" in qdiscs
     rate_parent, rate_handle = "root", "1:"
     if use_netem:
         commands.append(
-            netem_argv(dev, delay_s=spec.delay_s, jitter_s=spec.jitter_s, loss=spec.loss,
-                       limit_packets=netem_limit_packets(spec), netns=netns)
+            netem_argv(
+                dev,
+                delay_s=spec.delay_s,
+                jitter_s=spec.jitter_s,
+                loss=spec.loss,
+                limit_packets=netem_limit_packets(spec),
+                netns=netns,
+            )
         )
         applied.update({p: "netem" for p in wanted})
         rate_parent, rate_handle = "1:1", "10:"
     if spec.rate_bps is not None:
         lim = limit_bytes(spec)
         if "tbf" in qdiscs:
-            commands.append(tbf_argv(dev, spec.rate_bps, limit=lim, netns=netns,
-                                     parent=rate_parent, handle=rate_handle))
+            commands.append(
+                tbf_argv(dev, spec.rate_bps, limit=lim, netns=netns, parent=rate_parent, handle=rate_handle)
+            )
             applied["rate"] = "tbf"
         elif "htb" in qdiscs:
-            commands.extend(htb_argvs(dev, spec.rate_bps, limit=lim, netns=netns,
-                                      parent=rate_parent, handle=rate_handle))
+            commands.extend(
+                htb_argvs(dev, spec.rate_bps, limit=lim, netns=netns, parent=rate_parent, handle=rate_handle)
+            )
             applied["rate"] = "htb"
         else:
             raise CapabilityError(

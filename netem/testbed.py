@@ -60,7 +60,9 @@ def subnet_octet(prefix: str) -> int:
 def _links(config: TestbedConfig) -> list[_Link]:
     x = subnet_octet(config.prefix)
     return [
-        _Link("test_edge", "te", "test", "edge", config.test_edge or LinkSpec(), f"10.77.{x}.1", f"10.77.{x}.2"),
+        _Link(
+            "test_edge", "te", "test", "edge", config.test_edge or LinkSpec(), f"10.77.{x}.1", f"10.77.{x}.2"
+        ),
         _Link("edge_cloud", "ec", "edge", "cloud", config.edge_cloud, f"10.77.{x}.5", f"10.77.{x}.6"),
     ]
 
@@ -75,8 +77,9 @@ class Testbed:
 
     __test__ = False
 
-    def __init__(self, config: TestbedConfig, isolation: str, caps: Capabilities,
-                 executor: Executor | None = None) -> None:
+    def __init__(
+        self, config: TestbedConfig, isolation: str, caps: Capabilities, executor: Executor | None = None
+    ) -> None:
         self.config = config
         self.isolation = isolation
         self.caps = caps
@@ -100,10 +103,14 @@ class Testbed:
     def _plan_netns(self) -> None:
         p = self.config.prefix
         for link in self._links:
-            plans = (plan_link_end(dev_name(p, link.short, link.a[0]), link.spec, self.caps.qdiscs,
-                                   netns=ns_name(p, link.a)),
-                     plan_link_end(dev_name(p, link.short, link.b[0]), link.spec, self.caps.qdiscs,
-                                   netns=ns_name(p, link.b)))
+            plans = (
+                plan_link_end(
+                    dev_name(p, link.short, link.a[0]), link.spec, self.caps.qdiscs, netns=ns_name(p, link.a)
+                ),
+                plan_link_end(
+                    dev_name(p, link.short, link.b[0]), link.spec, self.caps.qdiscs, netns=ns_name(p, link.b)
+                ),
+            )
             if plans[0].userspace and not self.caps.tun:
                 raise CapabilityError(
                     f"{link.name}: the kernel has no netem qdisc and /dev/net/tun is unavailable, so "
@@ -115,15 +122,18 @@ class Testbed:
                 self.applied[link.name][param] = "tun-delay-line"
         limits = self.config.edge_limits
         if limits is not None and limits.any and self.caps.cgroup is None:
-            raise CapabilityError("edge limits need cgroups (v1 cpu/cpuset/memory or v2), which were not found")
+            raise CapabilityError(
+                "edge limits need cgroups (v1 cpu/cpuset/memory or v2), which were not found"
+            )
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> Testbed:
         self.up()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             self.close()
         except NetemError:
@@ -145,8 +155,13 @@ class Testbed:
             with contextlib.suppress(NetemError):
                 self.close()
             raise
-        logger.info("testbed %s up (%s): applied=%s not_applied=%s", self.config.prefix, self.isolation,
-                    self.applied, self.not_applied)
+        logger.info(
+            "testbed %s up (%s): applied=%s not_applied=%s",
+            self.config.prefix,
+            self.isolation,
+            self.applied,
+            self.not_applied,
+        )
 
     def _push(self, what: str, fn: Callable[[], object]) -> None:
         self._undo.append((what, fn))
@@ -184,16 +199,47 @@ class Testbed:
             ex.run(["ip", "netns", "add", ns])
             self._push(f"delete netns {ns}", functools.partial(self.ex.run, ["ip", "netns", "del", ns]))
             ex.run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            ex.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1"], check=False)
+            ex.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+                check=False,
+            )
         ex.run(["ip", "netns", "exec", ns_name(p, "edge"), "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         for link in self._links:
             self._up_link(link)
         te, ec = self._links
-        ex.run(["ip", "-n", ns_name(p, "test"), "route", "add", f"{ec.addr_a.rsplit('.', 1)[0]}.4/30",
-                "via", te.addr_b])
-        ex.run(["ip", "-n", ns_name(p, "cloud"), "route", "add", f"{te.addr_a.rsplit('.', 1)[0]}.0/30",
-                "via", ec.addr_a])
+        ex.run(
+            [
+                "ip",
+                "-n",
+                ns_name(p, "test"),
+                "route",
+                "add",
+                f"{ec.addr_a.rsplit('.', 1)[0]}.4/30",
+                "via",
+                te.addr_b,
+            ]
+        )
+        ex.run(
+            [
+                "ip",
+                "-n",
+                ns_name(p, "cloud"),
+                "route",
+                "add",
+                f"{te.addr_a.rsplit('.', 1)[0]}.0/30",
+                "via",
+                ec.addr_a,
+            ]
+        )
 
     def _up_link(self, link: _Link) -> None:
         p, ex = self.config.prefix, self.ex
@@ -203,8 +249,23 @@ class Testbed:
         if plan_a.userspace:
             self._up_tun_pair(link, ns_a, ns_b, dev_a, dev_b)
         else:
-            ex.run(["ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b,
-                    "netns", ns_b])
+            ex.run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    dev_a,
+                    "netns",
+                    ns_a,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    dev_b,
+                    "netns",
+                    ns_b,
+                ]
+            )
             self._push(f"delete link {dev_a}", lambda: self._del_link(ns_a, dev_a))
         for ns, dev, addr in ((ns_a, dev_a, link.addr_a), (ns_b, dev_b, link.addr_b)):
             if not plan_a.userspace and link.spec.rate_bps is not None:
@@ -266,8 +327,11 @@ class Testbed:
     def _up_loopback(self) -> None:
         for link in self._links:
             spec, applied = link.spec, self.applied[link.name]
-            for param, on in (("rate", spec.rate_bps is not None), ("delay", spec.delay_s > 0),
-                              ("jitter", spec.jitter_s > 0)):
+            for param, on in (
+                ("rate", spec.rate_bps is not None),
+                ("delay", spec.delay_s > 0),
+                ("jitter", spec.jitter_s > 0),
+            ):
                 if on:
                     applied[param] = "tcp-relay"
             if spec.delay_s > 0 or spec.jitter_s > 0:
@@ -385,17 +449,26 @@ class Testbed:
         limits = self.config.edge_limits
         return {
             "isolation": self.isolation,
-            "links": {link.name: (None if link.name == "test_edge" and self.config.test_edge is None
-                                  else link.spec.describe()) for link in self._links},
+            "links": {
+                link.name: (
+                    None
+                    if link.name == "test_edge" and self.config.test_edge is None
+                    else link.spec.describe()
+                )
+                for link in self._links
+            },
             "link_backend": self.applied,
             "not_applied": list(self.not_applied),
-            "edge_limits": {**(limits.describe() if limits else {"cpus": None, "cpuset": None, "memory": None}),
-                            "mechanism": self.edge_limits_mechanism},
+            "edge_limits": {
+                **(limits.describe() if limits else {"cpus": None, "cpuset": None, "memory": None}),
+                "mechanism": self.edge_limits_mechanism,
+            },
         }
 
 
-def make_testbed(config: TestbedConfig, *, isolation: str = "auto",
-                 caps: Capabilities | None = None) -> Testbed:
+def make_testbed(
+    config: TestbedConfig, *, isolation: str = "auto", caps: Capabilities | None = None
+) -> Testbed:
     """Plan a testbed (nothing is created until ``with``/``up()``); refuse what cannot be applied.
 
     ``isolation``: ``netns`` (needs root and iproute2), ``loopback`` (no root: 127.0.0.1 and relays),
@@ -410,6 +483,9 @@ def make_testbed(config: TestbedConfig, *, isolation: str = "auto",
         if isolation == "loopback":
             logger.warning("no namespaces (%s): nodes run on loopback", "; ".join(caps.notes) or "unknown")
     elif isolation == "netns" and not can_netns:
-        raise CapabilityError("network namespaces unavailable: " + ("; ".join(caps.notes) or "unknown reason")
-                              + " (run as root, or use isolation='loopback')")
+        raise CapabilityError(
+            "network namespaces unavailable: "
+            + ("; ".join(caps.notes) or "unknown reason")
+            + " (run as root, or use isolation='loopback')"
+        )
     return Testbed(config, isolation, caps)

@@ -77,11 +77,18 @@ def positive_float(text: str) -> float:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--token", default=None,
-                        help=f"shared token every node must present (default: ${TOKEN_ENV} if set); "
-                             "refuses strangers on deployments across machines, it is not encryption")
-    parser.add_argument("--timeout", type=positive_float, default=30.0,
-                        help="seconds to wait for any single network operation (default 30)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"shared token every node must present (default: ${TOKEN_ENV} if set); "
+        "refuses strangers on deployments across machines, it is not encryption",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds to wait for any single network operation (default 30)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
 
 
@@ -91,8 +98,11 @@ def token_from(args: argparse.Namespace) -> str | None:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
 
 
 def print_ready(host: str, port: int) -> None:

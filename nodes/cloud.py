@@ -70,8 +70,15 @@ class CloudNode:
         await self._listener.close()
 
     async def _handle(self, stream: FramedStream) -> None:
-        hello = await accept_hello(stream, node="cloud", accept_roles=("test", "edge"), model=self.parts.kind,
-                                   exit=self.parts.exit, threshold=None, token=self.config.token)
+        hello = await accept_hello(
+            stream,
+            node="cloud",
+            accept_roles=("test", "edge"),
+            model=self.parts.kind,
+            exit=self.parts.exit,
+            threshold=None,
+            token=self.config.token,
+        )
         if hello is None:
             log.warning("refused a connection from %s", stream.peer)
             return
@@ -82,8 +89,14 @@ class CloudNode:
             await self._serve_edge(stream)
 
     def _ready(self, session: str | None = None) -> Ready:
-        return Ready(role="cloud", version=PROTOCOL_VERSION, model=self.parts.kind, exit=self.parts.exit,
-                     threshold=None, session=session)
+        return Ready(
+            role="cloud",
+            version=PROTOCOL_VERSION,
+            model=self.parts.kind,
+            exit=self.parts.exit,
+            threshold=None,
+            session=session,
+        )
 
     async def _serve_test(self, stream: FramedStream) -> None:
         session = secrets.token_hex(8)
@@ -102,7 +115,9 @@ class CloudNode:
                     log.warning("test node %s reported: %s", stream.peer, msg.message)
                     return
                 else:
-                    raise RemoteProtocolError(f"a test node may not send {type(msg).__name__.lower()} to the cloud")
+                    raise RemoteProtocolError(
+                        f"a test node may not send {type(msg).__name__.lower()} to the cloud"
+                    )
         finally:
             self._sessions.pop(session, None)
 
@@ -123,7 +138,9 @@ class CloudNode:
                 if msg.fatal:
                     return
             else:
-                raise RemoteProtocolError(f"the edge node may not send {type(msg).__name__.lower()} to the cloud")
+                raise RemoteProtocolError(
+                    f"the edge node may not send {type(msg).__name__.lower()} to the cloud"
+                )
 
     async def _on_features(self, edge: FramedStream, msg: Features) -> None:
         t_recv = time.monotonic_ns()
@@ -133,16 +150,32 @@ class CloudNode:
             await edge.send_error(Error("bad-input", f"batch {msg.batch_id}: {exc}", "cloud", msg.batch_id))
             raise
         t_done = time.monotonic_ns()
-        reply = Predictions(batch_id=msg.batch_id, source="cloud", sample_ids=msg.sample_ids, preds=preds,
-                            entropy=msg.entropy, t_edge_recv_ns=msg.t_edge_recv_ns,
-                            t_edge_done_ns=msg.t_edge_done_ns, t_cloud_recv_ns=t_recv, t_cloud_done_ns=t_done,
-                            cloud_entropy=entropy)
+        reply = Predictions(
+            batch_id=msg.batch_id,
+            source="cloud",
+            sample_ids=msg.sample_ids,
+            preds=preds,
+            entropy=msg.entropy,
+            t_edge_recv_ns=msg.t_edge_recv_ns,
+            t_edge_done_ns=msg.t_edge_done_ns,
+            t_cloud_recv_ns=t_recv,
+            t_cloud_done_ns=t_done,
+            cloud_entropy=entropy,
+        )
         test = self._sessions.get(msg.session)
         if test is None or test.closed:
-            log.warning("batch %d: no test node with session %s; dropping its predictions", msg.batch_id,
-                        msg.session)
-            await edge.send(Error("unknown-session", f"no test node with session {msg.session}", "cloud",
-                                  msg.batch_id, fatal=False))
+            log.warning(
+                "batch %d: no test node with session %s; dropping its predictions", msg.batch_id, msg.session
+            )
+            await edge.send(
+                Error(
+                    "unknown-session",
+                    f"no test node with session {msg.session}",
+                    "cloud",
+                    msg.batch_id,
+                    fatal=False,
+                )
+            )
             return
         try:
             await test.send(reply)
@@ -157,11 +190,21 @@ def _clock_reply(msg: ClockProbe) -> ClockReply:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nodes.cloud", description=__doc__.split("\n\n")[0])
-    p.add_argument("--listen", type=cli.hostport_arg, default=("127.0.0.1", 0), metavar="HOST:PORT",
-                   help="address to listen on (default 127.0.0.1:0, a free port; see the READY line)")
+    p.add_argument(
+        "--listen",
+        type=cli.hostport_arg,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:0, a free port; see the READY line)",
+    )
     p.add_argument("--checkpoint", required=True, help="model checkpoint (models.save_checkpoint format)")
-    p.add_argument("--exit", type=cli.nonneg_int, required=True, metavar="K",
-                   help="the local exit in force (the cloud runs blocks K+1..9); 0 = all in the cloud")
+    p.add_argument(
+        "--exit",
+        type=cli.nonneg_int,
+        required=True,
+        metavar="K",
+        help="the local exit in force (the cloud runs blocks K+1..9); 0 = all in the cloud",
+    )
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads")
     cli.add_common_args(p)
     return p
@@ -170,8 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
 async def amain(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     parts = load_parts(args.checkpoint, args.exit)
-    node = CloudNode(CloudConfig(host=args.listen[0], port=args.listen[1], token=cli.token_from(args),
-                                 timeout=args.timeout), parts)
+    node = CloudNode(
+        CloudConfig(
+            host=args.listen[0], port=args.listen[1], token=cli.token_from(args), timeout=args.timeout
+        ),
+        parts,
+    )
     stop = cli.stop_on_signals()
     host, port = await node.start()
     try:

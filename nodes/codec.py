@@ -93,7 +93,9 @@ def _to_wire_array(arr: np.ndarray) -> np.ndarray:
     if not arr.flags.c_contiguous:
         arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
     if arr.dtype.str not in ALLOWED_DTYPES:
-        raise LocalProtocolError(f"cannot send a tensor of dtype {arr.dtype}; allowed: {sorted(ALLOWED_DTYPES)}")
+        raise LocalProtocolError(
+            f"cannot send a tensor of dtype {arr.dtype}; allowed: {sorted(ALLOWED_DTYPES)}"
+        )
     if arr.ndim > MAX_NDIM:
         raise LocalProtocolError(f"cannot send a tensor with {arr.ndim} dimensions (at most {MAX_NDIM})")
     return arr
@@ -118,7 +120,8 @@ def encode_frame(header: Mapping[str, Any], *, max_frame_size: int = MAX_FRAME_S
     pad = -head_len % ALIGN
     if head_len + pad > max_frame_size:
         raise LocalProtocolError(
-            f"frame of {head_len + pad} bytes exceeds the limit of {max_frame_size} bytes")
+            f"frame of {head_len + pad} bytes exceeds the limit of {max_frame_size} bytes"
+        )
     return [_PREFIXES.pack(head_len + pad, len(packed)) + packed + _ZEROS[:pad]]
 
 
@@ -256,7 +259,9 @@ class FrameDecoder:
     @max_frame_size.setter
     def max_frame_size(self, value: int) -> None:
         if not isinstance(value, int) or value < HEADER_LENGTH.size or value > 2**32 - 1:
-            raise ValueError(f"max_frame_size must be an int in [{HEADER_LENGTH.size}, 2**32-1], got {value!r}")
+            raise ValueError(
+                f"max_frame_size must be an int in [{HEADER_LENGTH.size}, 2**32-1], got {value!r}"
+            )
         self._max_frame_size = value
 
     @property
@@ -366,8 +371,12 @@ class FrameDecoder:
         if length < _RECYCLE_MIN:
             return np.empty(length, dtype=np.uint8)
         getrefcount = getattr(sys, "getrefcount", None)  # CPython only; elsewhere never recycle
-        if (self._spare is not None and len(self._spare) >= length and getrefcount is not None
-                and getrefcount(self._spare) == 2):  # our attribute and getrefcount's argument
+        if (
+            self._spare is not None
+            and len(self._spare) >= length
+            and getrefcount is not None
+            and getrefcount(self._spare) == 2
+        ):  # our attribute and getrefcount's argument
             return self._spare[:length]
         self._spare = np.empty(length, dtype=np.uint8)
         return self._spare[:length]

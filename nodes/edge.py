@@ -78,8 +78,16 @@ class EdgeNode:
     async def start(self) -> tuple[str, int]:
         await self._connect_cloud(retry_for=self.config.timeout)
         host, port = await self._listener.start(self.config.host, self.config.port)
-        log.info("edge node: %s exit %d T=%g, listening on %s:%d, cloud at %s:%d", self.parts.kind,
-                 self.parts.exit, self.config.threshold, host, port, self.config.cloud_host, self.config.cloud_port)
+        log.info(
+            "edge node: %s exit %d T=%g, listening on %s:%d, cloud at %s:%d",
+            self.parts.kind,
+            self.parts.exit,
+            self.config.threshold,
+            host,
+            port,
+            self.config.cloud_host,
+            self.config.cloud_port,
+        )
         return host, port
 
     async def close(self) -> None:
@@ -109,8 +117,9 @@ class EdgeNode:
                     raise
                 await asyncio.sleep(_CONNECT_RETRY_S)
         try:
-            await client_handshake(stream, Hello(role="edge", model=self.parts.kind, exit=self.parts.exit,
-                                                 token=cfg.token))
+            await client_handshake(
+                stream, Hello(role="edge", model=self.parts.kind, exit=self.parts.exit, token=cfg.token)
+            )
         except BaseException:
             await stream.close()
             raise
@@ -134,7 +143,9 @@ class EdgeNode:
                 if isinstance(msg, Error):
                     log.warning("cloud node reported: %s", msg.message)
                     if msg.fatal:
-                        await self._tell_tests(Error(msg.code, f"the cloud node reported: {msg.message}", "cloud"))
+                        await self._tell_tests(
+                            Error(msg.code, f"the cloud node reported: {msg.message}", "cloud")
+                        )
                         return
                 elif not isinstance(msg, ClockReply):
                     raise RemoteProtocolError(f"the cloud node sent the edge a {type(msg).__name__.lower()}")
@@ -142,8 +153,9 @@ class EdgeNode:
             raise
         except NodeError as exc:
             log.error("lost the cloud node: %s", exc)
-            await self._tell_tests(Error("cloud-lost", f"the edge lost its connection to the cloud node: {exc}",
-                                         "cloud"))
+            await self._tell_tests(
+                Error("cloud-lost", f"the edge lost its connection to the cloud node: {exc}", "cloud")
+            )
         finally:
             if self._cloud is stream:
                 self._cloud = None
@@ -155,17 +167,37 @@ class EdgeNode:
 
     # -- test nodes ------------------------------------------------------------------------------------
     async def _handle(self, stream: FramedStream) -> None:
-        hello = await accept_hello(stream, node="edge", accept_roles=("test",), model=self.parts.kind,
-                                   exit=self.parts.exit, threshold=self.config.threshold, token=self.config.token)
+        hello = await accept_hello(
+            stream,
+            node="edge",
+            accept_roles=("test",),
+            model=self.parts.kind,
+            exit=self.parts.exit,
+            threshold=self.config.threshold,
+            token=self.config.token,
+        )
         if hello is None:
             log.warning("refused a connection from %s", stream.peer)
             return
         if hello.session is None:
-            await stream.send_error(Error("no-session", "connect to the cloud node first and pass the session "
-                                                        "id from its ready message in hello", "edge"))
+            await stream.send_error(
+                Error(
+                    "no-session",
+                    "connect to the cloud node first and pass the session id from its ready message in hello",
+                    "edge",
+                )
+            )
             return
-        await send_ready(stream, Ready(role="edge", version=PROTOCOL_VERSION, model=self.parts.kind,
-                                       exit=self.parts.exit, threshold=self.config.threshold))
+        await send_ready(
+            stream,
+            Ready(
+                role="edge",
+                version=PROTOCOL_VERSION,
+                model=self.parts.kind,
+                exit=self.parts.exit,
+                threshold=self.config.threshold,
+            ),
+        )
         self._tests.add(stream)
         log.info("test node %s connected (session %s)", stream.peer, hello.session)
         try:
@@ -183,7 +215,9 @@ class EdgeNode:
                     log.warning("test node %s reported: %s", stream.peer, msg.message)
                     return
                 else:
-                    raise RemoteProtocolError(f"a test node may not send {type(msg).__name__.lower()} to the edge")
+                    raise RemoteProtocolError(
+                        f"a test node may not send {type(msg).__name__.lower()} to the edge"
+                    )
         finally:
             self._tests.discard(stream)
 
@@ -197,36 +231,72 @@ class EdgeNode:
         t_done = time.monotonic_ns()
         local = out.local
         # The small reply goes first: the edge latency should not wait for the features to be written.
-        await test.send(Predictions(batch_id=msg.batch_id, source="edge", sample_ids=msg.sample_ids[local],
-                                    preds=out.preds[local], entropy=out.entropy[local],
-                                    t_edge_recv_ns=t_recv, t_edge_done_ns=t_done))
+        await test.send(
+            Predictions(
+                batch_id=msg.batch_id,
+                source="edge",
+                sample_ids=msg.sample_ids[local],
+                preds=out.preds[local],
+                entropy=out.entropy[local],
+                t_edge_recv_ns=t_recv,
+                t_edge_done_ns=t_done,
+            )
+        )
         if local.all():
             return
         unsure = ~local
-        features = Features(session=session, batch_id=msg.batch_id, sample_ids=msg.sample_ids[unsure],
-                            features=np.ascontiguousarray(out.features[unsure]), entropy=out.entropy[unsure],
-                            t_edge_recv_ns=t_recv, t_edge_done_ns=t_done)
+        features = Features(
+            session=session,
+            batch_id=msg.batch_id,
+            sample_ids=msg.sample_ids[unsure],
+            features=np.ascontiguousarray(out.features[unsure]),
+            entropy=out.entropy[unsure],
+            t_edge_recv_ns=t_recv,
+            t_edge_done_ns=t_done,
+        )
         try:
             cloud = await self._get_cloud()
             await cloud.send(features)
         except NodeError as exc:
             log.error("batch %d: cannot forward to the cloud node: %s", msg.batch_id, exc)
-            await test.send_error(Error("cloud-unavailable", f"the edge cannot forward batch {msg.batch_id} to "
-                                                             f"the cloud node: {exc}", "cloud", msg.batch_id))
+            await test.send_error(
+                Error(
+                    "cloud-unavailable",
+                    f"the edge cannot forward batch {msg.batch_id} to the cloud node: {exc}",
+                    "cloud",
+                    msg.batch_id,
+                )
+            )
             raise PeerError("cloud", str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nodes.edge", description=__doc__.split("\n\n")[0])
-    p.add_argument("--listen", type=cli.hostport_arg, default=("127.0.0.1", 0), metavar="HOST:PORT",
-                   help="address to listen on (default 127.0.0.1:0, a free port; see the READY line)")
-    p.add_argument("--cloud", type=cli.hostport_arg, required=True, metavar="HOST:PORT",
-                   help="the cloud node's address")
+    p.add_argument(
+        "--listen",
+        type=cli.hostport_arg,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:0, a free port; see the READY line)",
+    )
+    p.add_argument(
+        "--cloud", type=cli.hostport_arg, required=True, metavar="HOST:PORT", help="the cloud node's address"
+    )
     p.add_argument("--checkpoint", required=True, help="model checkpoint (models.save_checkpoint format)")
-    p.add_argument("--exit", type=cli.nonneg_int, required=True, metavar="K",
-                   help="the local exit in force (the edge runs blocks 1..K); 0 = all in the cloud")
-    p.add_argument("--threshold", type=cli.threshold_arg, required=True, metavar="T",
-                   help="a sample exits at the edge when its normalized entropy is < T")
+    p.add_argument(
+        "--exit",
+        type=cli.nonneg_int,
+        required=True,
+        metavar="K",
+        help="the local exit in force (the edge runs blocks 1..K); 0 = all in the cloud",
+    )
+    p.add_argument(
+        "--threshold",
+        type=cli.threshold_arg,
+        required=True,
+        metavar="T",
+        help="a sample exits at the edge when its normalized entropy is < T",
+    )
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads")
     cli.add_common_args(p)
     return p
@@ -235,8 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
 async def amain(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     parts = load_parts(args.checkpoint, args.exit)
-    cfg = EdgeConfig(cloud_host=args.cloud[0], cloud_port=args.cloud[1], threshold=args.threshold,
-                     host=args.listen[0], port=args.listen[1], token=cli.token_from(args), timeout=args.timeout)
+    cfg = EdgeConfig(
+        cloud_host=args.cloud[0],
+        cloud_port=args.cloud[1],
+        threshold=args.threshold,
+        host=args.listen[0],
+        port=args.listen[1],
+        token=cli.token_from(args),
+        timeout=args.timeout,
+    )
     node = EdgeNode(cfg, parts)
     stop = cli.stop_on_signals()
     try:

@@ -44,34 +44,59 @@ def check_hello(
     """What the server ``node`` must refuse in ``hello``, as the :class:`Error` to send; ``None`` if
     the client may go on."""
     if hello.version != PROTOCOL_VERSION:
-        return Error("version", f"protocol version {hello.version} is not supported by the {node} node "
-                                f"(it speaks version {PROTOCOL_VERSION}); run matching localexit versions", node)
-    if token is not None and (hello.token is None or not hmac.compare_digest(hello.token.encode(), token.encode())):
-        return Error("unauthorized", f"the {node} node requires a shared token and the one given is missing "
-                                     "or wrong (pass the same --token to every node)", node)
+        return Error(
+            "version",
+            f"protocol version {hello.version} is not supported by the {node} node "
+            f"(it speaks version {PROTOCOL_VERSION}); run matching localexit versions",
+            node,
+        )
+    if token is not None and (
+        hello.token is None or not hmac.compare_digest(hello.token.encode(), token.encode())
+    ):
+        return Error(
+            "unauthorized",
+            f"the {node} node requires a shared token and the one given is missing "
+            "or wrong (pass the same --token to every node)",
+            node,
+        )
     if hello.role not in accept_roles:
         return Error("role", f"the {node} node does not accept connections from a {hello.role} node", node)
     mismatch = (
         (hello.model is not None and hello.model != model)
         or (hello.exit is not None and hello.exit != exit)
-        or (hello.threshold is not None and threshold is not None
-            and not _same_threshold(float(hello.threshold), threshold))
+        or (
+            hello.threshold is not None
+            and threshold is not None
+            and not _same_threshold(float(hello.threshold), threshold)
+        )
     )
     if mismatch:
-        return Error("config-mismatch", f"the {node} node runs {describe(model, exit, threshold)}, but the "
-                                        f"{hello.role} node expects {describe(hello.model, hello.exit, hello.threshold)}",
-                     node)
+        return Error(
+            "config-mismatch",
+            f"the {node} node runs {describe(model, exit, threshold)}, but the "
+            f"{hello.role} node expects {describe(hello.model, hello.exit, hello.threshold)}",
+            node,
+        )
     return None
 
 
-async def accept_hello(stream: FramedStream, *, node: str, accept_roles: tuple[str, ...], model: str,
-                       exit: int, threshold: float | None, token: str | None) -> Hello | None:
+async def accept_hello(
+    stream: FramedStream,
+    *,
+    node: str,
+    accept_roles: tuple[str, ...],
+    model: str,
+    exit: int,
+    threshold: float | None,
+    token: str | None,
+) -> Hello | None:
     """Server side: read the hello and check it. On refusal, send the error and return ``None``."""
     msg = await stream.recv(what="for hello")
     if not isinstance(msg, Hello):
         raise RemoteProtocolError(f"expected hello as the first message, got {type(msg).__name__.lower()}")
-    err = check_hello(msg, node=node, accept_roles=accept_roles, model=model, exit=exit,
-                      threshold=threshold, token=token)
+    err = check_hello(
+        msg, node=node, accept_roles=accept_roles, model=model, exit=exit, threshold=threshold, token=token
+    )
     if err is not None:
         await stream.send_error(err)
         return None
@@ -91,14 +116,17 @@ async def client_handshake(stream: FramedStream, hello: Hello) -> Ready:
     try:
         msg = await stream.recv(what="for ready")
     except PeerError as exc:
-        raise PeerError(stream.node, f"the {stream.node} node at {stream.peer} closed the connection during "
-                                     f"the handshake ({exc})") from exc
+        raise PeerError(
+            stream.node,
+            f"the {stream.node} node at {stream.peer} closed the connection during the handshake ({exc})",
+        ) from exc
     if isinstance(msg, Error):
         raise HandshakeError(f"the {stream.node} node at {stream.peer} refused the connection: {msg.message}")
     if not isinstance(msg, Ready):
         raise RemoteProtocolError(f"the {stream.node} node answered hello with {type(msg).__name__.lower()}")
     if msg.version != PROTOCOL_VERSION:
-        raise HandshakeError(f"the {stream.node} node speaks protocol version {msg.version}, we speak "
-                             f"{PROTOCOL_VERSION}")
+        raise HandshakeError(
+            f"the {stream.node} node speaks protocol version {msg.version}, we speak {PROTOCOL_VERSION}"
+        )
     stream.conn.handshake_done()
     return msg

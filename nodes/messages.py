@@ -55,7 +55,9 @@ def _check_opt_float(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a number, got {type(value).__name__}")
 
 
-def _check_array(name: str, value: object, dtype: str, ndim: int | None = None, length: int | None = None) -> None:
+def _check_array(
+    name: str, value: object, dtype: str, ndim: int | None = None, length: int | None = None
+) -> None:
     if not isinstance(value, np.ndarray):
         raise ValueError(f"{name} must be a numpy array, got {type(value).__name__}")
     if value.dtype != np.dtype(dtype):

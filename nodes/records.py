@@ -108,8 +108,12 @@ class RecordsResult:
             },
             "warmup": {"batches": self.warmup_batches},
             "clock": {
-                node: {"offset_ns": c.offset_ns, "rtt_ns": c.rtt_ns, "uncertainty_ns": c.uncertainty_ns,
-                       "probes": c.probes}
+                node: {
+                    "offset_ns": c.offset_ns,
+                    "rtt_ns": c.rtt_ns,
+                    "uncertainty_ns": c.uncertainty_ns,
+                    "probes": c.probes,
+                }
                 for node, c in self.clock.items()
             },
             "nodes": self.nodes,

@@ -106,7 +106,9 @@ class _Run:
                     via = "" if msg.node == source else f" (reported by the {source} node)"
                     raise PeerError(msg.node, f"the {msg.node} node failed{via}: {msg.message} [{msg.code}]")
                 else:
-                    raise RemoteProtocolError(f"unexpected {type(msg).__name__.lower()} from the {source} node")
+                    raise RemoteProtocolError(
+                        f"unexpected {type(msg).__name__.lower()} from the {source} node"
+                    )
         except asyncio.CancelledError:
             raise
         except NodeError as exc:
@@ -121,14 +123,19 @@ class _Run:
     def _on_predictions(self, msg: Predictions, source: str, t: int) -> None:
         p = self.pending.get(msg.batch_id)
         if p is None or msg.source != source:
-            raise RemoteProtocolError(f"the {source} node sent predictions for batch {msg.batch_id}, "
-                                      "which is not in flight")
+            raise RemoteProtocolError(
+                f"the {source} node sent predictions for batch {msg.batch_id}, which is not in flight"
+            )
         ids = set(msg.sample_ids.tolist())
         if len(ids) != len(msg.sample_ids) or not ids <= set(p.ids.tolist()) or ids & p.answered:
-            raise RemoteProtocolError(f"the {source} node sent predictions for samples that are not in "
-                                      f"batch {msg.batch_id} or were answered already")
+            raise RemoteProtocolError(
+                f"the {source} node sent predictions for samples that are not in "
+                f"batch {msg.batch_id} or were answered already"
+            )
         if len(msg.preds) and (msg.preds.min() < 0 or msg.preds.max() >= self.data.num_classes):
-            raise RemoteProtocolError(f"the {source} node predicted a class outside 0..{self.data.num_classes - 1}")
+            raise RemoteProtocolError(
+                f"the {source} node predicted a class outside 0..{self.data.num_classes - 1}"
+            )
         if source == "edge":
             if p.edge is not None:
                 raise RemoteProtocolError(f"the edge node answered batch {msg.batch_id} twice")
@@ -141,15 +148,19 @@ class _Run:
 
     # -- sending -----------------------------------------------------------------------------------
     async def wait_one(self, outstanding: list[_Pending]) -> None:
-        done, _ = await asyncio.wait([p.done for p in outstanding], timeout=self.cfg.timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [p.done for p in outstanding], timeout=self.cfg.timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if not done:
             oldest = outstanding[0]
             node = "edge" if oldest.edge is None else "cloud"
             missing = len(oldest.ids) - len(oldest.answered)
-            raise NodeTimeout(node, f"timed out after {self.cfg.timeout:g} s waiting for predictions of batch "
-                                    f"{oldest.batch_id} from the {node} node ({missing} of {len(oldest.ids)} "
-                                    "samples missing)")
+            raise NodeTimeout(
+                node,
+                f"timed out after {self.cfg.timeout:g} s waiting for predictions of batch "
+                f"{oldest.batch_id} from the {node} node ({missing} of {len(oldest.ids)} "
+                "samples missing)",
+            )
         for fut in done:
             fut.result()  # raises the failure a reader recorded
         outstanding[:] = [p for p in outstanding if not p.done.done()]
@@ -191,8 +202,9 @@ async def _probe(stream: FramedStream, n: int) -> ClockEstimate:
         msg = await stream.recv(what="for a clock reply")
         t3 = time.monotonic_ns()
         if not isinstance(msg, ClockReply) or msg.seq != seq:
-            raise RemoteProtocolError(f"the {stream.node} node answered a clock probe with "
-                                      f"{type(msg).__name__.lower()}")
+            raise RemoteProtocolError(
+                f"the {stream.node} node answered a clock probe with {type(msg).__name__.lower()}"
+            )
         samples.append((t0, msg.t_recv_ns, msg.t_reply_ns, t3))
     return clock_offset(samples)
 
@@ -207,45 +219,84 @@ def _select(cfg: ClientConfig, data: ImageDataset) -> np.ndarray:
 
 
 def _node_info(stream: FramedStream, ready: Ready) -> dict[str, Any]:
-    return {"address": stream.peer, "version": ready.version, "model": ready.model, "exit": ready.exit,
-            "threshold": ready.threshold}
+    return {
+        "address": stream.peer,
+        "version": ready.version,
+        "model": ready.model,
+        "exit": ready.exit,
+        "threshold": ready.threshold,
+    }
 
 
-def _build_result(cfg: ClientConfig, data: ImageDataset, measured: list[_Pending], edge_ready: Ready,
-                  clock: dict[str, ClockEstimate], nodes: dict[str, dict[str, Any]]) -> RecordsResult:
+def _build_result(
+    cfg: ClientConfig,
+    data: ImageDataset,
+    measured: list[_Pending],
+    edge_ready: Ready,
+    clock: dict[str, ClockEstimate],
+    nodes: dict[str, dict[str, Any]],
+) -> RecordsResult:
     samples: list[SampleRecord] = []
     batches: list[BatchRecord] = []
     for index, p in enumerate(measured):
         assert p.edge is not None
         e = p.edge
         for sid, pred, ent in zip(e.sample_ids.tolist(), e.preds.tolist(), e.entropy.tolist(), strict=True):
-            samples.append(SampleRecord(sid, int(data.labels[sid]), pred, "edge", ent,
-                                        (p.t_edge_reply - p.t_send) / NS_PER_MS))
+            samples.append(
+                SampleRecord(
+                    sid, int(data.labels[sid]), pred, "edge", ent, (p.t_edge_reply - p.t_send) / NS_PER_MS
+                )
+            )
         last_cloud: tuple[Predictions, int] | None = None
         for msg, t in p.cloud:
             assert msg.cloud_entropy is not None
-            for sid, pred, ent, cent in zip(msg.sample_ids.tolist(), msg.preds.tolist(), msg.entropy.tolist(),
-                                            msg.cloud_entropy.tolist(), strict=True):
-                samples.append(SampleRecord(sid, int(data.labels[sid]), pred, "cloud", ent,
-                                            (t - p.t_send) / NS_PER_MS, cent))
+            for sid, pred, ent, cent in zip(
+                msg.sample_ids.tolist(),
+                msg.preds.tolist(),
+                msg.entropy.tolist(),
+                msg.cloud_entropy.tolist(),
+                strict=True,
+            ):
+                samples.append(
+                    SampleRecord(
+                        sid, int(data.labels[sid]), pred, "cloud", ent, (t - p.t_send) / NS_PER_MS, cent
+                    )
+                )
             if last_cloud is None or t > last_cloud[1]:
                 last_cloud = (msg, t)
         n_cloud = sum(len(m.sample_ids) for m, _ in p.cloud)
         stamps = BatchStamps(
-            t_send=p.t_send, t_edge_recv=e.t_edge_recv_ns, t_edge_done=e.t_edge_done_ns,
-            t_edge_reply=p.t_edge_reply, local=len(e.sample_ids), cloud=n_cloud,
+            t_send=p.t_send,
+            t_edge_recv=e.t_edge_recv_ns,
+            t_edge_done=e.t_edge_done_ns,
+            t_edge_reply=p.t_edge_reply,
+            local=len(e.sample_ids),
+            cloud=n_cloud,
             t_cloud_recv=last_cloud[0].t_cloud_recv_ns if last_cloud else None,
             t_cloud_done=last_cloud[0].t_cloud_done_ns if last_cloud else None,
             t_cloud_reply=last_cloud[1] if last_cloud else None,
         )
         batches.append(BatchRecord(index=index, size=len(p.ids), stamps=stamps))
-    config = {"model": edge_ready.model, "exit": edge_ready.exit, "threshold": edge_ready.threshold,
-              "batch_size": cfg.batch_size, "inflight": cfg.inflight, "dataset": data.name,
-              "samples": len(samples), "warmup_batches": cfg.warmup_batches, "seed": cfg.seed}
+    config = {
+        "model": edge_ready.model,
+        "exit": edge_ready.exit,
+        "threshold": edge_ready.threshold,
+        "batch_size": cfg.batch_size,
+        "inflight": cfg.inflight,
+        "dataset": data.name,
+        "samples": len(samples),
+        "warmup_batches": cfg.warmup_batches,
+        "seed": cfg.seed,
+    }
     return RecordsResult(
-        config=config, samples=tuple(samples), batches=tuple(batches), first_send_ns=measured[0].t_send,
-        last_recv_ns=max(b.stamps.t_done for b in batches), warmup_batches=cfg.warmup_batches,
-        clock=clock, nodes=nodes,
+        config=config,
+        samples=tuple(samples),
+        batches=tuple(batches),
+        first_send_ns=measured[0].t_send,
+        last_recv_ns=max(b.stamps.t_done for b in batches),
+        warmup_batches=cfg.warmup_batches,
+        clock=clock,
+        nodes=nodes,
     )
 
 
@@ -260,17 +311,28 @@ async def run_test_client(cfg: ClientConfig, dataset: ImageDataset | None = None
     try:
         cloud = await open_stream(*cfg.cloud, node="cloud", timeout=cfg.timeout)
         streams.append(cloud)
-        cloud_ready = await client_handshake(cloud, Hello(role="test", model=cfg.model, exit=cfg.exit,
-                                                          token=cfg.token))
+        cloud_ready = await client_handshake(
+            cloud, Hello(role="test", model=cfg.model, exit=cfg.exit, token=cfg.token)
+        )
         edge = await open_stream(*cfg.edge, node="edge", timeout=cfg.timeout)
         streams.append(edge)
-        edge_ready = await client_handshake(edge, Hello(role="test", model=cfg.model, exit=cfg.exit,
-                                                        threshold=cfg.threshold, token=cfg.token,
-                                                        session=cloud_ready.session))
+        edge_ready = await client_handshake(
+            edge,
+            Hello(
+                role="test",
+                model=cfg.model,
+                exit=cfg.exit,
+                threshold=cfg.threshold,
+                token=cfg.token,
+                session=cloud_ready.session,
+            ),
+        )
         if (edge_ready.model, edge_ready.exit) != (cloud_ready.model, cloud_ready.exit):
-            raise NodeError(f"the edge runs {describe(edge_ready.model, edge_ready.exit, None)} but the cloud "
-                            f"runs {describe(cloud_ready.model, cloud_ready.exit, None)}; start both with the "
-                            "same checkpoint and --exit")
+            raise NodeError(
+                f"the edge runs {describe(edge_ready.model, edge_ready.exit, None)} but the cloud "
+                f"runs {describe(cloud_ready.model, cloud_ready.exit, None)}; start both with the "
+                "same checkpoint and --exit"
+            )
         clock = {"edge": await _probe(edge, cfg.clock_probes), "cloud": await _probe(cloud, cfg.clock_probes)}
         loop = asyncio.get_running_loop()
         readers = [loop.create_task(run.read(edge, "edge")), loop.create_task(run.read(cloud, "cloud"))]
@@ -300,8 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--samples", type=cli.positive_int, default=None, help="first N samples (default: all)")
     p.add_argument("--batch-size", type=cli.positive_int, default=32)
-    p.add_argument("--inflight", type=cli.positive_int, default=1,
-                   help="batches outstanding at once (1 = closed loop, the paper's setting)")
+    p.add_argument(
+        "--inflight",
+        type=cli.positive_int,
+        default=1,
+        help="batches outstanding at once (1 = closed loop, the paper's setting)",
+    )
     p.add_argument("--warmup-batches", type=cli.nonneg_int, default=2)
     p.add_argument("--model", default=None, help="expected model kind (checked in hello)")
     p.add_argument("--exit", type=cli.nonneg_int, default=None, help="expected local exit (checked in hello)")
@@ -314,11 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    cfg = ClientConfig(edge=args.edge, cloud=args.cloud, dataset=args.dataset, data_dir=args.data_dir,
-                       samples=args.samples, batch_size=args.batch_size, inflight=args.inflight,
-                       warmup_batches=args.warmup_batches, model=args.model, exit=args.exit,
-                       threshold=args.threshold, timeout=args.timeout, seed=args.seed,
-                       token=cli.token_from(args), clock_probes=args.clock_probes)
+    cfg = ClientConfig(
+        edge=args.edge,
+        cloud=args.cloud,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        inflight=args.inflight,
+        warmup_batches=args.warmup_batches,
+        model=args.model,
+        exit=args.exit,
+        threshold=args.threshold,
+        timeout=args.timeout,
+        seed=args.seed,
+        token=cli.token_from(args),
+        clock_probes=args.clock_probes,
+    )
     stop = cli.stop_on_signals()
     loop = asyncio.get_running_loop()
     run = loop.create_task(run_test_client(cfg))
@@ -335,8 +413,14 @@ async def amain(args: argparse.Namespace) -> int:
     result = run.result()
     write_records(result, args.out)
     edge_n = sum(1 for s in result.samples if s.exit == "edge")
-    log.info("done: %d samples (%d at the edge, %d in the cloud), overall latency %.3f ms/sample -> %s",
-             len(result.samples), edge_n, len(result.samples) - edge_n, result.overall_latency_ms, args.out)
+    log.info(
+        "done: %d samples (%d at the edge, %d in the cloud), overall latency %.3f ms/sample -> %s",
+        len(result.samples),
+        edge_n,
+        len(result.samples) - edge_n,
+        result.overall_latency_ms,
+        args.out,
+    )
     return 0
 
 

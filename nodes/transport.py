@@ -193,6 +193,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 async def _wait_future(fut: asyncio.Future[None], timeout: float) -> bool:
     """Await ``fut`` for at most ``timeout`` s with a timer rather than ``wait_for`` (which would wrap it
     in a new task per call); cancelling the caller cancels ``fut``."""
+
     def expire() -> None:
         if not fut.done():
             fut.set_result(None)
@@ -233,7 +234,9 @@ class FramedStream:
     async def send(self, msg: Message, *, timeout: float | None = None) -> None:
         """Write ``msg`` and wait until the transport's buffer has drained below its high-water mark."""
         if self._p.closed or self._p.transport is None or self._p.transport.is_closing():
-            raise PeerError(self.node, f"cannot send to the {self.node} node at {self.peer}: connection closed")
+            raise PeerError(
+                self.node, f"cannot send to the {self.node} node at {self.peer}: connection closed"
+            )
         transport = self._p.transport
         bufs = self.conn.send(msg)
         if len(bufs) == 1:
@@ -249,11 +252,15 @@ class FramedStream:
             return  # the common case: no await, so no task switch
         limit = timeout or self.timeout
         if not await self._p.wait_drained(limit):
-            raise NodeTimeout(self.node, f"timed out after {limit:g} s sending to the {self.node} node at "
-                                         f"{self.peer} (it is not reading)")
+            raise NodeTimeout(
+                self.node,
+                f"timed out after {limit:g} s sending to the {self.node} node at "
+                f"{self.peer} (it is not reading)",
+            )
         if self._p.closed:
-            raise PeerError(self.node, f"the {self.node} node at {self.peer} closed the connection while "
-                                       "we were sending")
+            raise PeerError(
+                self.node, f"the {self.node} node at {self.peer} closed the connection while we were sending"
+            )
 
     async def recv(self, *, timeout: float | None = None, what: str = "for a message") -> Message:
         """The next message. Raises :class:`PeerError` when the peer closed the connection,
@@ -275,8 +282,11 @@ class FramedStream:
                 if deadline is None:
                     deadline = p.loop.time() + (timeout or self.timeout)
                 if not await p.wait_readable(deadline):
-                    raise NodeTimeout(self.node, f"timed out after {timeout or self.timeout:g} s waiting "
-                                                 f"{what} from the {self.node} node at {self.peer}")
+                    raise NodeTimeout(
+                        self.node,
+                        f"timed out after {timeout or self.timeout:g} s waiting "
+                        f"{what} from the {self.node} node at {self.peer}",
+                    )
                 continue
             if event is CLOSED:
                 raise self._closed_error()
@@ -325,10 +335,15 @@ async def open_stream(
     conn = Connection(max_frame_size=max_frame_size or MAX_FRAME_SIZE)
     try:
         _, protocol = await with_timeout(
-            loop.create_connection(lambda: _FrameProtocol(conn), host, port), timeout, node,
-            f"connecting to {host}:{port}")
+            loop.create_connection(lambda: _FrameProtocol(conn), host, port),
+            timeout,
+            node,
+            f"connecting to {host}:{port}",
+        )
     except OSError as exc:
-        raise PeerError(node, f"cannot connect to the {node} node at {host}:{port}: {exc.strerror or exc}") from exc
+        raise PeerError(
+            node, f"cannot connect to the {node} node at {host}:{port}: {exc.strerror or exc}"
+        ) from exc
     return FramedStream(protocol, node, timeout)
 
 
@@ -343,8 +358,15 @@ class Listener:
     handlers and waits for them.
     """
 
-    def __init__(self, handler: Handler, *, node: str, peer_node: str = "peer",
-                 timeout: float = DEFAULT_TIMEOUT_S, max_frame_size: int | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        node: str,
+        peer_node: str = "peer",
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_frame_size: int | None = None,
+    ) -> None:
         self._handler = handler
         self._node = node
         self._peer_node = peer_node

@@ -148,7 +148,7 @@ def test_unprivileged_user_gets_the_fallback_explained(tiny_checkpoint: Path) ->
     prefix = _as_nobody()
     if prefix is None:
         pytest.skip("cannot run the interpreter as user nobody here")
-    tmp_path = Path(tempfile.mkdtemp(prefix="lx-nobody-"))  # pytest's own tmp dirs are private to root
+    tmp_path = Path(tempfile.mkdtemp(prefix="lx-nobody-", dir="/tmp"))  # pytest's tmp dirs are private to root
     tmp_path.chmod(0o777)
     try:
         _run_as_nobody(prefix, tiny_checkpoint, tmp_path)

@@ -48,7 +48,9 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(CheckpointError, match="is not a localexit-checkpoint/1"):
         load_checkpoint(other)
-    path = save_checkpoint(build_model(ModelConfig(kind="mem", **TINY)), tmp_path / "m.pt", dataset="synthetic")
+    path = save_checkpoint(
+        build_model(ModelConfig(kind="mem", **TINY)), tmp_path / "m.pt", dataset="synthetic"
+    )
     payload = torch.load(path, weights_only=True)
     payload["config"]["widths"] = [5] * 9
     torch.save(payload, path)
@@ -86,7 +88,7 @@ def test_short_training_lowers_loss_and_is_reproducible() -> None:
     test_data = synthetic_dataset(n=128, seed=1)
     cfg = ModelConfig(kind="sem", exit=2, input_mean=(0.5,), input_std=(0.25,), **TINY)
     tc = TrainConfig(epochs=4, batch_size=32, lr=0.2, seed=7)
-    model, log = train(cfg, train_data, test_data, tc, progress=False)
+    _, log = train(cfg, train_data, test_data, tc, progress=False)
     losses = [e["loss"] for e in log["epochs"]]
     assert losses[-1] < losses[0] * 0.8
     assert max(log["final"]["test_accuracy"].values()) > 0.25  # 10 classes: chance is 0.1
@@ -97,8 +99,23 @@ def test_short_training_lowers_loss_and_is_reproducible() -> None:
 
 def test_train_command_writes_checkpoint_and_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sem-1.pt"
-    rc = main(["--model", "sem", "--exit", "1", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64",
-               "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "--model",
+            "sem",
+            "--exit",
+            "1",
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     _, meta = load_checkpoint(out)
     assert meta.config.name == "sem-1" and meta.dataset == "synthetic"

@@ -42,7 +42,9 @@ def test_config_validation(kwargs: dict, match: str) -> None:
         ModelConfig(**kwargs)
 
 
-@pytest.mark.parametrize(("kind", "exit"), [("sem", 1), ("sem", 4), ("sem", 8), ("mem", 1), ("mem", 5), ("mem", 8)])
+@pytest.mark.parametrize(
+    ("kind", "exit"), [("sem", 1), ("sem", 4), ("sem", 8), ("mem", 1), ("mem", 5), ("mem", 8)]
+)
 def test_partition_equals_full_model(kind: str, exit: int) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(kind=kind, exit=exit if kind == "sem" else None, **TINY)  # type: ignore[arg-type]

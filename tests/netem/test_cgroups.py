@@ -56,8 +56,10 @@ def test_v2_plan(tmp_path: Path) -> None:
     plan = plan_cgroup("lxab-edge", EdgeLimits.parse(cpus="1.5", memory="1g"), "v2", root)
     assert plan.dirs == (root / "lxab-edge",)
     assert plan.enable == ((root / "cgroup.subtree_control", "+cpu +memory"),)
-    assert dict(plan.writes) == {root / "lxab-edge/cpu.max": "150000 100000",
-                                 root / "lxab-edge/memory.max": str(2**30)}
+    assert dict(plan.writes) == {
+        root / "lxab-edge/cpu.max": "150000 100000",
+        root / "lxab-edge/memory.max": str(2**30),
+    }
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])

@@ -13,8 +13,9 @@ def test_family_pattern_matches_our_names(name: str) -> None:
     assert owned_pattern("lx").match(name)
 
 
-@pytest.mark.parametrize("name", ["lxcbr0", "lxc", "docker0", "lx3f9a1c-edgex", "xlx1-edge", "lx3f9a1c",
-                                  "lx_1-edge", "eth0"])
+@pytest.mark.parametrize(
+    "name", ["lxcbr0", "lxc", "docker0", "lx3f9a1c-edgex", "xlx1-edge", "lx3f9a1c", "lx_1-edge", "eth0"]
+)
 def test_family_pattern_ignores_other_names(name: str) -> None:
     assert not owned_pattern("lx").match(name)
 

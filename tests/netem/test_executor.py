@@ -21,7 +21,9 @@ def test_success_returns_output_and_keeps_history(caplog: pytest.LogCaptureFixtu
 
 def test_failure_carries_stderr_and_status() -> None:
     with pytest.raises(CommandError) as info:
-        Executor().run([sys.executable, "-c", "import sys; sys.stderr.write('boom: no such qdisc'); sys.exit(3)"])
+        Executor().run(
+            [sys.executable, "-c", "import sys; sys.stderr.write('boom: no such qdisc'); sys.exit(3)"]
+        )
     err = info.value
     assert err.returncode == 3
     assert "boom: no such qdisc" in err.stderr

@@ -102,8 +102,12 @@ def test_edge_limits_without_root_are_reported(tmp_path: object) -> None:
     with make_testbed(cfg, isolation="loopback", caps=NO_ROOT) as tb:
         assert any("edge limits" in s for s in tb.not_applied)
         assert tb.edge_threads() == 1
-        proc = tb.popen("edge", [sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"],
-                        stdout=subprocess.PIPE, text=True)
+        proc = tb.popen(
+            "edge",
+            [sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.communicate(timeout=10)[0].strip() == "1"
         sleeper = tb.popen("cloud", ["sleep", "30"])
     assert sleeper.poll() is not None  # teardown stopped it
@@ -114,6 +118,8 @@ def test_bad_node_and_isolation() -> None:
         make_testbed(TestbedConfig("lxlo5", LinkSpec()), isolation="docker", caps=NO_ROOT)
     with pytest.raises(Exception, match="namespaces"):
         make_testbed(TestbedConfig("lxlo5", LinkSpec()), isolation="netns", caps=NO_ROOT)
-    with make_testbed(TestbedConfig("lxlo5", LinkSpec()), isolation="loopback", caps=NO_ROOT) as tb, \
-            pytest.raises(ValueError, match="node"):
+    with (
+        make_testbed(TestbedConfig("lxlo5", LinkSpec()), isolation="loopback", caps=NO_ROOT) as tb,
+        pytest.raises(ValueError, match="node"),
+    ):
         tb.bind_address("router")

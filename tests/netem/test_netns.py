@@ -27,8 +27,12 @@ def new_prefix() -> str:
 
 
 def server(tb: Testbed, node: str, *args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = tb.popen(node, [sys.executable, "-m", "netem.measure", *args, "--bind", tb.bind_address(node)],
-                    stdout=subprocess.PIPE, text=True)
+    proc = tb.popen(
+        node,
+        [sys.executable, "-m", "netem.measure", *args, "--bind", tb.bind_address(node)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("READY"), line
@@ -37,8 +41,12 @@ def server(tb: Testbed, node: str, *args: str) -> tuple[subprocess.Popen[str], i
 
 def client(tb: Testbed, src: str, dst: str, port: int, *args: str, timeout: float = 15) -> dict[str, Any]:
     host, p = tb.connect_address(src, dst, port)
-    proc = tb.popen(src, [sys.executable, "-m", "netem.measure", args[0], "--to", f"{host}:{p}", *args[1:]],
-                    stdout=subprocess.PIPE, text=True)
+    proc = tb.popen(
+        src,
+        [sys.executable, "-m", "netem.measure", args[0], "--to", f"{host}:{p}", *args[1:]],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0
     return json.loads(out)  # type: ignore[no-any-return]
@@ -69,8 +77,9 @@ def test_delay_and_rate_are_what_tcp_sees() -> None:
 
 def test_test_reaches_cloud_through_the_edge() -> None:
     prefix = new_prefix()
-    cfg = TestbedConfig(prefix, edge_cloud=LinkSpec.parse(rate="100mbit"),
-                        test_edge=LinkSpec.parse(delay="5ms"))
+    cfg = TestbedConfig(
+        prefix, edge_cloud=LinkSpec.parse(rate="100mbit"), test_edge=LinkSpec.parse(delay="5ms")
+    )
     with make_testbed(cfg, isolation="netns") as tb:
         assert tb.applied == {"test_edge": expected_mechanisms(tb, ["delay"]), "edge_cloud": {"rate": "tbf"}}
         _, port = server(tb, "cloud", "echo")
@@ -101,7 +110,9 @@ def test_loss_and_jitter() -> None:
 
 def test_edge_cgroup_limits_cpu_and_memory() -> None:
     prefix = new_prefix()
-    cfg = TestbedConfig(prefix, LinkSpec(), edge_limits=EdgeLimits.parse(cpus="0.5", cpuset="0", memory="64m"))
+    cfg = TestbedConfig(
+        prefix, LinkSpec(), edge_limits=EdgeLimits.parse(cpus="0.5", cpuset="0", memory="64m")
+    )
     with make_testbed(cfg, isolation="netns") as tb:
         assert tb.edge_limits_mechanism in ("cgroup-v1", "cgroup-v2")
         assert tb.edge_threads() == 1
@@ -119,15 +130,20 @@ def test_edge_cgroup_limits_cpu_and_memory() -> None:
         assert r["threads"] == "1"
         assert r["cpus"] == [0]
         assert f"/{prefix}-edge" in r["cgroup"]
-        hog = tb.popen("edge", [sys.executable, "-c", "x = bytearray(256 * 2**20); x[::4096] = b'x' * len(x[::4096])"],
-                       stderr=subprocess.DEVNULL)
+        hog = tb.popen(
+            "edge",
+            [sys.executable, "-c", "x = bytearray(256 * 2**20); x[::4096] = b'x' * len(x[::4096])"],
+            stderr=subprocess.DEVNULL,
+        )
         assert hog.wait(timeout=15) == -signal.SIGKILL  # the OOM killer, at 64m
     assert find_leftovers(prefix) == []
 
 
 def test_exception_inside_the_block_leaves_nothing() -> None:
     prefix = new_prefix()
-    cfg = TestbedConfig(prefix, LinkSpec.parse(rate="1mbit", delay="5ms"), edge_limits=EdgeLimits.parse(cpus="1"))
+    cfg = TestbedConfig(
+        prefix, LinkSpec.parse(rate="1mbit", delay="5ms"), edge_limits=EdgeLimits.parse(cpus="1")
+    )
     with pytest.raises(RuntimeError, match="node crashed"), make_testbed(cfg, isolation="netns") as tb:
         tb.popen("edge", ["sleep", "30"])
         assert find_leftovers(prefix) != []

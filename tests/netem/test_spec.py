@@ -12,8 +12,16 @@ from netem.spec import format_rate, format_time, parse_rate, parse_size, parse_t
 
 @pytest.mark.parametrize(
     ("text", "bps"),
-    [("10mbit", 10_000_000), ("500kbit", 500_000), ("1gbit", 10**9), ("1.5mbit", 1_500_000),
-     ("64bit", 64), ("1mibit", 2**20), ("10Mbit", 10_000_000), ("2 mbit", 2_000_000)],
+    [
+        ("10mbit", 10_000_000),
+        ("500kbit", 500_000),
+        ("1gbit", 10**9),
+        ("1.5mbit", 1_500_000),
+        ("64bit", 64),
+        ("1mibit", 2**20),
+        ("10Mbit", 10_000_000),
+        ("2 mbit", 2_000_000),
+    ],
 )
 def test_parse_rate(text: str, bps: int) -> None:
     assert parse_rate(text) == bps
@@ -38,8 +46,9 @@ def test_bad_rates(text: str) -> None:
         parse_rate(text)
 
 
-@pytest.mark.parametrize(("text", "s"), [("20ms", 0.02), ("500us", 0.0005), ("1s", 1.0), ("0.5ms", 0.0005),
-                                         ("2msec", 0.002)])
+@pytest.mark.parametrize(
+    ("text", "s"), [("20ms", 0.02), ("500us", 0.0005), ("1s", 1.0), ("0.5ms", 0.0005), ("2msec", 0.002)]
+)
 def test_parse_time(text: str, s: float) -> None:
     assert parse_time(text) == pytest.approx(s)
 
@@ -58,8 +67,13 @@ def test_parse_size_uses_tc_binary_units() -> None:
 def test_linkspec_parse_and_describe() -> None:
     spec = LinkSpec.parse(rate="10mbit", delay="20ms", jitter="1ms", loss="0.5%", limit="64kb")
     assert spec == LinkSpec(10_000_000, 0.02, 0.001, 0.005, 65536)
-    assert spec.describe() == {"rate": "10mbit", "delay": "20ms", "jitter": "1ms", "loss": "0.5%",
-                               "limit": "65536b"}
+    assert spec.describe() == {
+        "rate": "10mbit",
+        "delay": "20ms",
+        "jitter": "1ms",
+        "loss": "0.5%",
+        "limit": "65536b",
+    }
     assert LinkSpec.parse().describe()["rate"] is None
     assert not LinkSpec.parse().shaped
     assert LinkSpec.parse(rate="unlimited").rate_bps is None
@@ -67,8 +81,15 @@ def test_linkspec_parse_and_describe() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"loss": "0.5"}, {"loss": "100%"}, {"delay": "20"}, {"delay": "11s"}, {"rate": "10mbps"},
-     {"limit": "64kb"}, {"rate": "1mbit", "limit": "100"}],
+    [
+        {"loss": "0.5"},
+        {"loss": "100%"},
+        {"delay": "20"},
+        {"delay": "11s"},
+        {"rate": "10mbps"},
+        {"limit": "64kb"},
+        {"rate": "1mbit", "limit": "100"},
+    ],
 )
 def test_linkspec_refuses_bad_values(kwargs: dict[str, str]) -> None:
     with pytest.raises(SpecError):
@@ -109,8 +130,17 @@ def test_edge_limits() -> None:
     assert lim.describe() == {"cpus": "0.5", "cpuset": "0", "memory": "256m"}
 
 
-@pytest.mark.parametrize("kwargs", [{"cpus": "half"}, {"cpus": "0"}, {"cpuset": "a"}, {"cpuset": "3-1"},
-                                    {"memory": "1m"}, {"memory": "lots"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"cpus": "half"},
+        {"cpus": "0"},
+        {"cpuset": "a"},
+        {"cpuset": "3-1"},
+        {"memory": "1m"},
+        {"memory": "lots"},
+    ],
+)
 def test_edge_limits_refuse_bad_values(kwargs: dict[str, str]) -> None:
     with pytest.raises(SpecError):
         EdgeLimits.parse(**kwargs)

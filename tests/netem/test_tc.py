@@ -10,8 +10,23 @@ from netem.tc import MIN_BURST_BYTES, qdisc_del_argv
 
 def test_tbf_argv() -> None:
     assert tbf_argv("veth0", 10_000_000, netns="lxab-edge") == [
-        "tc", "-n", "lxab-edge", "qdisc", "add", "dev", "veth0", "root", "handle", "1:", "tbf",
-        "rate", "10000000bit", "burst", "5000", "limit", "125000",
+        "tc",
+        "-n",
+        "lxab-edge",
+        "qdisc",
+        "add",
+        "dev",
+        "veth0",
+        "root",
+        "handle",
+        "1:",
+        "tbf",
+        "rate",
+        "10000000bit",
+        "burst",
+        "5000",
+        "limit",
+        "125000",
     ]
 
 
@@ -31,16 +46,50 @@ def test_htb_argvs() -> None:
     cmds = htb_argvs("eth0", 10_000_000, limit=30000)
     assert cmds == [
         ["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb", "default", "1"],
-        ["tc", "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb", "rate", "10000000bit",
-         "ceil", "10000000bit", "burst", "5000", "cburst", "5000"],
+        [
+            "tc",
+            "class",
+            "add",
+            "dev",
+            "eth0",
+            "parent",
+            "1:",
+            "classid",
+            "1:1",
+            "htb",
+            "rate",
+            "10000000bit",
+            "ceil",
+            "10000000bit",
+            "burst",
+            "5000",
+            "cburst",
+            "5000",
+        ],
         ["tc", "qdisc", "add", "dev", "eth0", "parent", "1:1", "handle", "2:", "bfifo", "limit", "30000"],
     ]
 
 
 def test_netem_argv() -> None:
     assert netem_argv("eth0", delay_s=0.02, jitter_s=0.001, loss=0.005, netns="ns") == [
-        "tc", "-n", "ns", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "netem", "limit", "1000",
-        "delay", "20000us", "1000us", "loss", "0.5%",
+        "tc",
+        "-n",
+        "ns",
+        "qdisc",
+        "add",
+        "dev",
+        "eth0",
+        "root",
+        "handle",
+        "1:",
+        "netem",
+        "limit",
+        "1000",
+        "delay",
+        "20000us",
+        "1000us",
+        "loss",
+        "0.5%",
     ]
     assert netem_argv("eth0", loss=0.1)[-2:] == ["loss", "10%"]
     assert "delay" not in netem_argv("eth0", loss=0.1)

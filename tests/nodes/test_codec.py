@@ -47,8 +47,12 @@ def _transfer(src: Connection, dst: Connection, msg: object, chunk: int | None =
 
 def _batch(n: int = 4) -> Batch:
     rng = np.random.default_rng(0)
-    return Batch(batch_id=7, sample_ids=np.arange(n, dtype=np.int64),
-                 images=rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8), t_sent_ns=123)
+    return Batch(
+        batch_id=7,
+        sample_ids=np.arange(n, dtype=np.int64),
+        images=rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8),
+        t_sent_ns=123,
+    )
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 7, 4096])
@@ -68,11 +72,27 @@ def test_every_message_type_round_trips() -> None:
     ids = np.array([3, 5], dtype=np.int64)
     msgs = [
         Hello(role="test", model="mem", exit=3, threshold=0.3, token="t", session="s"),
-        Predictions(batch_id=1, source="cloud", sample_ids=ids, preds=np.array([1, 2], dtype=np.int64),
-                    entropy=np.array([0.5, 0.6], dtype=np.float32), t_edge_recv_ns=1, t_edge_done_ns=2,
-                    t_cloud_recv_ns=3, t_cloud_done_ns=4, cloud_entropy=np.zeros(2, dtype=np.float32)),
-        Features(session="s", batch_id=1, sample_ids=ids, features=np.ones((2, 4, 7, 7), dtype=np.float32),
-                 entropy=np.array([0.5, 0.6], dtype=np.float32), t_edge_recv_ns=-5, t_edge_done_ns=6),
+        Predictions(
+            batch_id=1,
+            source="cloud",
+            sample_ids=ids,
+            preds=np.array([1, 2], dtype=np.int64),
+            entropy=np.array([0.5, 0.6], dtype=np.float32),
+            t_edge_recv_ns=1,
+            t_edge_done_ns=2,
+            t_cloud_recv_ns=3,
+            t_cloud_done_ns=4,
+            cloud_entropy=np.zeros(2, dtype=np.float32),
+        ),
+        Features(
+            session="s",
+            batch_id=1,
+            sample_ids=ids,
+            features=np.ones((2, 4, 7, 7), dtype=np.float32),
+            entropy=np.array([0.5, 0.6], dtype=np.float32),
+            t_edge_recv_ns=-5,
+            t_edge_done_ns=6,
+        ),
         Error("bad-input", "nope", "edge", 3, fatal=False),
         ClockProbe(seq=1, t_sent_ns=99),
     ]
@@ -216,8 +236,17 @@ def test_message_fields_are_validated_both_ways() -> None:
     with pytest.raises(ValueError, match="images must have dtype uint8"):
         Batch(batch_id=0, sample_ids=np.arange(2), images=np.zeros((2, 1, 2, 2), np.float32), t_sent_ns=0)
     c = Connection()
-    c.receive_data(encode_frame_bytes({"type": "batch", "batch_id": -1, "sample_ids": np.arange(1),
-                                       "images": np.zeros((1, 1, 2, 2), np.uint8), "t_sent_ns": 0}))
+    c.receive_data(
+        encode_frame_bytes(
+            {
+                "type": "batch",
+                "batch_id": -1,
+                "sample_ids": np.arange(1),
+                "images": np.zeros((1, 1, 2, 2), np.uint8),
+                "t_sent_ns": 0,
+            }
+        )
+    )
     with pytest.raises(RemoteProtocolError, match="invalid batch message: batch_id must be >= 0"):
         c.next_event()
 
@@ -262,8 +291,9 @@ def test_fuzz_mutated_valid_frames_never_crash_the_decoder(noise: bytes, where: 
     st.lists(st.integers(min_value=0, max_value=5), max_size=4),
     st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=5),
 )
-def test_fuzz_tensor_round_trip_any_dtype_shape_and_chunking(dtype: str, shape: list[int],
-                                                             chunks: list[int]) -> None:
+def test_fuzz_tensor_round_trip_any_dtype_shape_and_chunking(
+    dtype: str, shape: list[int], chunks: list[int]
+) -> None:
     arr = (np.arange(int(np.prod(shape)) if shape else 1) % 7).astype(dtype).reshape(shape)
     data = encode_frame_bytes({"a": arr, "b": [arr, {"c": arr}]})
     dec = FrameDecoder()

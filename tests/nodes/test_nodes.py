@@ -45,8 +45,14 @@ class Bed:
     edge_addr: tuple[str, int]
 
     def client(self, **kw: object) -> ClientConfig:
-        base: dict[str, object] = {"edge": self.edge_addr, "cloud": self.cloud_addr, "dataset": "synthetic",
-                                   "batch_size": 32, "warmup_batches": 1, "timeout": 20.0}
+        base: dict[str, object] = {
+            "edge": self.edge_addr,
+            "cloud": self.cloud_addr,
+            "dataset": "synthetic",
+            "batch_size": 32,
+            "warmup_batches": 1,
+            "timeout": 20.0,
+        }
         base.update(kw)
         return ClientConfig(**base)  # type: ignore[arg-type]
 
@@ -56,8 +62,12 @@ async def _start(checkpoint: Path, threshold: float, token: str | None = None) -
     parts = load_parts(checkpoint, EXIT)
     cloud = CloudNode(CloudConfig(token=token, timeout=5.0), parts)
     cloud_addr = await cloud.start()
-    edge = EdgeNode(EdgeConfig(cloud_host=cloud_addr[0], cloud_port=cloud_addr[1], threshold=threshold,
-                               token=token, timeout=5.0), parts)
+    edge = EdgeNode(
+        EdgeConfig(
+            cloud_host=cloud_addr[0], cloud_port=cloud_addr[1], threshold=threshold, token=token, timeout=5.0
+        ),
+        parts,
+    )
     edge_addr = await edge.start()
     return Bed(cloud, edge, cloud_addr, edge_addr)
 
@@ -80,8 +90,9 @@ async def testbed(tiny_checkpoint: Path) -> AsyncIterator[Bed]:
         await tb.cloud.close()
 
 
-async def test_full_run_gives_one_record_per_sample_and_telescoping_procedures(testbed: Bed,
-                                                                               tmp_path: Path) -> None:
+async def test_full_run_gives_one_record_per_sample_and_telescoping_procedures(
+    testbed: Bed, tmp_path: Path
+) -> None:
     data = synthetic_dataset(n=100, seed=3)
     t = testbed.edge.config.threshold
     result = await run_test_client(testbed.client(model="mem", exit=EXIT, threshold=t), dataset=data)
@@ -140,6 +151,7 @@ async def test_token_keeps_strangers_out(tiny_checkpoint: Path) -> None:
 
 # -- bad input: each closes only the offending connection, and the node keeps serving ------------------
 
+
 async def _raw(addr: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.wait_for(asyncio.open_connection(*addr), 5)
 
@@ -179,8 +191,9 @@ BAD_BYTES = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_BYTES))
-async def test_bad_bytes_close_only_that_connection(testbed: Bed, kind: str,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_bad_bytes_close_only_that_connection(
+    testbed: Bed, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR)
     for addr in (testbed.edge_addr, testbed.cloud_addr):
         reader, writer = await _raw(addr)
@@ -193,12 +206,16 @@ async def test_bad_bytes_close_only_that_connection(testbed: Bed, kind: str,
     assert len(ok.samples) == 40
 
 
-async def test_truncated_frame_closes_only_that_connection(testbed: Bed,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_truncated_frame_closes_only_that_connection(
+    testbed: Bed, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR)
     reader, writer = await _handshake_raw(testbed)
-    frame = b"".join(Connection().send(Batch(batch_id=0, sample_ids=np.arange(4),
-                                             images=np.zeros((4, 1, 28, 28), np.uint8), t_sent_ns=0)))
+    frame = b"".join(
+        Connection().send(
+            Batch(batch_id=0, sample_ids=np.arange(4), images=np.zeros((4, 1, 28, 28), np.uint8), t_sent_ns=0)
+        )
+    )
     writer.write(frame[: len(frame) // 2])
     writer.write_eof()
     await _read_until_closed(reader)
@@ -219,8 +236,18 @@ async def test_unknown_message_type_after_handshake(testbed: Bed) -> None:
 
 async def test_tensor_that_does_not_fit_the_model(testbed: Bed) -> None:
     reader, writer = await _handshake_raw(testbed)
-    writer.write(b"".join(Connection().send(Batch(batch_id=0, sample_ids=np.arange(2),
-                                                  images=np.zeros((2, 3, 32, 32), np.uint8), t_sent_ns=0))))
+    writer.write(
+        b"".join(
+            Connection().send(
+                Batch(
+                    batch_id=0,
+                    sample_ids=np.arange(2),
+                    images=np.zeros((2, 3, 32, 32), np.uint8),
+                    t_sent_ns=0,
+                )
+            )
+        )
+    )
     msgs = await _read_until_closed(reader)
     writer.close()
     errors = [m for m in msgs if isinstance(m, Error)]
@@ -239,10 +266,13 @@ async def test_clock_probe_and_shutdown_on_a_raw_connection(testbed: Bed) -> Non
 
 # -- a peer that disappears mid-run ---------------------------------------------------------------------
 
+
 async def test_cloud_lost_mid_run_fails_the_run_naming_the_cloud(tiny_checkpoint: Path) -> None:
     tb = await _start(tiny_checkpoint, threshold=0.0)  # every sample needs the cloud
     try:
-        run = asyncio.ensure_future(run_test_client(tb.client(batch_size=1), dataset=synthetic_dataset(n=5000)))
+        run = asyncio.ensure_future(
+            run_test_client(tb.client(batch_size=1), dataset=synthetic_dataset(n=5000))
+        )
         await asyncio.sleep(0.5)
         assert not run.done(), "the run must still be going when the cloud goes away"
         await tb.cloud.close()
@@ -257,7 +287,9 @@ async def test_cloud_lost_mid_run_fails_the_run_naming_the_cloud(tiny_checkpoint
 async def test_edge_lost_mid_run_fails_the_run_naming_the_edge(tiny_checkpoint: Path) -> None:
     tb = await _start(tiny_checkpoint, threshold=1.0)
     try:
-        run = asyncio.ensure_future(run_test_client(tb.client(batch_size=1), dataset=synthetic_dataset(n=5000)))
+        run = asyncio.ensure_future(
+            run_test_client(tb.client(batch_size=1), dataset=synthetic_dataset(n=5000))
+        )
         await asyncio.sleep(0.5)
         assert not run.done()
         await tb.edge.close()

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 def _spawn(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[str, int]:
@@ -61,27 +62,60 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
             _stop(p)
 
 
-def _test_cli(edge: tuple[str, int], cloud: tuple[str, int], out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "nodes.test", "--edge", f"{edge[0]}:{edge[1]}", "--cloud", f"{cloud[0]}:{cloud[1]}",
-            "--dataset", "synthetic", "--out", str(out), *extra]
+def _test_cli(
+    edge: tuple[str, int], cloud: tuple[str, int], out: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "nodes.test",
+        "--edge",
+        f"{edge[0]}:{edge[1]}",
+        "--cloud",
+        f"{cloud[0]}:{cloud[1]}",
+        "--dataset",
+        "synthetic",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
 
-async def test_programs_end_to_end_then_a_killed_cloud(tiny_checkpoint: Path, tmp_path: Path,
-                                                       procs: list[subprocess.Popen[str]]) -> None:
+async def test_programs_end_to_end_then_a_killed_cloud(
+    tiny_checkpoint: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
     ckpt = str(tiny_checkpoint)
-    cloud = _spawn(["nodes.cloud", "--listen", "127.0.0.1:0", "--checkpoint", ckpt, "--exit", "2", "--threads", "1"])
+    cloud = _spawn(
+        ["nodes.cloud", "--listen", "127.0.0.1:0", "--checkpoint", ckpt, "--exit", "2", "--threads", "1"]
+    )
     procs.append(cloud)
     cloud_addr = _wait_ready(cloud)
-    edge = _spawn(["nodes.edge", "--listen", "127.0.0.1:0", "--cloud", f"{cloud_addr[0]}:{cloud_addr[1]}",
-                   "--checkpoint", ckpt, "--exit", "2", "--threshold", "0", "--threads", "1"])
+    edge = _spawn(
+        [
+            "nodes.edge",
+            "--listen",
+            "127.0.0.1:0",
+            "--cloud",
+            f"{cloud_addr[0]}:{cloud_addr[1]}",
+            "--checkpoint",
+            ckpt,
+            "--exit",
+            "2",
+            "--threshold",
+            "0",
+            "--threads",
+            "1",
+        ]
+    )
     procs.append(edge)
     edge_addr = _wait_ready(edge)
 
     # a full run of the whole synthetic test set, through the CLI
     out = tmp_path / "records.json"
-    done = _test_cli(edge_addr, cloud_addr, out, "--model", "mem", "--exit", "2", "--threshold", "0",
-                     "--batch-size", "64")
+    done = _test_cli(
+        edge_addr, cloud_addr, out, "--model", "mem", "--exit", "2", "--threshold", "0", "--batch-size", "64"
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(out.read_text())
     assert doc["schema"] == RECORDS_SCHEMA and doc["overall"]["measured_samples"] == 512
@@ -116,9 +150,13 @@ async def test_programs_end_to_end_then_a_killed_cloud(tiny_checkpoint: Path, tm
 
 
 def test_bad_command_lines_exit_2_without_traceback(tmp_path: Path) -> None:
-    for args in (["nodes.cloud", "--listen", "nonsense", "--checkpoint", "x", "--exit", "1"],
-                 ["nodes.cloud", "--checkpoint", str(tmp_path / "missing.pt"), "--exit", "1"],
-                 ["nodes.edge", "--cloud", "127.0.0.1:1", "--checkpoint", "x", "--exit", "1", "--threshold", "2"]):
-        r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=60, check=False)
+    for args in (
+        ["nodes.cloud", "--listen", "nonsense", "--checkpoint", "x", "--exit", "1"],
+        ["nodes.cloud", "--checkpoint", str(tmp_path / "missing.pt"), "--exit", "1"],
+        ["nodes.edge", "--cloud", "127.0.0.1:1", "--checkpoint", "x", "--exit", "1", "--threshold", "2"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", *args], capture_output=True, text=True, timeout=60, check=False
+        )
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and ("error" in r.stderr)

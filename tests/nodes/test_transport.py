@@ -44,7 +44,8 @@ def _batch(i: int, size: int) -> Batch:
 
 
 async def test_large_frames_arrive_intact_while_earlier_ones_are_still_held(
-        pair: tuple[FramedStream, FramedStream]) -> None:
+    pair: tuple[FramedStream, FramedStream],
+) -> None:
     client, server = pair
     sent = [_batch(i, 3 * MIB + 5) for i in range(4)]  # large and not a multiple of the alignment
     held = []
@@ -59,7 +60,8 @@ async def test_large_frames_arrive_intact_while_earlier_ones_are_still_held(
 
 
 async def test_recv_times_out_after_earlier_receives_share_the_deadline_timer(
-        pair: tuple[FramedStream, FramedStream]) -> None:
+    pair: tuple[FramedStream, FramedStream],
+) -> None:
     client, server = pair
     for i in range(3):
         await client.send(ClockProbe(seq=i, t_sent_ns=0))
@@ -71,7 +73,8 @@ async def test_recv_times_out_after_earlier_receives_share_the_deadline_timer(
 
 
 async def test_recv_waits_for_a_late_message_within_its_timeout(
-        pair: tuple[FramedStream, FramedStream]) -> None:
+    pair: tuple[FramedStream, FramedStream],
+) -> None:
     client, server = pair
     with pytest.raises(NodeTimeout):
         await server.recv(timeout=0.05)  # arms the timer early; the next wait must outlive it
