@@ -383,19 +383,27 @@ def cmd_reproduce(argv: Sequence[str]) -> int:
     from .sweep import SweepSpec
 
     parser = _sweep_parser("python -m harness reproduce", "Run the paper's grid and build the report.")
+    parser.set_defaults(out_dir=None)
     parser.add_argument(
         "--quick", action="store_true", help="320 samples per point instead of the whole test set"
     )
     parser.add_argument("--report-dir", type=Path, default=None, help="default: <out-dir>/report")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.out_dir is None:
+        args.out_dir = Path("results/reproduce-quick" if args.quick else "results/reproduce")
     args.model = "standard"
     base = run_config_from_args(args, exit=None, **({"samples": args.samples or 320} if args.quick else {}))
     spec = SweepSpec.paper(base, _sweep_links(args.bw, args))
     code = _do_sweep(spec, args.out_dir, progress=not args.no_progress)
     import reports
+    from models import ZOO_DIR
 
-    report = reports.build_report([args.out_dir / "points"], args.report_dir or args.out_dir / "report")
+    # The shipped checkpoints come with their training logs (the paper's Fig. 9/10).
+    zoo_logs = sorted((ZOO_DIR / base.dataset).glob("*.train.json")) if base.checkpoint is None else []
+    report = reports.build_report(
+        [args.out_dir / "points"], args.report_dir or args.out_dir / "report", train_logs=zoo_logs or None
+    )
     print(f"report written to {report}")
     return code
 

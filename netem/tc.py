@@ -47,6 +47,12 @@ def _tc(netns: str | None) -> Argv:
     return ["tc", "-n", netns] if netns else ["tc"]
 
 
+def _qdisc_add(netns: str | None, dev: str, parent: str, handle: str) -> Argv:
+    """``tc [-n NS] qdisc add dev DEV root|parent P handle H``: the start of every qdisc we add."""
+    where = ["root"] if parent == "root" else ["parent", parent]
+    return [*_tc(netns), "qdisc", "add", "dev", dev, *where, "handle", handle]
+
+
 def _us(seconds: float) -> str:
     return f"{round(seconds * 1e6)}us"
 
@@ -64,16 +70,8 @@ def tbf_argv(
     """``tc qdisc add dev DEV root handle 1: tbf rate Rbit burst B limit L`` (sizes in bytes)."""
     b = burst if burst is not None else burst_bytes(rate_bps)
     lim = limit if limit is not None else max(MIN_LIMIT_BYTES, math.ceil(rate_bps / 8 * QUEUE_SECONDS))
-    where = ["root"] if parent == "root" else ["parent", parent]
     return [
-        *_tc(netns),
-        "qdisc",
-        "add",
-        "dev",
-        dev,
-        *where,
-        "handle",
-        handle,
+        *_qdisc_add(netns, dev, parent, handle),
         "tbf",
         "rate",
         f"{rate_bps}bit",
@@ -151,16 +149,8 @@ def netem_argv(
     handle: str = "1:",
 ) -> Argv:
     """``tc qdisc add ... netem limit N delay D [J] loss P%`` (jitter needs a delay to attach to)."""
-    where = ["root"] if parent == "root" else ["parent", parent]
     argv = [
-        *_tc(netns),
-        "qdisc",
-        "add",
-        "dev",
-        dev,
-        *where,
-        "handle",
-        handle,
+        *_qdisc_add(netns, dev, parent, handle),
         "netem",
         "limit",
         str(limit_packets),

@@ -76,6 +76,31 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_server_args(parser: argparse.ArgumentParser, role: str, runs: str) -> None:
+    """The options the edge and the cloud share: where to listen, the checkpoint and the exit in force."""
+    parser.add_argument(
+        "--listen",
+        type=hostport_arg,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:0, a free port; see the READY line)",
+    )
+    if role == "edge":
+        parser.add_argument(
+            "--cloud", type=hostport_arg, required=True, metavar="HOST:PORT", help="the cloud node's address"
+        )
+    parser.add_argument(
+        "--checkpoint", required=True, help="model checkpoint (models.save_checkpoint format)"
+    )
+    parser.add_argument(
+        "--exit",
+        type=nonneg_int,
+        required=True,
+        metavar="K",
+        help=f"the local exit in force (the {role} runs {runs}); 0 = all in the cloud",
+    )
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",

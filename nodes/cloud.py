@@ -190,21 +190,7 @@ def _clock_reply(msg: ClockProbe) -> ClockReply:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nodes.cloud", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--listen",
-        type=cli.hostport_arg,
-        default=("127.0.0.1", 0),
-        metavar="HOST:PORT",
-        help="address to listen on (default 127.0.0.1:0, a free port; see the READY line)",
-    )
-    p.add_argument("--checkpoint", required=True, help="model checkpoint (models.save_checkpoint format)")
-    p.add_argument(
-        "--exit",
-        type=cli.nonneg_int,
-        required=True,
-        metavar="K",
-        help="the local exit in force (the cloud runs blocks K+1..9); 0 = all in the cloud",
-    )
+    cli.add_server_args(p, "cloud", "blocks K+1..9")
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads")
     cli.add_common_args(p)
     return p

@@ -272,24 +272,7 @@ class EdgeNode:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nodes.edge", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--listen",
-        type=cli.hostport_arg,
-        default=("127.0.0.1", 0),
-        metavar="HOST:PORT",
-        help="address to listen on (default 127.0.0.1:0, a free port; see the READY line)",
-    )
-    p.add_argument(
-        "--cloud", type=cli.hostport_arg, required=True, metavar="HOST:PORT", help="the cloud node's address"
-    )
-    p.add_argument("--checkpoint", required=True, help="model checkpoint (models.save_checkpoint format)")
-    p.add_argument(
-        "--exit",
-        type=cli.nonneg_int,
-        required=True,
-        metavar="K",
-        help="the local exit in force (the edge runs blocks 1..K); 0 = all in the cloud",
-    )
+    cli.add_server_args(p, "edge", "blocks 1..K")
     p.add_argument(
         "--threshold",
         type=cli.threshold_arg,
