@@ -456,9 +456,17 @@ def dispatch(argv: Sequence[str]) -> int:
     return commands[name](rest)
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a CI job's timeout) unwinds like Ctrl-C, so every ``finally`` tears down."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m harness`` and the ``localexit`` console script."""
+    import signal
+
     args = list(sys.argv[1:] if argv is None else argv)
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return dispatch(args)
     except KeyboardInterrupt:
@@ -476,3 +484,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f" {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{name}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

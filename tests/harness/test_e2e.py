@@ -148,7 +148,9 @@ def test_unprivileged_user_gets_the_fallback_explained(tiny_checkpoint: Path) ->
     prefix = _as_nobody()
     if prefix is None:
         pytest.skip("cannot run the interpreter as user nobody here")
-    tmp_path = Path(tempfile.mkdtemp(prefix="lx-nobody-", dir="/tmp"))  # pytest's tmp dirs are private to root
+    tmp_path = Path(
+        tempfile.mkdtemp(prefix="lx-nobody-", dir="/tmp")
+    )  # pytest's tmp dirs are private to root
     tmp_path.chmod(0o777)
     try:
         _run_as_nobody(prefix, tiny_checkpoint, tmp_path)
@@ -185,3 +187,41 @@ def _run_as_nobody(prefix: list[str], tiny_checkpoint: Path, tmp_path: Path) -> 
     assert "not running as root" in proc.stderr and "loopback" in proc.stderr
     assert "--allow-unshaped" in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def _our_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("lx")}
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_sigterm_mid_run_tears_everything_down(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    before = _our_namespaces()
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "--dataset", "synthetic", "--exit", "2", "--batch-size", "1",
+         "--inflight", "1", "--checkpoint", str(tiny_checkpoint), "--bw", "1mbit", "--delay", "20ms",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (_our_namespaces() - before) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _our_namespaces() - before, "the run never created its namespaces"
+        time.sleep(3)  # nodes started, batches under way (512 samples × ≥ 40 ms round trips)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert _our_namespaces() - before == set()
+    assert not out.exists()

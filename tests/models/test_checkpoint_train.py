@@ -137,3 +137,35 @@ def test_train_command_writes_checkpoint_and_log(tmp_path: Path, capsys: pytest.
 def test_train_command_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+SHIPPED = ["standard", *(f"sem-{k}" for k in range(1, 9)), "mem"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoints_load_and_meet_the_accuracy_bar(name: str) -> None:
+    from models import ZOO_DIR
+
+    path = ZOO_DIR / "fashion-mnist" / f"{name}.pt"
+    _, meta = load_checkpoint(path)
+    assert meta.config.name == name and meta.dataset == "fashion-mnist"
+    log = json.loads(path.with_suffix(".train.json").read_text())
+    assert log["schema"] == "localexit-trainlog/1" and log["model"]["name"] == name
+    assert log["final"]["test_accuracy"]["cloud"] >= 0.90
+    assert meta.extra["final"]["test_accuracy"] == log["final"]["test_accuracy"]
+
+
+def test_shipped_mem_accuracy_is_what_its_log_says() -> None:
+    from models import ZOO_DIR, DatasetError, load_dataset
+    from models.train import evaluate
+
+    try:
+        test = load_dataset("fashion-mnist", "test")
+    except DatasetError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    path = ZOO_DIR / "fashion-mnist" / "mem.pt"
+    model, _ = load_checkpoint(path)
+    recorded = json.loads(path.with_suffix(".train.json").read_text())["final"]["test_accuracy"]
+    measured = evaluate(model, test)
+    assert measured == pytest.approx(recorded, abs=1e-9)
+    assert all(measured[k] < measured["cloud"] for k in ("1", "2"))  # early exits are the weak ones
