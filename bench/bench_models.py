@@ -35,7 +35,7 @@ def _interleaved(
     """Median per-call CPU seconds of ``a`` and ``b``, timed alternately so drift hits both alike."""
     ta: list[float] = []
     tb: list[float] = []
-    for _ in range(3):  # warm-up
+    for _ in range(10):  # warm-up: allocator, caches, CPU frequency
         a()
         b()
     for r in range(rounds):

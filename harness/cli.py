@@ -416,9 +416,12 @@ def cmd_clean(argv: Sequence[str]) -> int:
         description="Remove namespaces, links, qdiscs and cgroups left by killed runs (by the run prefix).",
     )
     parser.add_argument("--prefix", default="lx", help="prefix of the run objects to remove (default lx)")
+    parser.add_argument(
+        "--force", action="store_true", help="also remove runs whose owning process is still alive"
+    )
     args = parser.parse_args(argv)
     _setup_logging(False)
-    removed = netem.clean(args.prefix)
+    removed = netem.clean(args.prefix, force=args.force)
     for item in removed:
         print(f"removed {item}")
     print(f"{len(removed)} leftover object(s) removed")

@@ -28,6 +28,42 @@ CHILD_SUFFIXES = ("te", "ec", "rl")
 CHILD_MODULES = ("netem.run_delayline", "netem.run_relay")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 FAMILY = "lx"
+OWNER_DIR = Path("/run/localexit")
+"""One file per live testbed, ``<prefix>.owner``, holding the PID of the process that owns it, so that
+``clean`` can tell a killed run's leftovers from a run still in progress."""
+
+
+def register_owner(prefix: str, owner_dir: Path = OWNER_DIR) -> Path:
+    """Record that this process owns the testbed ``prefix`` (call before creating anything)."""
+    owner_dir.mkdir(parents=True, exist_ok=True)
+    path = owner_dir / f"{prefix}.owner"
+    path.write_text(f"{os.getpid()}\n")
+    return path
+
+
+def unregister_owner(prefix: str, owner_dir: Path = OWNER_DIR) -> None:
+    (owner_dir / f"{prefix}.owner").unlink(missing_ok=True)
+
+
+def live_prefixes(owner_dir: Path = OWNER_DIR) -> set[str]:
+    """Prefixes of testbeds whose owning process is still alive (stale owner files are removed)."""
+    live: set[str] = set()
+    if not owner_dir.is_dir():
+        return live
+    for path in owner_dir.glob("lx*.owner"):
+        try:
+            pid = int(path.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            path.unlink(missing_ok=True)
+            continue
+        live.add(path.name.removesuffix(".owner"))
+    return live
+
+
+def _run_prefix(name: str) -> str:
+    """``lx3f9a1c`` of ``lx3f9a1c-te-t`` (every name is ``<run prefix>-<suffix>``)."""
+    return name.split("-", 1)[0]
 
 
 def ns_name(prefix: str, role: str) -> str:
@@ -80,7 +116,7 @@ def _cgroup_dirs(prefix: str, root: Path) -> list[Path]:
     return sorted(set(found))
 
 
-def _child_pids(prefix: str) -> list[int]:
+def _child_pids(prefix: str, skip: set[str] | frozenset[str] = frozenset()) -> list[int]:
     """Our delay lines and relays: argv ``python -m netem.run_delayline --label <prefix>-ec ...``."""
     pat = owned_pattern(prefix, CHILD_SUFFIXES)
     pids = []
@@ -96,7 +132,12 @@ def _child_pids(prefix: str) -> list[int]:
             continue
         module = args[args.index("-m") + 1] if args.index("-m") + 1 < len(args) else ""
         label = args[args.index("--label") + 1] if args.index("--label") + 1 < len(args) else ""
-        if module in CHILD_MODULES and pat.match(label) and int(entry.name) != os.getpid():
+        if (
+            module in CHILD_MODULES
+            and pat.match(label)
+            and _run_prefix(label) not in skip
+            and int(entry.name) != os.getpid()
+        ):
             pids.append(int(entry.name))
     return pids
 
@@ -113,12 +154,19 @@ def find_leftovers(prefix: str = FAMILY, *, cgroup_root: Path = CGROUP_ROOT) -> 
     return out
 
 
-def clean(prefix_glob: str = FAMILY, *, cgroup_root: Path = CGROUP_ROOT) -> list[str]:
+def clean(
+    prefix_glob: str = FAMILY,
+    *,
+    cgroup_root: Path = CGROUP_ROOT,
+    force: bool = False,
+    owner_dir: Path = OWNER_DIR,
+) -> list[str]:
     """Remove leftovers of killed runs whose names follow our scheme under ``prefix_glob``.
 
     ``prefix_glob`` is a name prefix, not a shell glob: ``"lx"`` cleans every run of this project,
-    ``"lx3f9a1c"`` only that run. Processes still inside our namespaces or cgroups were started by the
-    dead run and are killed by PID. Returns what was removed; raises ``NetemError`` listing what could not be.
+    ``"lx3f9a1c"`` only that run. Runs whose owning process is still alive are left alone unless
+    ``force`` is set. Processes still inside our namespaces or cgroups were started by the dead run and
+    are killed by PID. Returns what was removed; raises ``NetemError`` listing what could not be.
     """
     prefix = prefix_glob.rstrip("*")
     _check_prefix(prefix)
@@ -127,12 +175,16 @@ def clean(prefix_glob: str = FAMILY, *, cgroup_root: Path = CGROUP_ROOT) -> list
     ex = Executor()
     removed: list[str] = []
     failed: list[str] = []
-    for pid in _child_pids(prefix):
+    live = set() if force else live_prefixes(owner_dir)
+    for run in sorted(live):
+        if run.startswith(prefix):
+            logger.info("leaving %s alone: the run that owns it is still in progress", run)
+    for pid in _child_pids(prefix, skip=live):
         if _proc.kill_pid(pid):
             removed.append(f"process {pid}")
     pat = owned_pattern(prefix)
     for ns in _netns_list(ex):
-        if not pat.match(ns):
+        if not pat.match(ns) or _run_prefix(ns) in live:
             continue
         pids = ex.run(["ip", "netns", "pids", ns], check=False).stdout.split()
         for p in pids:
@@ -144,13 +196,14 @@ def clean(prefix_glob: str = FAMILY, *, cgroup_root: Path = CGROUP_ROOT) -> list
         except CommandError as exc:
             failed.append(str(exc))
     for link in _root_links(ex):
-        if pat.match(link):
+        if pat.match(link) and _run_prefix(link) not in live:
             try:
                 ex.run(["ip", "link", "del", link])
                 removed.append(f"link {link}")
             except CommandError as exc:
                 failed.append(str(exc))
-    for d in sorted(_cgroup_dirs(prefix, cgroup_root), key=lambda p: len(p.parts), reverse=True):
+    dirs = [d for d in _cgroup_dirs(prefix, cgroup_root) if _run_prefix(d.name) not in live]
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         for _ in range(100):
             pids = (d / "cgroup.procs").read_text().split() if (d / "cgroup.procs").exists() else []
             if not pids:

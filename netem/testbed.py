@@ -28,7 +28,7 @@ from typing import Any
 from netem import delayline, relay
 from netem._proc import stop_process
 from netem.cgroups import EdgeCgroup
-from netem.cleanup import ROLES, cgroup_name, dev_name, ns_name
+from netem.cleanup import ROLES, cgroup_name, dev_name, ns_name, register_owner, unregister_owner
 from netem.errors import CapabilityError, CommandError, NetemError
 from netem.executor import Executor
 from netem.probe import Capabilities, probe_capabilities
@@ -146,6 +146,9 @@ class Testbed:
             raise NetemError("testbed is already up")
         self._up = True
         try:
+            if os.geteuid() == 0:  # lets `harness clean` tell this live run from a killed one's leftovers
+                register_owner(self.config.prefix)
+                self._push("unregister owner", functools.partial(unregister_owner, self.config.prefix))
             if self.isolation == "netns":
                 self._up_netns()
             else:
