@@ -189,9 +189,17 @@ def _run_as_nobody(prefix: list[str], tiny_checkpoint: Path, tmp_path: Path) -> 
     assert not (tmp_path / "r.json").exists()
 
 
-def _our_namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith("lx")}
+def _prefix_owned_by(pid: int) -> str | None:
+    """The testbed prefix whose owner file (netem's registry of live runs) names ``pid``."""
+    from netem.cleanup import OWNER_DIR
+
+    for path in OWNER_DIR.glob("lx*.owner") if OWNER_DIR.is_dir() else []:
+        try:
+            if int(path.read_text().split()[0]) == pid:
+                return path.name.removesuffix(".owner")
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 @pytest.mark.root
@@ -201,7 +209,8 @@ def test_sigterm_mid_run_tears_everything_down(tiny_checkpoint: Path, tmp_path: 
     import signal
     import time
 
-    before = _our_namespaces()
+    from netem import find_leftovers
+
     out = tmp_path / "r.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "--dataset", "synthetic", "--exit", "2", "--batch-size", "1",
@@ -211,10 +220,13 @@ def test_sigterm_mid_run_tears_everything_down(tiny_checkpoint: Path, tmp_path: 
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not (_our_namespaces() - before) and time.monotonic() < deadline:
+        prefix = None
+        while prefix is None and proc.poll() is None and time.monotonic() < deadline:
+            prefix = _prefix_owned_by(proc.pid)
             time.sleep(0.1)
-        assert _our_namespaces() - before, "the run never created its namespaces"
-        time.sleep(3)  # nodes started, batches under way (512 samples × ≥ 40 ms round trips)
+        assert prefix is not None, "the run never registered its testbed"
+        time.sleep(4)  # nodes started, batches under way (512 samples × ≥ 40 ms round trips)
+        assert any(x.startswith("netns") for x in find_leftovers(prefix))
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -223,5 +235,6 @@ def test_sigterm_mid_run_tears_everything_down(tiny_checkpoint: Path, tmp_path: 
             proc.wait()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert _our_namespaces() - before == set()
+    assert find_leftovers(prefix) == []
+    assert _prefix_owned_by(proc.pid) is None
     assert not out.exists()

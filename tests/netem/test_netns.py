@@ -152,7 +152,10 @@ def test_exception_inside_the_block_leaves_nothing() -> None:
 
 
 RUN = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    # A shell without job control starts background jobs with SIGINT ignored, and children inherit
+    # that (CI runners, `cmd &`): make Ctrl-C raise KeyboardInterrupt here whatever the parent did.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from netem import LinkSpec, TestbedConfig, make_testbed, EdgeLimits
     cfg = TestbedConfig(sys.argv[1], LinkSpec.parse(rate="10mbit", delay="10ms"),
                         test_edge=LinkSpec.parse(delay="1ms"), edge_limits=EdgeLimits.parse(cpus="1"))
