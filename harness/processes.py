@@ -162,15 +162,22 @@ class ResourceSampler:
             out.append(known)
         return out
 
-    def _cpu_rss(self, procs: list[psutil.Process]) -> tuple[float, int]:
-        cpu, rss = 0.0, 0
+    @staticmethod
+    def _read(procs: list[psutil.Process]) -> dict[int, tuple[float, int]]:
+        """CPU % since the last call and RSS of each process, reading each counter exactly once.
+
+        ``cpu_percent(None)`` measures since its previous call on the same object, so a process in two
+        trees (the edge is also in the harness's own tree) must be read once and summed twice.
+        """
+        out: dict[int, tuple[float, int]] = {}
         for proc in procs:
+            if proc.pid in out:
+                continue
             try:
-                cpu += proc.cpu_percent(None)
-                rss += proc.memory_info().rss
+                out[proc.pid] = (proc.cpu_percent(None), proc.memory_info().rss)
             except psutil.NoSuchProcess:
                 continue
-        return cpu, rss
+        return out
 
     def _run(self) -> None:
         try:
@@ -185,8 +192,10 @@ class ResourceSampler:
                 own = self._tree(os.getpid())
             except psutil.Error:
                 return  # the edge is gone; the runner reports that
-            edge_cpu, edge_rss = self._cpu_rss(edge)
-            own_cpu, _ = self._cpu_rss(own)
+            readings = self._read([*edge, *own])
+            edge_cpu = sum(readings[p.pid][0] for p in edge if p.pid in readings)
+            edge_rss = sum(readings[p.pid][1] for p in edge if p.pid in readings)
+            own_cpu = sum(readings[p.pid][0] for p in {q.pid: q for q in own}.values() if p.pid in readings)
             host_busy = psutil.cpu_percent(None) * self._ncpu
             self.times_ns.append(time.monotonic_ns())
             self.cpu_percent.append(edge_cpu)

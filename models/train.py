@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.checkpoint import ZOO_DIR, save_checkpoint, zoo_name
+from models.checkpoint import save_checkpoint, zoo_name
 from models.cnn import CLOUD, LOCAL_EXITS, MODEL_KINDS, ModelConfig, MultiExitCNN, build_model
 from models.datasets import DATASETS, ImageDataset, download_cifar10, load_dataset
 from models.errors import LocalExitError, ModelError
@@ -33,6 +33,9 @@ from models.errors import LocalExitError, ModelError
 log = logging.getLogger(__name__)
 
 TRAINLOG_SCHEMA = "localexit-trainlog/1"
+# Where new checkpoints go unless --out says otherwise: a folder of the working directory, never the
+# shipped zoo inside the package (retraining must not silently replace the shipped models).
+DEFAULT_OUT_DIR = Path("checkpoints")
 WEIGHT_SCHEMES = ("equal", "linear", "cloud-heavy")
 
 
@@ -309,7 +312,9 @@ def build_parser(prog: str = "python -m harness train") -> argparse.ArgumentPars
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--max-train-samples", type=int, help="train on the first N shuffled samples per epoch")
     p.add_argument(
-        "--out", type=Path, help="checkpoint path (default: models/zoo/DATASET/NAME.pt); with --all, a folder"
+        "--out",
+        type=Path,
+        help="checkpoint path (default: checkpoints/DATASET/NAME.pt); with --all, a folder",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -343,7 +348,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m harness train
                 *[("sem", k) for k in LOCAL_EXITS],
                 ("mem", None),
             ]
-            out_dir = args.out or ZOO_DIR / args.dataset
+            out_dir = args.out or DEFAULT_OUT_DIR / args.dataset
         elif args.model is None:
             raise ModelError("say which model to train: --model {standard,sem,mem} [--exit K], or --all")
         else:
@@ -361,7 +366,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m harness train
             out = (
                 (out_dir / f"{name}.pt")
                 if out_dir is not None
-                else (args.out or ZOO_DIR / args.dataset / f"{name}.pt")
+                else (args.out or DEFAULT_OUT_DIR / args.dataset / f"{name}.pt")
             )
             trainlog = train_and_save(
                 kind,

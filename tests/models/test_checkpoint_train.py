@@ -169,3 +169,18 @@ def test_shipped_mem_accuracy_is_what_its_log_says() -> None:
     measured = evaluate(model, test)
     assert measured == pytest.approx(recorded, abs=1e-9)
     assert all(measured[k] < measured["cloud"] for k in ("1", "2"))  # early exits are the weak ones
+
+
+def test_train_command_never_writes_into_the_shipped_zoo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models import ZOO_DIR
+
+    before = {p: p.stat().st_mtime_ns for p in ZOO_DIR.rglob("*")}
+    monkeypatch.chdir(tmp_path)
+    rc = main(["--model", "sem", "--exit", "1", "--dataset", "synthetic", "--epochs", "1", "--max-train-samples",
+               "256", "--quiet"])  # fmt: skip
+    assert rc == 0
+    assert (tmp_path / "checkpoints" / "synthetic" / "sem-1.pt").is_file()
+    assert (tmp_path / "checkpoints" / "synthetic" / "sem-1.train.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in ZOO_DIR.rglob("*")} == before
