@@ -3,10 +3,15 @@
 The rule, applied to each latency (overall = the per-batch end-to-end time, edge and cloud = the per-batch
 time along each path, and every procedure):
 
-1. **Calibration.** Each run recorded ``calibration_ms``, a fixed CPU workload timed in that run. Every
-   per-batch value of a current run is multiplied by ``median(baseline calibrations) / its calibration``,
-   so a machine that is uniformly 20 % slower does not look like a 20 % regression. (This assumes the
-   latency scales with CPU speed; on a link-bound run it over-corrects, so ``--no-calibration`` exists.)
+1. **Calibration.** Each run recorded ``calibration_ms``, a fixed CPU workload timed in that run, so
+   ``r = median(baseline calibrations) / the run's calibration`` says how much faster the baseline's
+   CPU was. Each metric's per-batch values are multiplied by ``1 + (r − 1) · share``, where ``share`` is
+   the part of the metric that scales with CPU speed. On an unshaped link everything does (transfers
+   are serialisation and kernel copies), so ``share`` = 1. On a shaped link (a rate or a delay) the
+   transfers do not: ``share`` is 1 for the compute procedures 2 and 4, 0 for the transfers 1, 3-1, 3-2
+   and 5, and for the edge, cloud and overall paths the baseline's median compute on the path over the
+   path's median. A uniformly 20 % slower machine then does not look like a regression, and a
+   link-bound run is not over-corrected. (``--no-calibration`` compares raw times.)
 2. **Size.** The relative change of the medians, ``median(current) / median(baseline) − 1``, must exceed
    the tolerance (default 10 %).
 3. **Significance.** The Mann–Whitney U test on the per-batch samples must give p < alpha (default 0.01).
@@ -117,6 +122,35 @@ def host_load(results: Mapping[str, Any]) -> float | None:
     return max(loads) if loads else None
 
 
+#: Compute procedures (scale with CPU speed) and transfers (do not).
+COMPUTE = ("2", "4")
+TRANSFERS = ("1", "3-1", "3-2", "5")
+
+
+def compute_share(baseline: Mapping[str, Any], key: str) -> float:
+    """The part of metric ``key`` that scales with CPU speed, from the baseline (in [0, 1])."""
+    links = baseline["config"].get("links") or {}
+    shaped = any(
+        isinstance(spec, dict)
+        and (spec.get("rate") or (spec.get("delay") or "0ms") not in ("0ms", "0s", "0"))
+        for spec in links.values()
+    )
+    if key in COMPUTE or not shaped:
+        return 1.0
+    if key in TRANSFERS:
+        return 0.0
+
+    def med(k: str) -> float:
+        values = [float(v) for run in baseline["runs"] for v in run["per_batch_ms"].get(k, [])]
+        return stats.median(values) if values else 0.0
+
+    total = med(key)
+    if total <= 0:
+        return 1.0
+    compute = med("2") if key == "edge" else med("2") + med("4")
+    return min(1.0, max(0.0, compute / total))
+
+
 def _samples(results: Mapping[str, Any], key: str, scales: Sequence[float]) -> list[float]:
     values: list[float] = []
     for run, scale in zip(results["runs"], scales, strict=True):
@@ -171,8 +205,9 @@ def compare(
 
     comparisons = []
     for metric, key in METRICS.items():
+        share = compute_share(baseline, key)
         base = _samples(baseline, key, base_scales)
-        cur = _samples(current, key, cur_scales)
+        cur = _samples(current, key, [1 + (scale - 1) * share for scale in cur_scales])
         if not base and not cur:
             comparisons.append(
                 Comparison(metric, None, None, None, None, 0, 0, "absent", "no batch on this path")

@@ -21,12 +21,38 @@ def test_a_real_slowdown_is_a_regression() -> None:
     assert "REGRESSION" in format_report(report)
 
 
+UNSHAPED = {"edge_cloud": {"rate": None, "delay": "0ms", "jitter": "0ms", "loss": "0%", "limit": None},
+            "test_edge": None}  # fmt: skip
+
+
 def test_slowdown_explained_by_machine_speed_is_not_a_regression() -> None:
-    # Everything 30 % slower, and the calibration workload too: the machine, not the code.
-    base = make_results(seed=0, batch_ms=2.0, calibration_ms=10.0)
-    cur = make_results(seed=100, batch_ms=2.6, calibration_ms=13.0)
+    # Unshaped link: everything 30 % slower, and the calibration workload too: the machine, not the code.
+    base = make_results(seed=0, batch_ms=2.0, calibration_ms=10.0, links=UNSHAPED)
+    cur = make_results(seed=100, batch_ms=2.6, calibration_ms=13.0, links=UNSHAPED)
     assert compare(base, cur).exit_code == 0
     assert compare(base, cur, use_calibration=False).exit_code == 1
+
+
+def _slow_down(results: dict, factors: dict[str, float]) -> dict:
+    for run in results["runs"]:
+        for key, factor in factors.items():
+            run["per_batch_ms"][key] = [v * factor for v in run["per_batch_ms"][key]]
+    return results
+
+
+def test_on_a_shaped_link_only_compute_is_calibrated() -> None:
+    # 10 mbit: a 30 % slower CPU slows the compute procedures (half of each path here), not the link.
+    base = make_results(seed=0, calibration_ms=10.0)
+    slower_cpu = _slow_down(
+        make_results(seed=100, calibration_ms=13.0),
+        {"2": 1.3, "4": 1.3, "latency": 1.15, "edge": 1.15, "cloud": 1.15},
+    )
+    assert compare(base, slower_cpu).exit_code == 0, format_report(compare(base, slower_cpu))
+    # A transfer that got 35 % slower is a regression even on a slower machine: scaling it by the
+    # calibration, as if the link were CPU-bound, would hide it.
+    slower_link = _slow_down(make_results(seed=100, calibration_ms=13.0), {"1": 1.35})
+    report = compare(base, slower_link)
+    assert [c.metric for c in report.regressions] == ["procedure 1"], format_report(report)
 
 
 def test_small_change_within_tolerance_passes() -> None:
