@@ -108,8 +108,16 @@ def format_summary(results: Mapping[str, Any]) -> str:
     for item in cfg.get("not_applied") or []:
         lines.append(f"NOT applied: {item}")
 
-    for key, reason in unstable_figures(results):
-        lines.append(f"warning: {key} is unstable across runs: {reason}")
+    unstable = unstable_figures(results)
+    too_few = [key for key, reason in unstable if reason.startswith("only ")]
+    if too_few:
+        lines.append(
+            f"warning: {len(results.get('runs', []))} runs are too few to judge the stability of any figure "
+            "(pyperf's rules need at least 3): use --repeat 3 or more"
+        )
+    for key, reason in unstable:
+        if key not in too_few:
+            lines.append(f"warning: {key} is unstable across runs: {reason}")
     return "\n".join(lines)
 
 

@@ -110,3 +110,35 @@ def test_synthetic_and_unknown() -> None:
     assert len(ds.subset(10)) == 10
     with pytest.raises(DatasetError, match="unknown dataset"):
         load_dataset("imagenet")
+
+
+def test_cifar10_download_extracts_only_the_batches(tmp_path: Path) -> None:
+    import hashlib
+    import io
+    import tarfile
+
+    from models.datasets import download_cifar10
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(1, 6):
+        write_cifar_batch(src / f"data_batch_{i}", 2, i)
+    write_cifar_batch(src / "test_batch", 3, 9)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(src.iterdir()):
+            tar.add(f, arcname=f"cifar-10-batches-py/{f.name}")
+        evil = tarfile.TarInfo("../../escaped")  # a path outside the target must not be written
+        tar.addfile(evil, io.BytesIO(b""))
+    archive = tmp_path / "cifar.tar.gz"
+    archive.write_bytes(buf.getvalue())
+    dest = tmp_path / "data"
+    url = archive.as_uri()
+    out = download_cifar10(dest, url=url, md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    assert len(load_dataset("cifar10", "test", out)) == 3
+    assert len(load_dataset("cifar10", "train", dest)) == 10
+    assert not (tmp_path / "escaped").exists()
+    with pytest.raises(DatasetError, match="wrong checksum"):
+        download_cifar10(tmp_path / "d2", url=url, md5="0" * 32)
+    with pytest.raises(DatasetError, match="cannot download"):
+        download_cifar10(tmp_path / "d3", url=(tmp_path / "missing.tar.gz").as_uri())

@@ -1,0 +1,27 @@
+"""The printed summary: one warning for too few repeats, per-figure warnings for real instability."""
+
+from __future__ import annotations
+
+from harness.display import format_summary
+from harness.results import aggregate_runs
+
+from .helpers import make_results
+
+
+def test_two_runs_give_one_too_few_warning() -> None:
+    results = make_results(runs=2)
+    text = format_summary(results)
+    warnings = [line for line in text.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: 2 runs are too few to judge the stability of any figure (pyperf's rules need at least 3): "
+        "use --repeat 3 or more"
+    ]
+
+
+def test_a_really_unstable_figure_is_named() -> None:
+    results = make_results(runs=3)
+    results["runs"][2]["summary"]["overall_latency_ms"] *= 3  # one run far off the others
+    results["aggregate"] = aggregate_runs(results["runs"])
+    text = format_summary(results)
+    assert "warning: overall_latency_ms is unstable across runs" in text
+    assert "too few" not in text
