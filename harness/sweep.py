@@ -7,10 +7,12 @@ manifest) lists every point with its status and is rewritten atomically after ea
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,35 @@ def run_sweep(
         for cfg in points:
             preflight(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out_dir):
+        return _run_points(points, labels, out_dir, run_point, progress=progress, keep_going=keep_going)
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold a lock on ``out_dir`` so that two sweeps never run the same points into it at once."""
+    lock = (out_dir / ".lock").open("a")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(
+                f"another sweep is writing into {out_dir} right now; wait for it, or choose another --out-dir"
+            ) from exc
+        yield
+    finally:
+        lock.close()  # closing the file releases the lock
+
+
+def _run_points(
+    points: list[RunConfig],
+    labels: list[str],
+    out_dir: Path,
+    run_point: RunPoint,
+    *,
+    progress: bool,
+    keep_going: bool,
+) -> SweepOutcome:
     status = {label: "pending" for label in labels}
     errors: dict[str, str] = {}
     for cfg in points:

@@ -86,3 +86,14 @@ def test_preflight_stops_before_running(small_config: RunConfig, tmp_path: Path)
 
     with pytest.raises(ConfigError):
         run_sweep(spec, tmp_path, lambda c: pytest.fail("must not run"), preflight=preflight, progress=False)
+
+
+def test_a_second_sweep_into_the_same_folder_is_refused(small_config: RunConfig, tmp_path: Path) -> None:
+    import fcntl
+
+    tmp_path.mkdir(exist_ok=True)
+    with (tmp_path / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another sweep is running here
+        with pytest.raises(ConfigError, match="another sweep is writing into"):
+            run_sweep(spec_for(small_config), tmp_path, lambda cfg: {}, progress=False)
+    assert not (tmp_path / MANIFEST_NAME).exists()
