@@ -244,6 +244,12 @@ def cmd_check(argv: Sequence[str]) -> int:
         default=check.DEFAULT_MIN_SAMPLES,
         help="fewer batches than this on a side give 'inconclusive' (default 8)",
     )
+    parser.add_argument(
+        "--min-delta-ms",
+        type=float,
+        default=check.DEFAULT_MIN_DELTA_MS,
+        help="a change of the median must also exceed this many ms to count (default 0.5)",
+    )
     parser.add_argument("--no-calibration", action="store_true", help="compare raw latencies")
     parser.add_argument(
         "--busy-limit",
@@ -256,8 +262,10 @@ def cmd_check(argv: Sequence[str]) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    if args.tolerance < 0 or not 0 < args.alpha < 1 or args.min_samples < 1:
-        raise ConfigError("--tolerance must be ≥ 0, --alpha in (0, 1) and --min-samples ≥ 1")
+    if args.tolerance < 0 or not 0 < args.alpha < 1 or args.min_samples < 1 or args.min_delta_ms < 0:
+        raise ConfigError(
+            "--tolerance and --min-delta-ms must be ≥ 0, --alpha in (0, 1) and --min-samples ≥ 1"
+        )
     baseline = load_results(args.baseline)
     if args.results is not None:
         current = load_results(args.results)
@@ -280,6 +288,7 @@ def cmd_check(argv: Sequence[str]) -> int:
         min_samples=args.min_samples,
         use_calibration=not args.no_calibration,
         busy_limit=args.busy_limit,
+        min_delta_ms=args.min_delta_ms,
     )
     print(check.format_report(report))
     return report.exit_code

@@ -50,7 +50,8 @@ def test_on_a_shaped_link_only_compute_is_calibrated() -> None:
     assert compare(base, slower_cpu).exit_code == 0, format_report(compare(base, slower_cpu))
     # A transfer that got 35 % slower is a regression even on a slower machine: scaling it by the
     # calibration, as if the link were CPU-bound, would hide it.
-    slower_link = _slow_down(make_results(seed=100, calibration_ms=13.0), {"1": 1.35})
+    base = make_results(seed=0, batch_ms=20.0, calibration_ms=10.0)  # procedure 1 ≈ 4 ms
+    slower_link = _slow_down(make_results(seed=100, batch_ms=20.0, calibration_ms=13.0), {"1": 1.35})
     report = compare(base, slower_link)
     assert [c.metric for c in report.regressions] == ["procedure 1"], format_report(report)
 
@@ -94,3 +95,26 @@ def test_regression_on_a_busy_machine_is_inconclusive() -> None:
     overall = next(c for c in report.comparisons if c.metric == "overall")
     assert overall.verdict == "inconclusive" and "machine busy" in overall.note
     assert compare(base, cur, busy_limit=500.0).exit_code == 1
+
+
+def test_a_tiny_absolute_change_is_not_a_regression() -> None:
+    # 0.2 ms procedures 30 % slower (+0.06 ms): beyond the tolerance, significant, but within 0.5 ms.
+    base = make_results(seed=0, batch_ms=1.0, batches=40)
+    cur = _slow_down(make_results(seed=100, batch_ms=1.0, batches=40), {"1": 1.3})
+    report = compare(base, cur)
+    one = next(c for c in report.comparisons if c.metric == "procedure 1")
+    assert one.verdict == "pass" and "within 0.5 ms" in one.note, format_report(report)
+    assert compare(base, cur, min_delta_ms=0.0).regressions[0].metric == "procedure 1"
+
+
+def test_a_change_within_the_baselines_run_to_run_spread_is_inconclusive() -> None:
+    # Three baseline runs whose medians spread by ~40 %: a 25 % slower single run is within that.
+    base = make_results(runs=3, seed=0, batch_ms=10.0)
+    for run, factor in zip(base["runs"], (0.8, 1.0, 1.2), strict=True):
+        run["per_batch_ms"]["latency"] = [v * factor for v in run["per_batch_ms"]["latency"]]
+    cur = _slow_down(make_results(seed=100, batch_ms=10.0), {"latency": 1.25})
+    overall = next(c for c in compare(base, cur).comparisons if c.metric == "overall")
+    assert overall.verdict == "inconclusive" and "run-to-run spread" in overall.note
+    # The same slow-down against a steady baseline is a regression.
+    steady = make_results(runs=3, seed=0, batch_ms=10.0)
+    assert "overall" in [c.metric for c in compare(steady, cur).regressions]
