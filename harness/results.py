@@ -8,15 +8,13 @@ statistics themselves (means, nearest-rank percentiles, median/MAD, stability) c
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from models import atomic
 from reports import stats
 
 from .errors import ResultsError
@@ -263,25 +261,8 @@ def load_results(path: Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so that readers see the old file or the whole new one, never part.
-
-    The text goes to a temporary file in the same directory, is flushed to disk, then renamed over
-    ``path`` (rename is atomic within one file system).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` as strict JSON (no NaN) to ``path`` atomically (see ``models.atomic``)."""
+    atomic.write_json_atomic(path, data, allow_nan=False)
 
 
 def write_results(path: Path, results: Mapping[str, Any]) -> None:

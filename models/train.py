@@ -9,12 +9,9 @@ final per-exit accuracies (Fig. 10).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.atomic import write_json_atomic
 from models.checkpoint import save_checkpoint, zoo_name
 from models.cnn import CLOUD, LOCAL_EXITS, MODEL_KINDS, ModelConfig, MultiExitCNN, build_model
 from models.datasets import DATASETS, ImageDataset, download_cifar10, load_dataset
@@ -236,21 +234,6 @@ def train(
     }
     model.eval()
     return model, trainlog
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temp file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint or log is meant to be shared
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train_and_save(

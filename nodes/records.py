@@ -6,14 +6,12 @@ node raises instead of returning a partial one), and :func:`write_records` write
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.atomic import write_json_atomic
 from nodes.errors import UsageError
 from nodes.timing import NS_PER_MS, BatchStamps, ClockEstimate, procedures_ms
 
@@ -124,16 +122,7 @@ def write_records(result: RecordsResult, path: str | Path) -> Path:
     """Write ``result`` as JSON to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_json_atomic(path, result.to_json(), indent=None, allow_nan=False)
     except OSError as exc:
         raise UsageError(f"cannot write records to {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(result.to_json(), fh, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -11,9 +11,7 @@ import base64
 import html
 import json
 import logging
-import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from models.atomic import atomic_open
 from reports import claims, figures, tables
 from reports.errors import ReportError
 from reports.loader import ResultsFile, TrainLog, load_results, load_train_logs
@@ -57,15 +56,8 @@ Block = Heading | Paragraph | TableBlock | FigureBlock
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _config_paragraph(scn: tables.Scenario, t: float) -> Paragraph:
