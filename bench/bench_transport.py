@@ -45,8 +45,8 @@ import numpy as np
 from tabulate import tabulate
 
 from nodes import Batch, ClockProbe, ClockReply, FrameDecoder, FramedStream, Listener, open_stream
-from nodes.codec import decode_frame, encode_frame_bytes
-from nodes.messages import message_from_header, message_to_header
+from nodes.codec import BodyDecoder, FrameEncoder
+from nodes.messages import Message
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -290,14 +290,16 @@ async def measure(
 
 
 def decode_cost(sizes: list[int], repeats: int) -> dict[int, float]:
-    """Seconds to turn one complete frame into a Batch message (the receive copy itself excluded)."""
+    """Seconds to turn one complete frame body into a Batch message, as a node's connection does it
+    (the receive copy itself excluded)."""
     out: dict[int, float] = {}
+    bodies = BodyDecoder(Message)
     for p in sizes:
         msg = Batch(
             batch_id=1, sample_ids=np.zeros(1, np.int64), images=np.ones((1, 1, 1, p), np.uint8), t_sent_ns=0
         )
         dec = FrameDecoder()
-        dec.receive_data(encode_frame_bytes(message_to_header(msg)))
+        dec.receive_data(b"".join(FrameEncoder().encode(msg)))
         frame = dec.next_frame()
         assert frame is not None
         n = 200
@@ -305,7 +307,7 @@ def decode_cost(sizes: list[int], repeats: int) -> dict[int, float]:
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(n):
-                message_from_header(decode_frame(frame))
+                bodies.decode(frame)
             best = min(best, (time.perf_counter() - t0) / n)
         out[p] = best
     return out

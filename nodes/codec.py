@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-import msgpack
+import msgspec
 import numpy as np
 
 from nodes.errors import LocalProtocolError, RemoteProtocolError
@@ -68,13 +68,27 @@ MAX_NDIM = 8
 # Reading a length prefix into a scratch buffer of this size lets one recv pick up many small frames.
 _SCRATCH_SIZE = 256 * 1024
 
-# Frame bodies at least this large are received into a buffer the decoder recycles once the caller has
-# dropped every view of it. A fresh buffer of tens of MiB is a fresh mmap whose page faults (and the
-# kernel zeroing each page) cost about as much as copying the bytes again; below 1 MiB malloc reuses
-# its own freed memory anyway, so recycling would only pin memory.
+# Frame bodies at least this large are received into buffers the decoder recycles once the caller has
+# dropped every view of them. A fresh buffer of a MiB or more comes from a fresh mmap (or from heap that
+# malloc trimmed back), and its page faults -- the kernel zeroing every page -- cost about as much as
+# receiving the bytes again; below 1 MiB malloc reuses its own freed memory anyway, so recycling would
+# only pin memory.
 _RECYCLE_MIN = 1024 * 1024
 
+# How many such buffers the decoder keeps: as many as fit in _SPARE_BYTES, and at least two. A receiver
+# usually holds the message it works on while the next ones arrive, and up to the transport's queue of
+# decoded frames (8) can wait behind it, so with a single spare most frames would get a fresh buffer.
+# 32 MiB holds that whole queue for frames of up to a few MiB -- the nodes' features are at most 8 MiB a
+# batch -- and the "at least two" keeps recycling for the largest frames while pinning at most 2 x
+# MAX_FRAME_SIZE per connection.
+_SPARE_BYTES = 32 * 1024 * 1024
+_MIN_SPARES = 2
+
 _ZEROS = bytes(ALIGN)
+
+# Encoders and decoders remember this many tensor descriptors (dtype and shape) they have packed or
+# parsed; a connection sees a handful (a batch of 32 and the last, smaller batch, per tensor).
+_DESCRIPTOR_CACHE = 64
 
 # Only plain numeric types, in little-endian byte order, travel; object arrays never do.
 ALLOWED_DTYPES = frozenset(
@@ -101,61 +115,81 @@ def _to_wire_array(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def encode_frame(header: Mapping[str, Any], *, max_frame_size: int = MAX_FRAME_SIZE) -> list[Buffer]:
-    """Encode ``header`` (a msgpack-able mapping whose values may include numpy arrays) as one frame.
+class FrameEncoder:
+    """Encodes messages (``msgspec.Struct`` values) or header mappings as frames.
 
-    Returns the frame as a list of buffers to be written in order; tensor bytes are not copied (the
-    list holds memoryviews of the arrays). Raises :class:`LocalProtocolError` for values msgpack cannot
-    carry or a frame larger than ``max_frame_size``.
+    msgspec packs the header in one call; an ``enc_hook`` turns each numpy array it meets into a tensor
+    extension and collects the array, whose bytes then follow the header uncopied. One encoder per
+    connection (the hook's list is its state).
     """
-    for value in header.values():
-        if isinstance(value, np.ndarray):  # a message's tensors are top-level values
-            return _encode_frame_with_tensors(header, max_frame_size)
-    try:
-        # Fast path: a header without tensors (or other numpy values) packs in one call, with no hook.
-        packed = msgpack.packb(header, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError):  # nested tensors, numpy scalars, or an error
-        return _encode_frame_with_tensors(header, max_frame_size)
-    head_len = HEADER_LENGTH.size + len(packed)
-    pad = -head_len % ALIGN
-    if head_len + pad > max_frame_size:
-        raise LocalProtocolError(
-            f"frame of {head_len + pad} bytes exceeds the limit of {max_frame_size} bytes"
-        )
-    return [_PREFIXES.pack(head_len + pad, len(packed)) + packed + _ZEROS[:pad]]
 
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._tensors: list[np.ndarray] = []
+        self._encode = msgspec.msgpack.Encoder(enc_hook=self._hook).encode
+        self._pack_descriptor = msgspec.msgpack.Encoder().encode
+        self._descriptors: dict[tuple[str, tuple[int, ...]], msgspec.msgpack.Ext] = {}
 
-def _encode_frame_with_tensors(header: Mapping[str, Any], max_frame_size: int) -> list[Buffer]:
-    tensors: list[np.ndarray] = []
-    pack_descriptor = msgpack.Packer().pack
-
-    def default(obj: object) -> object:
+    def _hook(self, obj: object) -> object:
         if isinstance(obj, np.ndarray):
             arr = _to_wire_array(obj)
-            tensors.append(arr)
-            return msgpack.ExtType(TENSOR_EXT_CODE, pack_descriptor([arr.dtype.str, arr.shape, arr.nbytes]))
+            self._tensors.append(arr)
+            key = (arr.dtype.str, arr.shape)
+            ext = self._descriptors.get(key)
+            if ext is None:  # (a stream repeats a handful of shapes: pack each once)
+                ext = msgspec.msgpack.Ext(
+                    TENSOR_EXT_CODE, self._pack_descriptor((arr.dtype.str, arr.shape, arr.nbytes))
+                )
+                if len(self._descriptors) >= _DESCRIPTOR_CACHE:
+                    self._descriptors.clear()
+                self._descriptors[key] = ext
+            return ext
         if isinstance(obj, np.generic):
             return obj.item()
         raise LocalProtocolError(f"cannot encode a value of type {type(obj).__name__} in a frame")
 
-    try:
-        packed = msgpack.Packer(default=default, use_bin_type=True).pack(header)
-    except LocalProtocolError:
-        raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise LocalProtocolError(f"cannot encode frame header: {exc}") from exc
-    head_len = HEADER_LENGTH.size + len(packed)
-    body_len = head_len + _pad(head_len) + sum(t.nbytes + _pad(t.nbytes) for t in tensors)
-    if body_len > max_frame_size:
-        raise LocalProtocolError(f"frame of {body_len} bytes exceeds the limit of {max_frame_size} bytes")
-    first = _PREFIXES.pack(body_len, len(packed)) + packed + _ZEROS[: _pad(head_len)]
-    out: list[Buffer] = [first]
-    for t in tensors:
-        if t.nbytes:
-            out.append(t.data.cast("B"))  # C-contiguous, so a flat byte view without a copy
-        if _pad(t.nbytes):
-            out.append(_ZEROS[: _pad(t.nbytes)])
-    return out
+    def encode(self, obj: object) -> list[Buffer]:
+        """``obj`` as one frame: a list of buffers to be written in order; tensor bytes are not copied
+        (the list holds memoryviews of the arrays). :class:`LocalProtocolError` for values the frame
+        cannot carry or a frame larger than ``max_frame_size``."""
+        tensors = self._tensors
+        tensors.clear()
+        try:
+            packed = self._encode(obj)
+        except LocalProtocolError:
+            tensors.clear()
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            tensors.clear()
+            raise LocalProtocolError(f"cannot encode frame header: {exc}") from exc
+        head_len = HEADER_LENGTH.size + len(packed)
+        head_pad = -head_len % ALIGN
+        if not tensors:  # the common small message: one bytes object
+            if head_len + head_pad > self.max_frame_size:
+                raise LocalProtocolError(
+                    f"frame of {head_len + head_pad} bytes exceeds the limit of {self.max_frame_size} bytes"
+                )
+            return [_PREFIXES.pack(head_len + head_pad, len(packed)) + packed + _ZEROS[:head_pad]]
+        body_len = head_len + head_pad + sum(t.nbytes + _pad(t.nbytes) for t in tensors)
+        if body_len > self.max_frame_size:
+            tensors.clear()
+            raise LocalProtocolError(
+                f"frame of {body_len} bytes exceeds the limit of {self.max_frame_size} bytes"
+            )
+        out: list[Buffer] = [_PREFIXES.pack(body_len, len(packed)) + packed + _ZEROS[:head_pad]]
+        for t in tensors:
+            if t.nbytes:
+                out.append(t.data.cast("B"))  # C-contiguous, so a flat byte view without a copy
+            if _pad(t.nbytes):
+                out.append(_ZEROS[: _pad(t.nbytes)])
+        tensors.clear()
+        return out
+
+
+def encode_frame(header: Mapping[str, Any], *, max_frame_size: int = MAX_FRAME_SIZE) -> list[Buffer]:
+    """Encode ``header`` (a mapping whose values may include numpy arrays, at any depth) as one frame;
+    see :meth:`FrameEncoder.encode`."""
+    return FrameEncoder(max_frame_size).encode(header)
 
 
 def encode_frame_bytes(header: Mapping[str, Any], *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
@@ -163,71 +197,128 @@ def encode_frame_bytes(header: Mapping[str, Any], *, max_frame_size: int = MAX_F
     return b"".join(encode_frame(header, max_frame_size=max_frame_size))
 
 
-def _parse_descriptor(data: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+_DESCRIPTOR = msgspec.msgpack.Decoder(tuple[str, tuple[int, ...], int])
+
+
+def _parse_descriptor(data: Buffer) -> tuple[np.dtype[Any], tuple[int, ...], int]:
     try:
-        desc = msgpack.unpackb(data, raw=False, max_array_len=MAX_NDIM + 3)
-    except Exception as exc:
-        raise RemoteProtocolError(f"malformed tensor descriptor: {exc}") from exc
-    if not (isinstance(desc, list) and len(desc) == 3):
-        raise RemoteProtocolError("malformed tensor descriptor: expected [dtype, shape, nbytes]")
-    dtype_str, shape, nbytes = desc
-    dtype = _DTYPES.get(dtype_str) if isinstance(dtype_str, str) else None
+        dtype_str, shape, nbytes = _DESCRIPTOR.decode(data)
+    except msgspec.MsgspecError as exc:
+        raise RemoteProtocolError(
+            f"malformed tensor descriptor (expected [dtype, shape, nbytes]): {exc}"
+        ) from exc
+    dtype = _DTYPES.get(dtype_str)
     if dtype is None:
         raise RemoteProtocolError(f"tensor dtype {dtype_str!r} is not allowed")
-    if not (isinstance(shape, list) and len(shape) <= MAX_NDIM):
+    if len(shape) > MAX_NDIM:
         raise RemoteProtocolError(f"tensor shape must be a list of at most {MAX_NDIM} sizes")
     count = 1
-    for s in shape:
-        if type(s) is not int or s < 0:  # (msgpack gives plain ints; a bool is not a size)
-            raise RemoteProtocolError(f"tensor shape {shape!r} has a negative or non-integer size")
-        count *= s
-    if type(nbytes) is not int or nbytes != count * dtype.itemsize:
-        raise RemoteProtocolError(f"tensor of shape {shape} and dtype {dtype_str} cannot be {nbytes!r} bytes")
-    return dtype, tuple(shape), nbytes
+    for size in shape:
+        if size < 0:
+            raise RemoteProtocolError(f"tensor shape {list(shape)!r} has a negative or non-integer size")
+        count *= size
+    if nbytes != count * dtype.itemsize:
+        raise RemoteProtocolError(
+            f"tensor of shape {list(shape)} and dtype {dtype_str} cannot be {nbytes!r} bytes"
+        )
+    return dtype, shape, nbytes
+
+
+class BodyDecoder:
+    """Decodes frame bodies (without their length prefix) into values of one type.
+
+    ``type_`` is what the header must be: the :data:`~nodes.messages.Message` union for the nodes (msgspec
+    then picks the message class by its ``"type"`` and checks every field), or ``dict[str, Any]`` for a
+    plain mapping. Tensors come back as numpy arrays that are views of the body (no copy; writable when
+    the body is). Every problem with the body is a :class:`RemoteProtocolError`.
+    """
+
+    def __init__(self, type_: Any = dict[str, Any]) -> None:
+        self._decode = msgspec.msgpack.Decoder(type_, ext_hook=self._ext_hook).decode
+        self._descriptors: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], int]] = {}
+        self._mv: memoryview | None = None
+        self._offset = 0
+
+    def _ext_hook(self, code: int, data: memoryview) -> np.ndarray:
+        if code != TENSOR_EXT_CODE:
+            raise RemoteProtocolError(f"unknown msgpack extension type {code}")
+        mv = self._mv
+        assert mv is not None
+        key = bytes(data)
+        parsed = self._descriptors.get(key)
+        if parsed is None:  # (a stream repeats a handful of shapes: parse each once)
+            parsed = _parse_descriptor(key)
+            if len(self._descriptors) >= _DESCRIPTOR_CACHE:
+                self._descriptors.clear()
+            self._descriptors[key] = parsed
+        dtype, shape, nbytes = parsed
+        offset = self._offset
+        if offset + nbytes > len(mv):
+            raise RemoteProtocolError(
+                f"tensor data ({nbytes} bytes at offset {offset}) runs past the end of a {len(mv)}-byte frame"
+            )
+        self._offset = offset + nbytes + (-nbytes % ALIGN)
+        return np.ndarray(shape, dtype, buffer=mv, offset=offset)
+
+    def decode(self, body: Buffer | np.ndarray) -> Any:
+        mv = memoryview(body)  # type: ignore[arg-type]  # (numpy arrays export the buffer protocol)
+        if mv.ndim != 1 or mv.format != "B":
+            mv = mv.cast("B")
+        total = len(mv)
+        if total < HEADER_LENGTH.size:
+            raise RemoteProtocolError(f"frame of {total} bytes is too short to hold a header length")
+        (head_len,) = HEADER_LENGTH.unpack_from(mv, 0)
+        head_end = HEADER_LENGTH.size + head_len
+        if head_end > total:
+            raise RemoteProtocolError(f"header length {head_len} runs past the end of a {total}-byte frame")
+        self._mv = mv
+        self._offset = head_end + (-head_end % ALIGN)
+        try:
+            value = self._decode(mv[HEADER_LENGTH.size : head_end])
+        except RemoteProtocolError:
+            raise
+        except msgspec.ValidationError as exc:  # well-formed msgpack, but not a valid value of the type
+            raise RemoteProtocolError(_invalid(mv, head_end, exc)) from exc
+        except Exception as exc:  # malformed msgpack: DecodeError, UnicodeDecodeError, ...
+            raise RemoteProtocolError(f"malformed msgpack header: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._mv = None
+        if self._offset != total:
+            raise RemoteProtocolError(
+                f"frame is {total} bytes but its header and tensors account for {self._offset}"
+            )
+        return value
+
+
+def _type_name(mv: memoryview, head_end: int) -> str:
+    """The ``"type"`` of a header that failed validation, for the error message ("?" if there is none)."""
+    try:
+        header = msgspec.msgpack.decode(mv[HEADER_LENGTH.size : head_end], ext_hook=lambda c, d: None)
+    except Exception:  # (the header did decode once already; this is only for the error message)
+        return "?"
+    name = header.get("type") if isinstance(header, dict) else None
+    return name if isinstance(name, str) else "?"
+
+
+def _invalid(mv: memoryview, head_end: int, exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    if text.startswith("Invalid value") and text.endswith("at `$.type`"):
+        return f"unknown message type {_type_name(mv, head_end)!r}"
+    if text.startswith("Object contains unknown field"):
+        return f"{_type_name(mv, head_end)} message has {text[len('Object contains ') :]}"
+    if text.startswith("Object missing required field `type`") or text.startswith("Expected `object`"):
+        return f"frame header is not a message: {text}"
+    return f"invalid {_type_name(mv, head_end)} message: {text}"
 
 
 def decode_frame(body: Buffer | np.ndarray) -> dict[str, Any]:
     """Decode one frame body (without its length prefix) into its header mapping.
 
     Tensors come back as numpy arrays that are views of ``body`` (no copy; writable when ``body`` is).
-    Raises :class:`RemoteProtocolError` for anything malformed.
+    Raises :class:`RemoteProtocolError` for anything malformed, including a header that is not a map
+    with string keys.
     """
-    mv = body.data.cast("B") if isinstance(body, np.ndarray) else memoryview(body).cast("B")
-    total = len(mv)
-    if total < HEADER_LENGTH.size:
-        raise RemoteProtocolError(f"frame of {total} bytes is too short to hold a header length")
-    (head_len,) = HEADER_LENGTH.unpack_from(mv, 0)
-    head_end = HEADER_LENGTH.size + head_len
-    if head_end > total:
-        raise RemoteProtocolError(f"header length {head_len} runs past the end of a {total}-byte frame")
-    offset = head_end + _pad(head_end)
-
-    def ext_hook(code: int, data: bytes) -> np.ndarray:
-        nonlocal offset
-        if code != TENSOR_EXT_CODE:
-            raise RemoteProtocolError(f"unknown msgpack extension type {code}")
-        dtype, shape, nbytes = _parse_descriptor(data)
-        if offset + nbytes > total:
-            raise RemoteProtocolError(
-                f"tensor data ({nbytes} bytes at offset {offset}) runs past the end of a {total}-byte frame"
-            )
-        arr: np.ndarray = np.ndarray(shape, dtype, buffer=mv, offset=offset)
-        offset += nbytes + (-nbytes % ALIGN)
-        return arr
-
-    try:
-        header = msgpack.unpackb(mv[HEADER_LENGTH.size : head_end], raw=False, ext_hook=ext_hook)
-    except RemoteProtocolError:
-        raise
-    except Exception as exc:  # msgpack raises a zoo of types (ExtraData, FormatError, ValueError, ...)
-        raise RemoteProtocolError(f"malformed msgpack header: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(header, dict):
-        raise RemoteProtocolError("frame header is not a map with string keys")
-    for key in header:
-        if type(key) is not str:
-            raise RemoteProtocolError("frame header is not a map with string keys")
-    if offset != total:
-        raise RemoteProtocolError(f"frame is {total} bytes but its header and tensors account for {offset}")
+    header: dict[str, Any] = BodyDecoder(dict[str, Any]).decode(body)
     return header
 
 
@@ -236,8 +327,8 @@ class FrameDecoder:
 
     Feed it with :meth:`receive_data` (an empty ``data`` means end of stream), or let the socket write
     straight into it with :meth:`get_buffer` and :meth:`buffer_updated`; a large frame body is then
-    received in place, without a further copy. :meth:`next_frame` returns complete bodies (as writable
-    uint8 numpy arrays, ready for :func:`decode_frame`) or ``None`` when more data is needed.
+    received in place, without a further copy. :meth:`next_frame` returns complete bodies (writable
+    buffers, ready for :func:`decode_frame`) or ``None`` when more data is needed.
     """
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
@@ -245,9 +336,9 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._buf = bytearray()  # bytes of the length prefix and of small frames still incomplete
         self._body: np.ndarray | None = None  # preallocated body of the frame being received
-        self._spare: np.ndarray | None = None  # the large body buffer recycled across frames
+        self._spares: list[np.ndarray] = []  # large body buffers recycled across frames
         self._filled = 0
-        self._frames: deque[np.ndarray] = deque()
+        self._frames: deque[np.ndarray | bytearray] = deque()
         self._scratch = bytearray(_SCRATCH_SIZE)
         self._eof = False
         self._error: RemoteProtocolError | None = None
@@ -292,8 +383,9 @@ class FrameDecoder:
             return self._body.data[self._filled :].cast("B")
         return memoryview(self._scratch)
 
-    def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` bytes were written into the buffer last returned by :meth:`get_buffer`."""
+    def buffer_updated(self, nbytes: int) -> int:
+        """``nbytes`` bytes were written into the buffer last returned by :meth:`get_buffer`; returns
+        :attr:`frames_pending` (what a transport wants to know next, without another call)."""
         if self._error is not None:
             raise self._error
         if self._body is not None:
@@ -302,11 +394,15 @@ class FrameDecoder:
                 self._frames.append(self._body)
                 self._body = None
                 self._filled = 0
-            return
+            return len(self._frames)
         self._feed(memoryview(self._scratch)[:nbytes])
+        return len(self._frames)
 
-    def next_frame(self) -> np.ndarray | None:
+    def next_frame(self) -> np.ndarray | bytearray | None:
         """The next complete frame body, or ``None`` if more bytes are needed (or the stream ended).
+
+        A body is a writable buffer: a ``bytearray`` for a small frame that arrived whole, a uint8 numpy
+        array for one received in place.
 
         Raises :class:`RemoteProtocolError` when the stream ended in the middle of a frame.
         """
@@ -345,38 +441,53 @@ class FrameDecoder:
                     self._body = None
                     self._filled = 0
                 continue
-            need = LENGTH_PREFIX.size - len(self._buf)
-            if need > 0:
-                take = min(need, n - pos)
+            if self._buf or n - pos < LENGTH_PREFIX.size:  # a length prefix split across reads
+                take = min(LENGTH_PREFIX.size - len(self._buf), n - pos)
                 self._buf += data[pos : pos + take]
                 pos += take
                 if len(self._buf) < LENGTH_PREFIX.size:
                     return
-            (length,) = LENGTH_PREFIX.unpack_from(self._buf, 0)
+                (length,) = LENGTH_PREFIX.unpack_from(self._buf, 0)
+                self._buf.clear()
+            else:
+                (length,) = LENGTH_PREFIX.unpack_from(data, pos)
+                pos += LENGTH_PREFIX.size
             if length > self._max_frame_size:
                 self._fail(f"peer announced a frame of {length} bytes; the limit is {self._max_frame_size}")
             if length < HEADER_LENGTH.size:
                 self._fail(f"peer announced a frame of {length} bytes, too short to hold a header length")
-            self._buf.clear()
+            if length < _RECYCLE_MIN and pos + length <= n:
+                # A small frame that is all here (the usual case for messages without large tensors):
+                # one copy into a bytearray of its own, no preallocated body.
+                self._frames.append(bytearray(data[pos : pos + length]))
+                pos += length
+                continue
             self._body = self._new_body(length)
             self._filled = 0
 
     def _new_body(self, length: int) -> np.ndarray:
-        """A buffer for a frame body of ``length`` bytes: the recycled one when nobody uses it any more.
+        """A buffer for a frame body of ``length`` bytes: a recycled one when nobody uses it any more.
 
         Whether the caller still holds a frame, a decoded tensor or anything derived from one (a torch
-        tensor from ``torch.from_numpy``, a memoryview) shows in the spare's reference count: every view
+        tensor from ``torch.from_numpy``, a memoryview) shows in a spare's reference count: every view
         keeps its base alive. So a buffer is overwritten only once nothing can see it.
         """
         if length < _RECYCLE_MIN:
             return np.empty(length, dtype=np.uint8)
         getrefcount = getattr(sys, "getrefcount", None)  # CPython only; elsewhere never recycle
-        if (
-            self._spare is not None
-            and len(self._spare) >= length
-            and getrefcount is not None
-            and getrefcount(self._spare) == 2
-        ):  # our attribute and getrefcount's argument
-            return self._spare[:length]
-        self._spare = np.empty(length, dtype=np.uint8)
-        return self._spare[:length]
+        if getrefcount is None:
+            return np.empty(length, dtype=np.uint8)
+        spares = self._spares
+        idle = -1  # the smallest spare nobody uses, to make room for a larger one
+        for i in range(len(spares)):
+            if getrefcount(spares[i]) == 2:  # the list's reference and getrefcount's argument
+                if len(spares[i]) >= length:
+                    return spares[i][:length]
+                if idle < 0 or len(spares[i]) < len(spares[idle]):
+                    idle = i
+        fresh = np.empty(length, dtype=np.uint8)
+        if len(spares) < _MIN_SPARES or sum(len(b) for b in spares) + length <= _SPARE_BYTES:
+            spares.append(fresh)
+        elif idle >= 0:
+            spares[idle] = fresh
+        return fresh[:length]

@@ -9,17 +9,18 @@ returns the next :class:`~nodes.messages.Message`, :data:`NEED_DATA` or :data:`C
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from nodes.codec import (
     HANDSHAKE_MAX_FRAME_SIZE,
     MAX_FRAME_SIZE,
+    BodyDecoder,
     Buffer,
     FrameDecoder,
-    decode_frame,
-    encode_frame,
+    FrameEncoder,
 )
 from nodes.errors import LocalProtocolError
-from nodes.messages import Message, message_from_header, message_to_header
+from nodes.messages import Message
 
 
 class Sentinel(enum.Enum):
@@ -44,6 +45,8 @@ class Connection:
         self._max_frame_size = max_frame_size
         first = min(HANDSHAKE_MAX_FRAME_SIZE, max_frame_size) if handshake_limit else max_frame_size
         self._decoder = FrameDecoder(first)
+        self._bodies = BodyDecoder(Message)
+        self._encoder = FrameEncoder(max_frame_size)
         self._send_closed = False
 
     def handshake_done(self) -> None:
@@ -58,11 +61,16 @@ class Connection:
         """Feed bytes received from the peer; ``b""`` means the peer closed its side."""
         self._decoder.receive_data(data)
 
-    def get_buffer(self, sizehint: int = -1) -> memoryview:
-        return self._decoder.get_buffer(sizehint)
+    @property
+    def get_buffer(self) -> Callable[[int], memoryview]:
+        """The decoder's ``get_buffer(sizehint)`` itself (a transport calls it for every read, so no
+        wrapper of ours sits in between)."""
+        return self._decoder.get_buffer
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self._decoder.buffer_updated(nbytes)
+    @property
+    def buffer_updated(self) -> Callable[[int], int]:
+        """The decoder's ``buffer_updated(nbytes)`` itself (it returns :attr:`frames_pending`)."""
+        return self._decoder.buffer_updated
 
     def next_event(self) -> Event:
         """The next message, :data:`NEED_DATA`, or :data:`CLOSED` after a clean end of stream.
@@ -72,7 +80,8 @@ class Connection:
         frame = self._decoder.next_frame()
         if frame is None:
             return CLOSED if self._decoder.eof else NEED_DATA
-        return message_from_header(decode_frame(frame))
+        message: Message = self._bodies.decode(frame)
+        return message
 
     @property
     def frames_pending(self) -> int:
@@ -83,7 +92,7 @@ class Connection:
         """The buffers that carry ``msg``, to be written in order (tensor bytes are not copied)."""
         if self._send_closed:
             raise LocalProtocolError("cannot send after send_eof()")
-        return encode_frame(message_to_header(msg), max_frame_size=self._max_frame_size)
+        return self._encoder.encode(msg)
 
     def send_eof(self) -> None:
         """Mark our side closed; further :meth:`send` calls raise :class:`LocalProtocolError`."""

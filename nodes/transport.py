@@ -45,6 +45,13 @@ _TIMER_SLACK_S = 0.002
 # TCP segment): copying a few KiB costs less than a write per buffer. Larger ones go out uncopied.
 _JOIN_MAX = 64 * 1024
 
+# Small frames sent back to back are corked: the first goes out at once (a lone message, e.g. a request
+# whose reply we then wait for, pays no extra latency), the ones after it are collected and written
+# together at the end of the event loop's turn, or as soon as this many bytes are collected.
+# One write syscall per message would otherwise cap small-message throughput (pyzmq batches the same
+# way in its I/O thread).
+_CORK_MAX = 64 * 1024
+
 
 async def with_timeout(aw: Awaitable[T], timeout: float, node: str, what: str) -> T:
     """Await ``aw`` for at most ``timeout`` seconds; :class:`NodeTimeout` naming ``node`` otherwise."""
@@ -57,6 +64,10 @@ async def with_timeout(aw: Awaitable[T], timeout: float, node: str, what: str) -
 class _FrameProtocol(asyncio.BufferedProtocol):
     def __init__(self, conn: Connection, on_made: Callable[[_FrameProtocol], None] | None = None) -> None:
         self.conn = conn
+        # The decoder's own methods, called for every socket read: get_buffer with no wrapper of ours in
+        # between (transports look it up on the instance), buffer_updated from ours below.
+        self.get_buffer = conn.get_buffer  # type: ignore[method-assign,assignment]
+        self._buffer_updated = conn.buffer_updated
         self.loop = asyncio.get_running_loop()  # protocols are built by the loop that runs them
         self._on_made = on_made
         self.transport: asyncio.Transport | None = None
@@ -72,9 +83,12 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_timer_when = 0.0
         self.scatter_writes = False
+        self._wrote = False  # a small frame went out since the reader last waited (or the last uncork)
+        self._cork: list[bytes] = []  # small frames waiting for the end of this loop turn
+        self._cork_bytes = 0
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self.write_paused = False
-        self._read_paused = False
+        self.read_paused = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,23 +106,24 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self._on_made is not None:
             self._on_made(self)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
+    def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance in __init__
         return self.conn.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
-            self.conn.buffer_updated(nbytes)
+            pending = self._buffer_updated(nbytes)
         except ProtocolError as exc:
             self.error = exc
             self._wake_reader()
             return
-        pending = self.conn.frames_pending
         if not pending:
             return  # the middle of a frame: nothing for the reader yet
         if pending >= _MAX_QUEUED_FRAMES and self.transport is not None:
             self.transport.pause_reading()
-            self._read_paused = True
-        self._wake_reader()
+            self.read_paused = True
+        fut = self._read_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(True)
 
     def eof_received(self) -> bool:
         try:
@@ -144,19 +159,52 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                 fut.set_result(None)
 
     # helpers for FramedStream
+    def write_small(self, data: bytes) -> None:
+        """Write one small frame; corked if another went out since this connection's reader last waited.
+
+        A request/reply exchange writes one frame and then waits for the reply, so it never corks and
+        pays nothing; a burst of sends in one loop turn goes out in one write at the end of the turn.
+        """
+        if not self._wrote:
+            assert self.transport is not None
+            self.transport.write(data)
+            self._wrote = True
+            return
+        if not self._cork:
+            self.loop.call_soon(self._uncork)
+        self._cork.append(data)
+        self._cork_bytes += len(data)
+        if self._cork_bytes >= _CORK_MAX:
+            self.flush_cork()
+
+    def flush_cork(self) -> None:
+        """Write the corked frames now (before a large frame, which must not overtake them, or a close)."""
+        cork = self._cork
+        if cork:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
+            cork.clear()
+            self._cork_bytes = 0
+
+    def _uncork(self) -> None:
+        self.flush_cork()
+        self._wrote = False
+
     def _wake_reader(self) -> None:
         if self._read_waiter is not None and not self._read_waiter.done():
             self._read_waiter.set_result(True)
 
     def resume_reading_if_needed(self) -> None:
-        if self._read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
-            self._read_paused = False
+        if self.read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
+            self.read_paused = False
             self.transport.resume_reading()
 
     async def wait_readable(self, deadline: float) -> bool:
         """Wait until a frame, an error, EOF or loss; False once ``deadline`` (loop time) has passed."""
         fut: asyncio.Future[bool] = self.loop.create_future()
         self._read_waiter = fut
+        if not self._cork:
+            self._wrote = False  # the next send (likely a reply to what we wait for) goes out at once
         self._read_deadline = deadline
         if self._read_timer is None or self._read_timer_when > deadline:
             self._arm_read_timer(deadline)
@@ -240,14 +288,16 @@ class FramedStream:
         transport = self._p.transport
         bufs = self.conn.send(msg)
         if len(bufs) == 1:
-            transport.write(bufs[0])
+            self._p.write_small(bufs[0])  # type: ignore[arg-type]  # (one buffer: always bytes)
         elif sum(len(b) for b in bufs) <= _JOIN_MAX:
-            transport.write(b"".join(bufs))
-        elif self._p.scatter_writes:
-            transport.writelines(bufs)
+            self._p.write_small(b"".join(bufs))
         else:
-            for buf in bufs:
-                transport.write(buf)
+            self._p.flush_cork()
+            if self._p.scatter_writes:
+                transport.writelines(bufs)
+            else:
+                for buf in bufs:
+                    transport.write(buf)
         if not self._p.write_paused and not self._p.closed:
             return  # the common case: no await, so no task switch
         limit = timeout or self.timeout
@@ -272,7 +322,8 @@ class FramedStream:
                 event = p.conn.next_event()
             except RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {exc}") from exc
-            p.resume_reading_if_needed()
+            if p.read_paused:
+                p.resume_reading_if_needed()
             if event is NEED_DATA:
                 if p.error is not None:
                     err = p.error
@@ -315,6 +366,7 @@ class FramedStream:
         if transport is None:
             return
         if not transport.is_closing():
+            self._p.flush_cork()  # what we sent goes out before the close
             transport.close()
         if not self._p.closed:
             try:
