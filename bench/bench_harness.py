@@ -5,10 +5,12 @@
 For MEM at exit 5 on Fashion-MNIST (batch 32, T = 0.3), at 10 mbit and unshaped, one real run each
 (namespaces when root, loopback otherwise), then the **floor** of that same run, batch by batch, from its
 records: the edge part's compute time for the batch measured standalone in this process, plus — when
-the batch had cloud-exited samples — their features' transfer time at the configured rate, the
+the batch had cloud-exited samples — their features' transfer time at the configured rate (less the
+token bucket the shaper lets through at once: a batch's few KiB of features fit in it), the
 configured one-way delays (edge → cloud and back) and the cloud part's standalone compute time for that
 many samples. Each standalone time is the best of several repeats, measured right after the run (one
-process, torch's default threads). **Efficiency** = the run's overall latency / the floor (target
+process, torch's default threads, and the same process settings as the nodes get -- the harness's
+``NODE_ENV_DEFAULTS``: the benchmark re-executes itself with them). **Efficiency** = the run's overall latency / the floor (target
 ≤ 1.15): what the harness, the nodes and the transport add, plus whatever other load slowed the run.
 
 A second ratio replaces the standalone compute by the compute the nodes timed during the run
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -38,8 +42,9 @@ from tabulate import tabulate
 import models
 from harness.config import LinkOptions, RunConfig
 from harness.environment import cpu_model
-from harness.runner import prepare, run_experiment
+from harness.runner import NODE_ENV_DEFAULTS, prepare, run_experiment
 from harness.sweep import SweepSpec
+from netem.tc import burst_bytes
 
 TARGET = 1.15
 REPEATS = 9
@@ -100,6 +105,15 @@ class Floor:
         return self._cloud[n]
 
 
+def transfer_ms(nbytes: int, rate_bps: int | None) -> float:
+    """Least time to send ``nbytes`` over the edge-cloud link as the harness shapes it: a token bucket
+    of ``netem.tc.burst_bytes(rate)`` lets that many bytes pass at once when it is full (it refills
+    between the batches of a closed loop), the rest goes at the rate."""
+    if not rate_bps:
+        return 0.0
+    return max(0, nbytes - burst_bytes(rate_bps)) * 8 / rate_bps * 1e3
+
+
 def floor_of_run(
     records: dict[str, Any], floor: Floor, rate_bps: int | None, delay_s: float, *, in_run: bool = False
 ) -> float:
@@ -109,7 +123,7 @@ def floor_of_run(
         procs = batch["procedures_ms"]
         total += procs["2"] if in_run else floor.edge_ms(batch["size"])
         if batch["cloud"]:
-            transfer = batch["cloud"] * floor.feature_bytes * 8 / rate_bps * 1e3 if rate_bps else 0.0
+            transfer = transfer_ms(batch["cloud"] * floor.feature_bytes, rate_bps)
             compute = procs["4"] if in_run else floor.cloud_ms(batch["cloud"])
             total += transfer + 2 * delay_s * 1e3 + compute
     return total / records["overall"]["measured_samples"]
@@ -131,6 +145,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="320 samples per run instead of 2000")
     args = parser.parse_args()
+    missing = {key: value for key, value in NODE_ENV_DEFAULTS.items() if key not in os.environ}
+    if missing:  # the standalone floor runs with the nodes' settings (read at process start: re-exec)
+        env = {**os.environ, **missing}
+        os.execve(sys.executable, [sys.executable, "-m", "bench.bench_harness", *sys.argv[1:]], env)
     samples = 320 if args.quick else 2000
     rows = []
     per_point: list[tuple[float, float]] = []  # (fixed seconds, seconds per sample)
@@ -189,7 +207,9 @@ def main() -> int:
         f"harness efficiency — {platform.node()}, {cpu_model()}, {torch.get_num_threads()} torch threads, "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, isolation {isolation}"
     )
-    print(f"model: {ckpt_note}; {samples} samples, batch 32, T = 0.3, exit 5\n")
+    print(f"model: {ckpt_note}; {samples} samples, batch 32, T = 0.3, exit 5")
+    print("node and floor process settings: " + " ".join(f"{k}={os.environ[k]}" for k in NODE_ENV_DEFAULTS))
+    print()
     print(
         tabulate(
             rows,

@@ -261,10 +261,25 @@ class RunContext:
     commands: NodeCommands = field(default_factory=NodeCommands)
 
 
-#: Idle OpenMP worker threads spin-wait by default. Three torch processes on a few cores then steal CPU
-#: from whichever node is computing: on a 2-core machine the nodes computed 10-60x slower than the same
-#: work standalone (bench/bench_harness.py), against about 1.2x with passive waiting.
-NODE_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: Settings of the node processes (each applied unless the user's environment has it), measured with
+#: bench/bench_harness.py on a 2-core VM (2026-11-27):
+#:
+#: - ``GLIBC_TUNABLES``: glibc returns freed memory above its trim threshold to the kernel and serves
+#:   large blocks by mmap; every batch's activations (MiBs) then came back as fresh pages, so a third of
+#:   the edge's time went to page faults and zeroing (perf: exc_page_fault, clear_page) and it computed a
+#:   batch in 8.9 ms instead of 5.8 ms single-threaded. A fixed 32 MiB mmap threshold and a 256 MiB trim
+#:   threshold keep that memory in the process. (Other C libraries ignore the variable.)
+#: - ``GOMP_SPINCOUNT``: an idle OpenMP worker spins this many rounds before it sleeps. libgomp's default
+#:   (300 000, or forever with OMP_WAIT_POLICY=ACTIVE) kept the idle nodes' threads spinning on the two
+#:   cores the computing node needed (a run was 3-16x slower); OMP_WAIT_POLICY=PASSIVE, which sleeps at
+#:   once, made every parallel region wake its threads again, and two threads computed slower than one.
+#:   30 000 rounds (tens of microseconds) keep the threads awake through one batch's back-to-back
+#:   layers and let them sleep between batches: overall latency 0.18 ms/sample unshaped, against 0.43
+#:   with PASSIVE and 0.25 at 3 000 or 100 000 rounds.
+NODE_ENV_DEFAULTS = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456",
+    "GOMP_SPINCOUNT": "30000",
+}
 
 
 def node_env(tb: TestbedLike, node: str) -> dict[str, str]:

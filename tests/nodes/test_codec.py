@@ -16,6 +16,7 @@ from nodes import (
     NEED_DATA,
     Batch,
     ClockProbe,
+    ClockReply,
     Connection,
     Error,
     Features,
@@ -372,3 +373,21 @@ def _next_from(data: bytes) -> np.ndarray:
     dec = FrameDecoder()
     dec.receive_data(data)
     return _next(dec)
+
+
+def test_frames_interoperate_with_the_reference_msgpack_implementation() -> None:
+    # A peer in another language packs headers with its own msgpack library; ours must read them, and
+    # it must read ours (msgspec does the packing here, msgpack-python is the independent check).
+    probe = _frame_from_header_bytes(msgpack.packb({"type": "clock_probe", "seq": 3, "t_sent_ns": -5}))
+    c = Connection()
+    c.receive_data(probe)
+    assert c.next_event() == ClockProbe(seq=3, t_sent_ns=-5)
+    ours = b"".join(Connection().send(ClockReply(seq=1, t_sent_ns=2, t_recv_ns=3, t_reply_ns=4)))
+    (head_len,) = struct.unpack_from(">I", ours, 4)
+    assert msgpack.unpackb(ours[8 : 8 + head_len]) == {
+        "type": "clock_reply",
+        "seq": 1,
+        "t_sent_ns": 2,
+        "t_recv_ns": 3,
+        "t_reply_ns": 4,
+    }
