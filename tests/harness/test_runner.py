@@ -12,7 +12,7 @@ import pytest
 from harness.config import RunConfig
 from harness.errors import ConfigError, NodeFailure, PortInUseError, UnshapedError
 from harness.results import load_results, write_results
-from harness.runner import run_experiment
+from harness.runner import NODE_ENV_DEFAULTS, node_env, run_experiment
 
 from .conftest import FakeCommands, FakeTestbed
 
@@ -184,3 +184,20 @@ def test_keyboard_interrupt_tears_down(small_config: RunConfig, monkeypatch: pyt
     tb = FakeTestbed.instances[0]
     assert tb.exited and _no_fake_nodes_left(tb)
     assert not any(psutil.pid_exists(p.pid) and p.poll() is None for p in tb.popened)
+
+
+def test_nodes_get_the_process_settings_unless_the_user_set_them(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without them each batch's activations are fresh pages and idle nodes' OpenMP threads spin on the
+    # computing node's cores (harness/runner.py): the run is about 2x slower.
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")  # the user's own setting wins
+    results = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+    assert results["config"]["node_env"] == {
+        "GLIBC_TUNABLES": NODE_ENV_DEFAULTS["GLIBC_TUNABLES"],
+        "GOMP_SPINCOUNT": "123",
+    }
+    assert "mmap_threshold" in NODE_ENV_DEFAULTS["GLIBC_TUNABLES"]
+    env = node_env(fake_testbed.instances[0], "edge")
+    assert env["GLIBC_TUNABLES"] == NODE_ENV_DEFAULTS["GLIBC_TUNABLES"] and env["GOMP_SPINCOUNT"] == "123"
