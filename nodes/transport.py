@@ -16,6 +16,7 @@ import contextlib
 import logging
 import socket
 import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
@@ -45,11 +46,13 @@ _TIMER_SLACK_S = 0.002
 # TCP segment): copying a few KiB costs less than a write per buffer. Larger ones go out uncopied.
 _JOIN_MAX = 64 * 1024
 
-# Small frames sent back to back are corked: the first goes out at once (a lone message, e.g. a request
-# whose reply we then wait for, pays no extra latency), the ones after it are collected and written
-# together at the end of the event loop's turn, or as soon as this many bytes are collected.
-# One write syscall per message would otherwise cap small-message throughput (pyzmq batches the same
-# way in its I/O thread).
+# Small frames sent back to back are corked: a frame written less than _CORK_WINDOW_S after the previous
+# one on the same connection is collected with the ones after it and they are written together at the
+# end of the event loop's turn, before the connection's next receive, or as soon as _CORK_MAX bytes are
+# collected. One write syscall per message would otherwise cap small-message throughput (pyzmq batches
+# the same way in its I/O thread). A frame sent on its own -- a request, a reply, a batch's predictions
+# after its compute -- goes out at once, so corking adds no latency to what the nodes time.
+_CORK_WINDOW_S = 50e-6
 _CORK_MAX = 64 * 1024
 
 
@@ -83,7 +86,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_timer_when = 0.0
         self.scatter_writes = False
-        self._wrote = False  # a small frame went out since the reader last waited (or the last uncork)
+        self._last_write = 0.0  # perf_counter() of the last small frame written or corked
         self._cork: list[bytes] = []  # small frames waiting for the end of this loop turn
         self._cork_bytes = 0
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
@@ -160,18 +163,15 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
     # helpers for FramedStream
     def write_small(self, data: bytes) -> None:
-        """Write one small frame; corked if another went out since this connection's reader last waited.
-
-        A request/reply exchange writes one frame and then waits for the reply, so it never corks and
-        pays nothing; a burst of sends in one loop turn goes out in one write at the end of the turn.
-        """
-        if not self._wrote:
+        """Write one small frame now, or cork it when it follows the previous one within the window."""
+        now = time.perf_counter()
+        last, self._last_write = self._last_write, now
+        if now - last > _CORK_WINDOW_S and not self._cork:
             assert self.transport is not None
             self.transport.write(data)
-            self._wrote = True
             return
         if not self._cork:
-            self.loop.call_soon(self._uncork)
+            self.loop.call_soon(self.flush_cork)
         self._cork.append(data)
         self._cork_bytes += len(data)
         if self._cork_bytes >= _CORK_MAX:
@@ -186,10 +186,6 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             cork.clear()
             self._cork_bytes = 0
 
-    def _uncork(self) -> None:
-        self.flush_cork()
-        self._wrote = False
-
     def _wake_reader(self) -> None:
         if self._read_waiter is not None and not self._read_waiter.done():
             self._read_waiter.set_result(True)
@@ -203,8 +199,6 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         """Wait until a frame, an error, EOF or loss; False once ``deadline`` (loop time) has passed."""
         fut: asyncio.Future[bool] = self.loop.create_future()
         self._read_waiter = fut
-        if not self._cork:
-            self._wrote = False  # the next send (likely a reply to what we wait for) goes out at once
         self._read_deadline = deadline
         if self._read_timer is None or self._read_timer_when > deadline:
             self._arm_read_timer(deadline)
@@ -316,6 +310,8 @@ class FramedStream:
         """The next message. Raises :class:`PeerError` when the peer closed the connection,
         :class:`RemoteProtocolError` when it sent something invalid, :class:`NodeTimeout` on timeout."""
         p = self._p
+        if p._cork:
+            p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
         deadline: float | None = None
         while True:
             try:

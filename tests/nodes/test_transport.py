@@ -87,3 +87,33 @@ async def test_recv_waits_for_a_late_message_within_its_timeout(
     got = await server.recv(timeout=5.0)
     await task
     assert isinstance(got, ClockReply) and got.seq == 1
+
+
+async def test_a_burst_of_small_messages_arrives_whole_and_in_order(
+    pair: tuple[FramedStream, FramedStream],
+) -> None:
+    client, server = pair
+    for seq in range(500):  # back to back: corked and written together
+        await client.send(ClockProbe(seq=seq, t_sent_ns=seq))
+    big = Batch(
+        batch_id=0, sample_ids=np.arange(1), images=np.ones((1, 1, 1, 2 * MIB), np.uint8), t_sent_ns=0
+    )
+    await client.send(big)  # a large frame must not overtake the corked small ones
+    await client.send(ClockProbe(seq=500, t_sent_ns=0))
+    for seq in range(500):
+        got = await server.recv()
+        assert isinstance(got, ClockProbe) and got.seq == seq
+    assert isinstance(await server.recv(), Batch)
+    last = await server.recv()
+    assert isinstance(last, ClockProbe) and last.seq == 500
+
+
+async def test_a_lone_message_is_written_at_once_not_corked(pair: tuple[FramedStream, FramedStream]) -> None:
+    # A reply or a batch's predictions must leave before the node goes on computing (a corked frame
+    # would wait until the event loop next ran and inflate the procedure times).
+    client, server = pair
+    await asyncio.sleep(0.001)  # the previous write is long past
+    await client.send(ClockProbe(seq=1, t_sent_ns=0))
+    assert client._p._cork == []  # written to the transport, nothing held back
+    got = await server.recv(timeout=2.0)
+    assert isinstance(got, ClockProbe) and got.seq == 1
