@@ -1,10 +1,10 @@
 """Sans-IO frame codec: length-prefixed frames, a msgpack header, tensors carried out of band.
 
-Nothing here touches a socket or an event loop (the h11 pattern): :func:`encode_frame` turns a header
-mapping into a list of buffers to write, :class:`FrameDecoder` accepts bytes (``receive_data``) or lends
-its own buffer to be filled (``get_buffer``/``buffer_updated``, which is what
-:class:`asyncio.BufferedProtocol` and ``socket.recv_into`` want) and hands out complete frames, and
-:func:`decode_frame` turns a frame back into the header mapping.
+Nothing here touches a socket or an event loop (the h11 pattern): :class:`FrameEncoder` turns a message
+(or a header mapping; :func:`encode_frame`) into a list of buffers to write, :class:`FrameDecoder`
+accepts bytes (``receive_data``) or lends its own buffer to be filled (``get_buffer``/``buffer_updated``,
+which is what :class:`asyncio.BufferedProtocol` and ``socket.recv_into`` want) and hands out complete
+frames, and :class:`BodyDecoder` turns a frame back into a message (or a mapping; :func:`decode_frame`).
 
 Wire layout of one frame::
 
@@ -153,37 +153,35 @@ class FrameEncoder:
         (the list holds memoryviews of the arrays). :class:`LocalProtocolError` for values the frame
         cannot carry or a frame larger than ``max_frame_size``."""
         tensors = self._tensors
-        tensors.clear()
-        try:
-            packed = self._encode(obj)
-        except LocalProtocolError:
-            tensors.clear()
-            raise
-        except (TypeError, ValueError, OverflowError) as exc:
-            tensors.clear()
-            raise LocalProtocolError(f"cannot encode frame header: {exc}") from exc
-        head_len = HEADER_LENGTH.size + len(packed)
-        head_pad = -head_len % ALIGN
-        if not tensors:  # the common small message: one bytes object
-            if head_len + head_pad > self.max_frame_size:
-                raise LocalProtocolError(
-                    f"frame of {head_len + head_pad} bytes exceeds the limit of {self.max_frame_size} bytes"
-                )
-            return [_PREFIXES.pack(head_len + head_pad, len(packed)) + packed + _ZEROS[:head_pad]]
-        body_len = head_len + head_pad + sum(t.nbytes + _pad(t.nbytes) for t in tensors)
-        if body_len > self.max_frame_size:
-            tensors.clear()
-            raise LocalProtocolError(
-                f"frame of {body_len} bytes exceeds the limit of {self.max_frame_size} bytes"
+        try:  # (the finally drops the arrays: a kept reference would stop a receive buffer's recycling)
+            try:
+                packed = self._encode(obj)
+            except LocalProtocolError:
+                raise
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise LocalProtocolError(f"cannot encode frame header: {exc}") from exc
+            head_len = HEADER_LENGTH.size + len(packed)
+            head_pad = -head_len % ALIGN
+            body_len = (
+                head_len + head_pad + (sum(t.nbytes + _pad(t.nbytes) for t in tensors) if tensors else 0)
             )
-        out: list[Buffer] = [_PREFIXES.pack(body_len, len(packed)) + packed + _ZEROS[:head_pad]]
-        for t in tensors:
-            if t.nbytes:
-                out.append(t.data.cast("B"))  # C-contiguous, so a flat byte view without a copy
-            if _pad(t.nbytes):
-                out.append(_ZEROS[: _pad(t.nbytes)])
-        tensors.clear()
-        return out
+            if body_len > self.max_frame_size:
+                raise LocalProtocolError(
+                    f"frame of {body_len} bytes exceeds the limit of {self.max_frame_size} bytes"
+                )
+            first = _PREFIXES.pack(body_len, len(packed)) + packed + _ZEROS[:head_pad]
+            if not tensors:  # the common small message: one bytes object
+                return [first]
+            out: list[Buffer] = [first]
+            for t in tensors:
+                if t.nbytes:
+                    out.append(t.data.cast("B"))  # C-contiguous, so a flat byte view without a copy
+                if _pad(t.nbytes):
+                    out.append(_ZEROS[: _pad(t.nbytes)])
+            return out
+        finally:
+            if tensors:
+                tensors.clear()
 
 
 def encode_frame(header: Mapping[str, Any], *, max_frame_size: int = MAX_FRAME_SIZE) -> list[Buffer]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import msgspec
 import numpy as np
@@ -27,10 +27,10 @@ from nodes.errors import RemoteProtocolError
 
 PROTOCOL_VERSION = 1
 
-ROLES = ("test", "edge", "cloud")
-EXIT_SOURCES = ("edge", "cloud")
-
 Role = Literal["test", "edge", "cloud"]
+ExitSource = Literal["edge", "cloud"]
+ROLES: tuple[str, ...] = get_args(Role)
+EXIT_SOURCES: tuple[str, ...] = get_args(ExitSource)
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -108,7 +108,7 @@ class Predictions(_ArrayMessage, frozen=True, tag="predictions"):
     """
 
     batch_id: NonNegInt
-    source: Literal["edge", "cloud"]
+    source: ExitSource
     sample_ids: np.ndarray
     preds: np.ndarray
     entropy: np.ndarray

@@ -67,8 +67,9 @@ async def with_timeout(aw: Awaitable[T], timeout: float, node: str, what: str) -
 class _FrameProtocol(asyncio.BufferedProtocol):
     def __init__(self, conn: Connection, on_made: Callable[[_FrameProtocol], None] | None = None) -> None:
         self.conn = conn
-        # The decoder's own methods, called for every socket read: get_buffer with no wrapper of ours in
-        # between (transports look it up on the instance), buffer_updated from ours below.
+        # The decoder's own methods, called for every socket read: get_buffer is the protocol's (asyncio
+        # and uvloop look it up on the instance), so no wrapper of ours sits in between; buffer_updated
+        # is called from ours below.
         self.get_buffer = conn.get_buffer  # type: ignore[method-assign,assignment]
         self._buffer_updated = conn.buffer_updated
         self.loop = asyncio.get_running_loop()  # protocols are built by the loop that runs them
@@ -91,7 +92,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._cork_bytes = 0
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self.write_paused = False
-        self.read_paused = False
+        self._read_paused = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,9 +110,6 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self._on_made is not None:
             self._on_made(self)
 
-    def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance in __init__
-        return self.conn.get_buffer(sizehint)
-
     def buffer_updated(self, nbytes: int) -> None:
         try:
             pending = self._buffer_updated(nbytes)
@@ -123,10 +121,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             return  # the middle of a frame: nothing for the reader yet
         if pending >= _MAX_QUEUED_FRAMES and self.transport is not None:
             self.transport.pause_reading()
-            self.read_paused = True
-        fut = self._read_waiter
-        if fut is not None and not fut.done():
-            fut.set_result(True)
+            self._read_paused = True
+        self._wake_reader()
 
     def eof_received(self) -> bool:
         try:
@@ -191,8 +187,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._read_waiter.set_result(True)
 
     def resume_reading_if_needed(self) -> None:
-        if self.read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
-            self.read_paused = False
+        if self._read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
+            self._read_paused = False
             self.transport.resume_reading()
 
     async def wait_readable(self, deadline: float) -> bool:
@@ -310,16 +306,14 @@ class FramedStream:
         """The next message. Raises :class:`PeerError` when the peer closed the connection,
         :class:`RemoteProtocolError` when it sent something invalid, :class:`NodeTimeout` on timeout."""
         p = self._p
-        if p._cork:
-            p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
+        p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
         deadline: float | None = None
         while True:
             try:
                 event = p.conn.next_event()
             except RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {exc}") from exc
-            if p.read_paused:
-                p.resume_reading_if_needed()
+            p.resume_reading_if_needed()
             if event is NEED_DATA:
                 if p.error is not None:
                     err = p.error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 
 import msgpack
 import numpy as np
@@ -29,7 +30,7 @@ from nodes import (
     encode_frame,
     encode_frame_bytes,
 )
-from nodes.codec import LENGTH_PREFIX
+from nodes.codec import LENGTH_PREFIX, FrameEncoder
 
 
 def _pair() -> tuple[Connection, Connection]:
@@ -391,3 +392,18 @@ def test_frames_interoperate_with_the_reference_msgpack_implementation() -> None
         "t_recv_ns": 3,
         "t_reply_ns": 4,
     }
+
+
+def test_encoder_keeps_no_reference_to_the_arrays_it_sent() -> None:
+    # A received array forwarded onwards must not stay referenced by the encoder: the decoder recycles a
+    # receive buffer only once nothing views it (its reference count).
+    arr = np.ones((2, 3), np.float32)
+    before = sys.getrefcount(arr)
+    enc = FrameEncoder()
+    enc.encode({"t": arr})
+    assert sys.getrefcount(arr) == before
+    with pytest.raises(LocalProtocolError):
+        FrameEncoder(max_frame_size=16).encode({"t": arr})  # refused: too large
+    with pytest.raises(LocalProtocolError):
+        enc.encode({"t": arr, "x": object()})  # refused after the array was collected
+    assert sys.getrefcount(arr) == before
