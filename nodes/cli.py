@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -128,6 +129,20 @@ def setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+
+
+def settle_heap() -> None:
+    """Collect once, then move every object that survived start-up (torch, the model, the dataset) to
+    the garbage collector's permanent generation, so that no collection during the run scans them.
+
+    Measured on the nodes (2-vCPU VM): a full collection of a process that has loaded torch and a model
+    scans about 170 000 objects and takes 40-55 ms, and even a young-generation one took 0.5-0.9 ms. Either
+    lands in the middle of a batch -- or, in another node, takes a core from the two-thread compute of
+    one -- and shows up as a procedure several times its usual length. After this call, collections only
+    see the run's own short-lived objects.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def print_ready(host: str, port: int) -> None:

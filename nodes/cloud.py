@@ -208,6 +208,7 @@ async def amain(args: argparse.Namespace) -> int:
     stop = cli.stop_on_signals()
     host, port = await node.start()
     try:
+        cli.settle_heap()
         cli.print_ready(host, port)
         await stop.wait()
         log.info("cloud node stopping")

@@ -338,6 +338,7 @@ class FrameDecoder:
         self._filled = 0
         self._frames: deque[np.ndarray | bytearray] = deque()
         self._scratch = bytearray(_SCRATCH_SIZE)
+        self._scratch_view = memoryview(self._scratch)  # (never resized, so one view serves every read)
         self._eof = False
         self._error: RemoteProtocolError | None = None
 
@@ -379,7 +380,7 @@ class FrameDecoder:
         """A writable buffer for the next bytes; pass the number written to :meth:`buffer_updated`."""
         if self._body is not None:
             return self._body.data[self._filled :].cast("B")
-        return memoryview(self._scratch)
+        return self._scratch_view
 
     def buffer_updated(self, nbytes: int) -> int:
         """``nbytes`` bytes were written into the buffer last returned by :meth:`get_buffer`; returns
@@ -393,7 +394,7 @@ class FrameDecoder:
                 self._body = None
                 self._filled = 0
             return len(self._frames)
-        self._feed(memoryview(self._scratch)[:nbytes])
+        self._feed(self._scratch_view[:nbytes])
         return len(self._frames)
 
     def next_frame(self) -> np.ndarray | bytearray | None:

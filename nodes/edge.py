@@ -301,6 +301,7 @@ async def amain(args: argparse.Namespace) -> int:
     stop = cli.stop_on_signals()
     try:
         host, port = await node.start()
+        cli.settle_heap()
         cli.print_ready(host, port)
         await stop.wait()
         log.info("edge node stopping")

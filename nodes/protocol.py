@@ -47,6 +47,8 @@ class Connection:
         self._decoder = FrameDecoder(first)
         self._bodies = BodyDecoder(Message)
         self._encoder = FrameEncoder(max_frame_size)
+        self._next_frame = self._decoder.next_frame  # (bound once: next_event runs for every message)
+        self._decode = self._bodies.decode
         self._send_closed = False
 
     def handshake_done(self) -> None:
@@ -77,10 +79,10 @@ class Connection:
 
         Raises :class:`~nodes.errors.RemoteProtocolError` for anything the peer got wrong.
         """
-        frame = self._decoder.next_frame()
+        frame = self._next_frame()
         if frame is None:
             return CLOSED if self._decoder.eof else NEED_DATA
-        message: Message = self._bodies.decode(frame)
+        message: Message = self._decode(frame)
         return message
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -336,11 +337,13 @@ async def run_test_client(cfg: ClientConfig, dataset: ImageDataset | None = None
         clock = {"edge": await _probe(edge, cfg.clock_probes), "cloud": await _probe(cloud, cfg.clock_probes)}
         loop = asyncio.get_running_loop()
         readers = [loop.create_task(run.read(edge, "edge")), loop.create_task(run.read(cloud, "cloud"))]
+        cli.settle_heap()
         measured = await run.stream_batches(edge, order)
         run.finished = True
         nodes = {"edge": _node_info(edge, edge_ready), "cloud": _node_info(cloud, cloud_ready)}
         return _build_result(cfg, data, measured, edge_ready, clock, nodes)
     finally:
+        gc.unfreeze()  # (for callers in a long-lived process: what was frozen is collectable again)
         run.finished = True
         for t in readers:
             t.cancel()

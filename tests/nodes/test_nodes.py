@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from nodes import (
     PeerError,
     Ready,
     Shutdown,
+    cli,
     encode_frame_bytes,
 )
 from nodes.cloud import CloudConfig, CloudNode
@@ -126,6 +128,32 @@ async def test_inflight_batches_and_all_edge_exits(tiny_checkpoint: Path) -> Non
         await tb.cloud.close()
     assert len(result.samples) == 64 and {r.exit for r in result.samples} == {"edge"}
     assert all("3-2" not in b.to_json()["procedures_ms"] for b in result.batches)
+
+
+async def test_test_node_freezes_its_heap_for_the_measured_run_and_unfreezes_after(
+    testbed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen_at_first_batch: list[int] = []
+    real_settle = cli.settle_heap
+
+    def settle() -> None:
+        real_settle()
+        frozen_at_first_batch.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(cli, "settle_heap", settle)
+    result = await run_test_client(testbed.client(), dataset=synthetic_dataset(n=40))
+    assert len(result.samples) == 40
+    assert len(frozen_at_first_batch) == 1 and frozen_at_first_batch[0] > 0
+    assert gc.get_freeze_count() == 0  # an in-process caller gets its heap back
+
+
+def test_settle_heap_moves_what_survived_start_up_out_of_the_collectors_way() -> None:
+    try:
+        cli.settle_heap()
+        assert gc.get_freeze_count() > 1000  # (this process has imported numpy, torch and pytest)
+        assert gc.get_count()[2] == 0
+    finally:
+        gc.unfreeze()
 
 
 async def test_config_mismatch_is_refused_with_a_clear_message(testbed: Bed) -> None:
