@@ -7,11 +7,11 @@ each (namespaces when root, loopback otherwise), and right after each run the **
 run: what the run would take if the edge and the cloud were one process joined by a perfect link at the
 configured rate. That is
 
-- compute: the run's batches **replayed back to back in this process** -- for each batch of the run, the
+- compute: the run's batches **replayed back to back in one process** -- for each batch of the run, the
   edge part on that many images (normalisation, blocks 1..k, exit head, entropy), then the cloud part
   on as many features as the batch sent to the cloud -- best of ``REPLAYS`` whole replays after one
-  warm-up replay (one process, torch's default threads, and the same process settings as the nodes get:
-  the harness's ``NODE_ENV_DEFAULTS``; the benchmark re-executes itself with them);
+  warm-up replay (a child process with torch's default threads and the same process settings as the
+  nodes get, the harness's ``NODE_ENV_DEFAULTS``);
 - plus, per batch with cloud-exited samples, their features' transfer time at the configured rate (less
   the token bucket the shaper lets through at once: a batch's few KiB of features fit in it) and the
   configured one-way delays (edge → cloud and back).
@@ -21,12 +21,13 @@ the transport add -- the hops between three processes, and the compute's slowdow
 turns with idle gaps rather than back to back -- plus whatever other load slowed the run. The table
 gives the median run and the range over the runs.
 
-Why a whole replay: the run's latency is a mean over every batch, disturbances included, so its floor
-is the least disturbed *whole* replay, not a sum of each batch's best time (which no run can reach: it
-takes the luckiest of several timings of every batch). That sum is still shown ("vs sum of bests"), as
-is the run against the compute the nodes timed during the run (procedures 2 and 4, "vs in-run
-compute": transport and orchestration alone), and the CPU that programs outside the run used
-meanwhile ("other load", 100 = one core).
+Why a whole replay: the run's latency is the time of the whole sequence of batches, disturbances
+included, and the edge and cloud parts alternate in it, so its floor is the least disturbed *whole*
+replay of that sequence. Until 2026-11-27 the floor summed each batch's best time from a tight loop of
+the same batch size alone (the luckiest of 9 timings of a different workload); that sum is still shown
+("vs sum of bests", measured after each run too), as is the run against the compute the nodes timed
+during the run (procedures 2 and 4, "vs in-run compute": transport and orchestration alone), and the CPU
+that programs outside the run used meanwhile ("other load", 100 = one core).
 
 It also gives the wall time of the paper's full grid (SEM-1…8 and MEM at exits 1…8, T ∈ {0.1, 0.3,
 0.5, 0.8}: 64 points on the whole 10 000-image test set). Running it whole takes hours on this machine,
@@ -37,12 +38,15 @@ plus the measured time per sample × 10 000.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -96,6 +100,10 @@ class Floor:
         self._edge: dict[int, float] = {}
         self._cloud: dict[int, float] = {}
 
+    def forget(self) -> None:
+        self._edge.clear()
+        self._cloud.clear()
+
     @torch.inference_mode()
     def edge_ms(self, n: int) -> float:
         if n not in self._edge:
@@ -143,28 +151,57 @@ def transfer_ms(nbytes: int, rate_bps: int | None) -> float:
     return max(0, nbytes - burst_bytes(rate_bps)) * 8 / rate_bps * 1e3
 
 
-def link_ms(records: dict[str, Any], floor: Floor, rate_bps: int | None, delay_s: float) -> float:
+def link_ms(records: dict[str, Any], feature_bytes: int, rate_bps: int | None, delay_s: float) -> float:
     """Least time the run's batches spend on the edge-cloud link: features at the rate, delays; total ms."""
     return sum(
-        transfer_ms(b["cloud"] * floor.feature_bytes, rate_bps) + 2 * delay_s * 1e3
+        transfer_ms(b["cloud"] * feature_bytes, rate_bps) + 2 * delay_s * 1e3
         for b in records["batches"]
         if b["cloud"]
     )
 
 
-def compute_ms(records: dict[str, Any], floor: Floor, how: str) -> float:
-    """The run's compute, total ms: ``replay`` (back to back, best whole replay), ``bests`` (sum of each
-    batch's best standalone time) or ``in-run`` (procedures 2 and 4 as the nodes timed them)."""
-    batches = records["batches"]
-    if how == "replay":
-        return floor.replay_ms(batches)
-    total = 0.0
+def in_run_compute_ms(records: dict[str, Any]) -> float:
+    """The run's compute as the nodes timed it (procedures 2 and 4), total ms."""
+    return sum(
+        b["procedures_ms"]["2"] + (b["procedures_ms"]["4"] if b["cloud"] else 0.0) for b in records["batches"]
+    )
+
+
+# The floor is measured in a child process of its own, started with all of the nodes' settings, like a
+# node. This process gets them too, except the ones in PINS: with OMP_PROC_BIND, libgomp pins the main
+# thread to one CPU as torch is imported, and the node processes this thread starts would inherit the pin.
+PINS = frozenset({"OMP_PROC_BIND"})
+_FLOOR: dict[str, Floor] = {}
+
+
+def _init_floor(checkpoint: str, images: Any) -> None:
+    _FLOOR["floor"] = Floor(Path(checkpoint), 5, images)
+
+
+def start_floor_worker(checkpoint: Path, images: Any) -> ProcessPoolExecutor:
+    """The process that measures floors: spawned with the nodes' settings, PINS included."""
+    pool = ProcessPoolExecutor(
+        1, mp_context=mp.get_context("spawn"), initializer=_init_floor, initargs=(str(checkpoint), images)
+    )
+    saved = {key: os.environ.get(key) for key in PINS}
+    os.environ.update({key: NODE_ENV_DEFAULTS[key] for key in PINS if saved[key] is None})
+    try:
+        pool.submit(int).result()  # (the worker starts here, with this environment)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+    return pool
+
+
+def _floor_of(batches: list[dict[str, Any]]) -> tuple[float, float, int]:
+    """(replayed compute, sum of per-batch bests, feature bytes per sample) for a run's batches, in ms."""
+    floor = _FLOOR["floor"]
+    floor.forget()  # (each run's floor measured afresh, right after it: the machine's speed drifts)
+    bests = 0.0
     for b in batches:
-        procs = b["procedures_ms"]
-        total += procs["2"] if how == "in-run" else floor.edge_ms(b["size"])
-        if b["cloud"]:
-            total += procs["4"] if how == "in-run" else floor.cloud_ms(b["cloud"])
-    return total
+        bests += floor.edge_ms(b["size"]) + (floor.cloud_ms(b["cloud"]) if b["cloud"] else 0.0)
+    return floor.replay_ms(batches), bests, floor.feature_bytes
 
 
 def median(values: list[float]) -> float:
@@ -178,8 +215,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="320 samples per run instead of 2000, 1 run")
     parser.add_argument("--runs", type=int, default=None, help="runs per link (default 3; 1 with --quick)")
     args = parser.parse_args()
-    missing = {key: value for key, value in NODE_ENV_DEFAULTS.items() if key not in os.environ}
-    if missing:  # the standalone floor runs with the nodes' settings (read at process start: re-exec)
+    missing = {
+        key: value for key, value in NODE_ENV_DEFAULTS.items() if key not in os.environ and key not in PINS
+    }
+    if missing:  # the floor runs with the nodes' settings (read at process start: re-exec)
         env = {**os.environ, **missing}
         os.execve(sys.executable, [sys.executable, "-m", "bench.bench_harness", *sys.argv[1:]], env)
     samples = 320 if args.quick else 2000
@@ -188,11 +227,11 @@ def main() -> int:
         parser.error("--runs must be >= 1")
     rows = []
     per_point: list[tuple[float, float]] = []  # (fixed seconds, seconds per sample)
-    with tempfile.TemporaryDirectory(prefix="bench-harness-") as tmpdir:
-        tmp = Path(tmpdir)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-harness-")))
         checkpoint, ckpt_note = checkpoint_for_bench(tmp)
         dataset = models.load_dataset("fashion-mnist", "test")
-        floor: Floor | None = None
+        pool: ProcessPoolExecutor | None = None
         isolation = "?"
         for rate in ("10mbit", None):
             cfg = RunConfig(
@@ -207,26 +246,27 @@ def main() -> int:
                 wall = time.monotonic() - started
                 run = results["runs"][0]
                 records = json.loads((work / "run-0" / "records.json").read_text())
-                if floor is None:
-                    floor = Floor(
-                        plan.checkpoint,
-                        5,
+                if pool is None:
+                    images = (
                         dataset.images[plan.samples : plan.samples + 32]
                         if len(dataset) >= plan.samples + 32
-                        else dataset.images[:32],
+                        else dataset.images[:32]
                     )
+                    pool = stack.enter_context(start_floor_worker(plan.checkpoint, images))
+                replayed, bests, feature_bytes = pool.submit(_floor_of, records["batches"]).result()
                 n = records["overall"]["measured_samples"]
-                link = link_ms(records, floor, plan.edge_cloud.rate_bps, plan.edge_cloud.delay_s)
+                link = link_ms(records, feature_bytes, plan.edge_cloud.rate_bps, plan.edge_cloud.delay_s)
                 measured = run["summary"]["overall_latency_ms"]
-                floor_ms = (compute_ms(records, floor, "replay") + link) / n
+                floor_ms = (replayed + link) / n
+                in_run = in_run_compute_ms(records)
                 measured_runs.append(
                     {
                         "measured": measured,
                         "floor": floor_ms,
                         "efficiency": measured / floor_ms,
-                        "bests": measured / ((compute_ms(records, floor, "bests") + link) / n),
-                        "in_run": measured / ((compute_ms(records, floor, "in-run") + link) / n),
-                        "compute_ratio": compute_ms(records, floor, "in-run") / (floor_ms * n - link),
+                        "bests": measured / ((bests + link) / n),
+                        "in_run": measured / ((in_run + link) / n),
+                        "compute_ratio": in_run / replayed,
                         "other": run["host_other_cpu_percent"]["mean"] or 0.0,
                         "cloud": run["summary"]["cloud_exits"],
                     }
@@ -263,7 +303,10 @@ def main() -> int:
         f"model: {ckpt_note}; {samples} samples, batch 32, T = 0.3, exit 5; {runs} run(s) per link, "
         "the median run shown"
     )
-    print("node and floor process settings: " + " ".join(f"{k}={os.environ[k]}" for k in NODE_ENV_DEFAULTS))
+    print(
+        "node and floor process settings: "
+        + " ".join(f"{k}={os.environ.get(k, v)}" for k, v in NODE_ENV_DEFAULTS.items())
+    )
     print()
     print(
         tabulate(

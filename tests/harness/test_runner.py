@@ -192,12 +192,20 @@ def test_nodes_get_the_process_settings_unless_the_user_set_them(
     # Without them each batch's activations are fresh pages and idle nodes' OpenMP threads spin on the
     # computing node's cores (harness/runner.py): the run is about 2x slower.
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("OMP_PROC_BIND", raising=False)
     monkeypatch.setenv("GOMP_SPINCOUNT", "123")  # the user's own setting wins
     results = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
-    assert results["config"]["node_env"] == {
+    computing = {
         "GLIBC_TUNABLES": NODE_ENV_DEFAULTS["GLIBC_TUNABLES"],
         "GOMP_SPINCOUNT": "123",
+        "OMP_PROC_BIND": "true",
     }
+    test_node = {k: v for k, v in computing.items() if k != "OMP_PROC_BIND"}  # (computes nothing: unbound)
+    assert results["config"]["node_env"] == {"edge": computing, "cloud": computing, "test": test_node}
     assert "mmap_threshold" in NODE_ENV_DEFAULTS["GLIBC_TUNABLES"]
     env = node_env(fake_testbed.instances[0], "edge")
     assert env["GLIBC_TUNABLES"] == NODE_ENV_DEFAULTS["GLIBC_TUNABLES"] and env["GOMP_SPINCOUNT"] == "123"
+    assert env["OMP_PROC_BIND"] == "true"
+    # Only the nodes get the binding: with it libgomp would pin the harness's own thread to one CPU as
+    # torch loads, and every node the harness starts would inherit that pin.
+    assert "OMP_PROC_BIND" not in os.environ
