@@ -277,18 +277,19 @@ class RunContext:
 #:   layers and let them sleep between batches: overall latency 0.18 ms/sample unshaped, against 0.43
 #:   with PASSIVE and 0.25 at 3 000 or 100 000 rounds.
 #: - ``OMP_PROC_BIND``: each OpenMP thread of a node stays on a CPU of its own (thread i on the i-th CPU
-#:   the process may use). Unbound, the scheduler at times put both threads of the computing node on
-#:   one CPU -- next to another node's thread that had just woken -- and every layer then waited for the
+#:   the process may use). Unbound, the scheduler at times put both threads of the computing node on one
+#:   CPU -- next to another node's thread that had just woken -- and every layer then waited for the
 #:   thread that got no CPU: the cloud's compute of a few samples took 2.8 ms on median over a run
-#:   instead of 1.8. Three interleaved comparisons (4-8 runs each, unshaped) gave 0.320 -> 0.283,
-#:   0.312 -> 0.260 and 0.321 -> 0.260 ms/sample (0.268 with the test node unbound, as now). libgomp pins the process's main thread when torch is
-#:   imported, and child processes inherit that pin, so this is set for the edge and the cloud only,
-#:   never for the harness's own process (whose children the nodes are); the bound CPUs are those the
-#:   process may use, so ``--edge-cpuset`` still holds. The edge's and the cloud's main threads -- their
-#:   event loops -- are then on the same CPU and the OpenMP workers on the others; giving the cloud the places in
-#:   reverse order (main threads on different CPUs) made the hops slower (procedure 3-2 0.84 ms against
-#:   0.56) and lost most of the gain (0.286 ms/sample): a wake-up on the CPU the waker runs on is cheap
-#:   here, one on another (halted) vCPU is not.
+#:   instead of 1.8. Three interleaved comparisons (4-8 runs each, unshaped) gave 0.320 -> 0.283, 0.312
+#:   -> 0.260 and 0.321 -> 0.260 ms/sample (0.268 with the test node unbound, as now). libgomp pins the
+#:   process's main thread when torch is imported, and child processes inherit that pin, so this is set
+#:   for the edge and the cloud only, never for the harness's own process (whose children the nodes
+#:   are); the bound CPUs are those the process may use, so ``--edge-cpuset`` still holds. The edge's
+#:   and the cloud's main threads -- their event loops -- are then on the same CPU and the OpenMP
+#:   workers on the others; giving the cloud the places in reverse order (main threads on different
+#:   CPUs) made the hops slower (procedure 3-2 0.84 ms against 0.56) and lost most of the gain (0.286
+#:   ms/sample): a wake-up on the CPU the waker runs on is cheap here, one on another (halted) vCPU is
+#:   not.
 NODE_ENV_DEFAULTS = {
     "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456",
     "GOMP_SPINCOUNT": "30000",
