@@ -1,0 +1,5 @@
+"""Benchmarks of the project's own speed and accuracy (not collected by pytest; see the README)."""
+
+# First, before any benchmark imports torch: keep a user's OpenMP pinning settings away from this process
+# (see harness/_pins.py; the harness benchmark starts node processes, which would inherit a pinned CPU).
+import harness._pins  # noqa: F401

@@ -55,6 +55,7 @@ import torch
 from tabulate import tabulate
 
 import models
+from harness import USER_PINS
 from harness.config import LinkOptions, RunConfig
 from harness.environment import cpu_model
 from harness.runner import NODE_ENV_DEFAULTS, prepare, run_experiment
@@ -179,18 +180,19 @@ def _init_floor(checkpoint: str, images: Any) -> None:
 
 
 def start_floor_worker(checkpoint: Path, images: Any) -> ProcessPoolExecutor:
-    """The process that measures floors: spawned with the nodes' settings, PINS included."""
+    """The process that measures floors: spawned with the nodes' settings, pinning included (the
+    harness's default, or the user's own pinning settings, which ``harness._pins`` kept aside)."""
     pool = ProcessPoolExecutor(
         1, mp_context=mp.get_context("spawn"), initializer=_init_floor, initargs=(str(checkpoint), images)
     )
-    saved = {key: os.environ.get(key) for key in PINS}
-    os.environ.update({key: NODE_ENV_DEFAULTS[key] for key in PINS if saved[key] is None})
+    pins = {**{key: NODE_ENV_DEFAULTS[key] for key in PINS}, **USER_PINS}
+    added = [key for key in pins if key not in os.environ]
+    os.environ.update({key: pins[key] for key in added})
     try:
         pool.submit(int).result()  # (the worker starts here, with this environment)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
+        for key in added:
+            os.environ.pop(key, None)
     return pool
 
 
@@ -219,7 +221,7 @@ def main() -> int:
         key: value for key, value in NODE_ENV_DEFAULTS.items() if key not in os.environ and key not in PINS
     }
     if missing:  # the floor runs with the nodes' settings (read at process start: re-exec)
-        env = {**os.environ, **missing}
+        env = {**os.environ, **USER_PINS, **missing}  # (the new process keeps the pins aside again)
         os.execve(sys.executable, [sys.executable, "-m", "bench.bench_harness", *sys.argv[1:]], env)
     samples = 320 if args.quick else 2000
     runs = args.runs or (1 if args.quick else 3)
@@ -305,7 +307,7 @@ def main() -> int:
     )
     print(
         "node and floor process settings: "
-        + " ".join(f"{k}={os.environ.get(k, v)}" for k, v in NODE_ENV_DEFAULTS.items())
+        + " ".join(f"{k}={USER_PINS.get(k, os.environ.get(k, v))}" for k, v in NODE_ENV_DEFAULTS.items())
     )
     print()
     print(

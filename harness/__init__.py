@@ -1,6 +1,7 @@
 """The harness: the command users run (``python -m harness``), experiment config, orchestration of the
 testbed and the three nodes, repeats, sweeps, results files and the regression check."""
 
+from harness._pins import PIN_VARIABLES, USER_PINS  # (first: before anything imports torch)
 from harness.check import CheckReport, Comparison, compare
 from harness.config import LinkOptions, RunConfig, config_from_dict, config_to_dict
 from harness.errors import (
@@ -21,7 +22,9 @@ from harness.results import (
 )
 
 __all__ = [
+    "PIN_VARIABLES",
     "SCHEMA",
+    "USER_PINS",
     "CheckReport",
     "Comparison",
     "ConfigError",

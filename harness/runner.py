@@ -31,6 +31,7 @@ import netem
 from models.errors import LocalExitError
 
 from . import results as results_mod
+from ._pins import USER_PINS
 from .calibration import calibrate
 from .config import NETNS_PORTS, LinkOptions, RunConfig, config_to_dict
 from .environment import collect_environment
@@ -304,9 +305,9 @@ def node_env(tb: TestbedLike, node: str) -> dict[str, str]:
     The test node computes nothing, so it is not bound to CPUs (see ``OMP_PROC_BIND`` above): libgomp
     pins a bound process's main thread as torch loads, and three start-ups then queued on one CPU (a
     run took about 1.3 s longer to start; with the two computing nodes bound, about 0.4 s)."""
-    env = dict(os.environ)
+    env = {**os.environ, **USER_PINS}
     for key, value in NODE_ENV_DEFAULTS.items():
-        if node == "test" and key == "OMP_PROC_BIND" and key not in os.environ:
+        if node == "test" and key == "OMP_PROC_BIND" and key not in env:
             continue
         env.setdefault(key, value)
     threads = tb.edge_threads() if node == "edge" else None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -209,3 +212,29 @@ def test_nodes_get_the_process_settings_unless_the_user_set_them(
     # Only the nodes get the binding: with it libgomp would pin the harness's own thread to one CPU as
     # torch loads, and every node the harness starts would inherit that pin.
     assert "OMP_PROC_BIND" not in os.environ
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs sched_getaffinity (Linux)")
+def test_a_users_openmp_pinning_does_not_confine_the_harness_but_reaches_the_nodes(
+    fake_testbed: type[FakeTestbed], small_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With OMP_PROC_BIND in its environment, libgomp would pin the harness's thread to one CPU as torch
+    # loads, and every node it starts would inherit that CPU.
+    code = (
+        "import json, os, sys; import harness; "
+        "print(json.dumps([sorted(os.sched_getaffinity(0)), harness.USER_PINS, "
+        "'OMP_PROC_BIND' in os.environ, 'torch' in sys.modules]))"
+    )
+    env = {**os.environ, "OMP_PROC_BIND": "true", "OMP_PLACES": "cores"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    cpus, pins, left_in_env, torch_loaded = json.loads(out.stdout)
+    assert torch_loaded  # (the import that would have pinned the thread did happen)
+    assert cpus == sorted(os.sched_getaffinity(0))
+    assert pins == {"OMP_PROC_BIND": "true", "OMP_PLACES": "cores"} and not left_in_env
+
+    from harness import runner
+
+    monkeypatch.setitem(runner.USER_PINS, "OMP_PROC_BIND", "spread")
+    run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+    for node in ("edge", "cloud", "test"):  # the user's own setting wins, for every node
+        assert node_env(fake_testbed.instances[0], node)["OMP_PROC_BIND"] == "spread"
