@@ -16,12 +16,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from models.errors import DatasetError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class ImageDataset:
 
     def normalize(self, images: np.ndarray) -> torch.Tensor:
         """uint8 images → float32 tensor scaled to [0, 1] and standardized with the dataset's statistics."""
+        import torch  # (here, not at the top: loading datasets must not import torch; see models/__init__)
+
         mean, std = self.mean_std
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)

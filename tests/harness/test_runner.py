@@ -221,7 +221,7 @@ def test_a_users_openmp_pinning_does_not_confine_the_harness_but_reaches_the_nod
     # With OMP_PROC_BIND in its environment, libgomp would pin the harness's thread to one CPU as torch
     # loads, and every node it starts would inherit that CPU.
     code = (
-        "import json, os, sys; import harness; "
+        "import json, os, sys; import harness, harness.runner; "
         "print(json.dumps([sorted(os.sched_getaffinity(0)), harness.USER_PINS, "
         "'OMP_PROC_BIND' in os.environ, 'torch' in sys.modules]))"
     )
