@@ -55,12 +55,13 @@ import torch
 from tabulate import tabulate
 
 import models
-from harness import USER_PINS
+from harness import PIN_VARIABLES, USER_PINS
 from harness.config import LinkOptions, RunConfig
 from harness.environment import cpu_model
 from harness.runner import NODE_ENV_DEFAULTS, prepare, run_experiment
 from harness.sweep import SweepSpec
 from netem.tc import burst_bytes
+from reports import stats
 
 TARGET = 1.15
 REPEATS = 9  # timings per batch size for the per-batch bests
@@ -169,9 +170,9 @@ def in_run_compute_ms(records: dict[str, Any]) -> float:
 
 
 # The floor is measured in a child process of its own, started with all of the nodes' settings, like a
-# node. This process gets them too, except the ones in PINS: with OMP_PROC_BIND, libgomp pins the main
-# thread to one CPU as torch is imported, and the node processes this thread starts would inherit the pin.
-PINS = frozenset({"OMP_PROC_BIND"})
+# node. This process gets them too, except the pinning ones (harness.PIN_VARIABLES): with OMP_PROC_BIND,
+# libgomp pins the main thread to one CPU as torch is imported, and the node processes this thread
+# starts would inherit the pin.
 _FLOOR: dict[str, Floor] = {}
 
 
@@ -185,7 +186,7 @@ def start_floor_worker(checkpoint: Path, images: Any) -> ProcessPoolExecutor:
     pool = ProcessPoolExecutor(
         1, mp_context=mp.get_context("spawn"), initializer=_init_floor, initargs=(str(checkpoint), images)
     )
-    pins = {**{key: NODE_ENV_DEFAULTS[key] for key in PINS}, **USER_PINS}
+    pins = {**{key: NODE_ENV_DEFAULTS[key] for key in PIN_VARIABLES if key in NODE_ENV_DEFAULTS}, **USER_PINS}
     added = [key for key in pins if key not in os.environ]
     os.environ.update({key: pins[key] for key in added})
     try:
@@ -206,19 +207,15 @@ def _floor_of(batches: list[dict[str, Any]]) -> tuple[float, float, int]:
     return floor.replay_ms(batches), bests, floor.feature_bytes
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="320 samples per run instead of 2000, 1 run")
     parser.add_argument("--runs", type=int, default=None, help="runs per link (default 3; 1 with --quick)")
     args = parser.parse_args()
     missing = {
-        key: value for key, value in NODE_ENV_DEFAULTS.items() if key not in os.environ and key not in PINS
+        key: value
+        for key, value in NODE_ENV_DEFAULTS.items()
+        if key not in os.environ and key not in PIN_VARIABLES
     }
     if missing:  # the floor runs with the nodes' settings (read at process start: re-exec)
         env = {**os.environ, **USER_PINS, **missing}  # (the new process keeps the pins aside again)
@@ -289,7 +286,7 @@ def main() -> int:
                     f"{mid['efficiency']:.2f}",
                     f"{min(effs):.2f}–{max(effs):.2f}" if len(effs) > 1 else "",
                     f"≤ {TARGET}",
-                    "yes" if median(effs) <= TARGET else "NO",
+                    "yes" if stats.median(effs) <= TARGET else "NO",
                     f"{mid['bests']:.2f}",
                     f"{mid['in_run']:.2f}",
                     f"{mid['compute_ratio']:.2f}",
@@ -333,10 +330,10 @@ def main() -> int:
 
     points = len(SweepSpec.paper(RunConfig()).points())
     half = len(per_point) // 2
-    fixed = median([f for f, _ in per_point])
+    fixed = stats.median([f for f, _ in per_point])
     per_sample = {
-        "10mbit": median([s for _, s in per_point[:half]]),
-        "unshaped": median([s for _, s in per_point[half:]]),
+        "10mbit": stats.median([s for _, s in per_point[:half]]),
+        "unshaped": stats.median([s for _, s in per_point[half:]]),
     }
     grid = [
         [link, points, f"{fixed:.1f}", f"{1e3 * s:.3f}", f"{points * (fixed + s * GRID_SAMPLES) / 3600:.2f}"]

@@ -31,7 +31,7 @@ import netem
 from models.errors import LocalExitError
 
 from . import results as results_mod
-from ._pins import USER_PINS
+from ._pins import PIN_VARIABLES, USER_PINS
 from .calibration import calibrate
 from .config import NETNS_PORTS, LinkOptions, RunConfig, config_to_dict
 from .environment import collect_environment
@@ -469,7 +469,7 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
         },
         "isolation": tb.isolation,
         "node_env": {
-            node: {key: env[key] for key in (*NODE_ENV_DEFAULTS, "OMP_PLACES") if key in env}
+            node: {key: env[key] for key in (*NODE_ENV_DEFAULTS, *PIN_VARIABLES) if key in env}
             for node, env in ((node, node_env(tb, node)) for node in ("edge", "cloud", "test"))
         },
         "request": config_to_dict(cfg),

@@ -190,17 +190,7 @@ Message = Union[  # noqa: UP007
 ]
 
 MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
-    {
-        "hello": Hello,
-        "ready": Ready,
-        "batch": Batch,
-        "predictions": Predictions,
-        "features": Features,
-        "error": Error,
-        "shutdown": Shutdown,
-        "clock_probe": ClockProbe,
-        "clock_reply": ClockReply,
-    }
+    {cls.__struct_config__.tag: cls for cls in get_args(Message)}
 )
 
 
