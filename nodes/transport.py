@@ -16,9 +16,9 @@ import contextlib
 import logging
 import socket
 import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from time import perf_counter
 from typing import TypeVar, cast
 
 from nodes.codec import MAX_FRAME_SIZE
@@ -79,20 +79,20 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self.closed = False
         self.closed_event = asyncio.Event()
         self.error: ProtocolError | None = None
-        self.read_waiter: asyncio.Future[bool] | None = None
-        self.read_deadline = 0.0
+        self._read_waiter: asyncio.Future[bool] | None = None
+        self._read_deadline = 0.0
         # One timer bounds every read wait: it is armed at the first wait's deadline and, when it fires
         # while a later wait (with a later deadline) is pending, re-armed to that wait's deadline. A
         # receive then costs no timer of its own, and no wait outlives its deadline.
-        self.read_timer: asyncio.TimerHandle | None = None
-        self.read_timer_when = 0.0
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._read_timer_when = 0.0
         self.scatter_writes = False
         self._last_write = 0.0  # perf_counter() of the last small frame written or corked
-        self.cork: list[bytes] = []  # small frames waiting for the end of this loop turn
-        self.cork_bytes = 0
+        self._cork: list[bytes] = []  # small frames waiting for the end of this loop turn
+        self._cork_bytes = 0
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self.write_paused = False
-        self.read_paused = False
+        self._read_paused = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,7 +121,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             return  # the middle of a frame: nothing for the reader yet
         if pending >= _MAX_QUEUED_FRAMES and self.transport is not None:
             self.transport.pause_reading()
-            self.read_paused = True
+            self._read_paused = True
         self._wake_reader()
 
     def eof_received(self) -> bool:
@@ -134,9 +134,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.read_timer is not None:
-            self.read_timer.cancel()
-            self.read_timer = None
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         self.closed_event.set()
         self.lost = exc
         with contextlib.suppress(ProtocolError):
@@ -160,52 +160,64 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     # helpers for FramedStream
     def write_small(self, data: bytes) -> None:
         """Write one small frame now, or cork it when it follows the previous one within the window."""
-        now = perf_counter()
+        now = time.perf_counter()
         last, self._last_write = self._last_write, now
-        if now - last > _CORK_WINDOW_S and not self.cork:
+        if now - last > _CORK_WINDOW_S and not self._cork:
             assert self.transport is not None
             self.transport.write(data)
             return
-        if not self.cork:
+        if not self._cork:
             self.loop.call_soon(self.flush_cork)
-        self.cork.append(data)
-        self.cork_bytes += len(data)
-        if self.cork_bytes >= _CORK_MAX:
+        self._cork.append(data)
+        self._cork_bytes += len(data)
+        if self._cork_bytes >= _CORK_MAX:
             self.flush_cork()
 
     def flush_cork(self) -> None:
         """Write the corked frames now (before a large frame, which must not overtake them, or a close)."""
-        cork = self.cork
+        cork = self._cork
         if cork:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
             cork.clear()
-            self.cork_bytes = 0
+            self._cork_bytes = 0
 
     def _wake_reader(self) -> None:
-        if self.read_waiter is not None and not self.read_waiter.done():
-            self.read_waiter.set_result(True)
+        if self._read_waiter is not None and not self._read_waiter.done():
+            self._read_waiter.set_result(True)
 
     def resume_reading_if_needed(self) -> None:
-        if self.read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
-            self.read_paused = False
+        if self._read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
+            self._read_paused = False
             self.transport.resume_reading()
 
-    def arm_read_timer(self, when: float) -> None:
-        if self.read_timer is not None:
-            self.read_timer.cancel()
-        self.read_timer = self.loop.call_at(when, self._on_read_timer)
-        self.read_timer_when = when
+    async def wait_readable(self, deadline: float) -> bool:
+        """Wait until a frame, an error, EOF or loss; False once ``deadline`` (loop time) has passed."""
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        self._read_waiter = fut
+        self._read_deadline = deadline
+        if self._read_timer is None or self._read_timer_when > deadline:
+            self._arm_read_timer(deadline)
+        try:
+            return await fut
+        finally:
+            self._read_waiter = None
+
+    def _arm_read_timer(self, when: float) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+        self._read_timer = self.loop.call_at(when, self._on_read_timer)
+        self._read_timer_when = when
 
     def _on_read_timer(self) -> None:
-        self.read_timer = None
-        fut = self.read_waiter
+        self._read_timer = None
+        fut = self._read_waiter
         if fut is None or fut.done():
             return  # nobody waits; the next wait arms the timer again
-        if self.loop.time() + _TIMER_SLACK_S >= self.read_deadline:
+        if self.loop.time() + _TIMER_SLACK_S >= self._read_deadline:
             fut.set_result(False)
         else:
-            self.arm_read_timer(self.read_deadline)
+            self._arm_read_timer(self._read_deadline)
 
     async def wait_drained(self, timeout: float) -> bool:
         """Wait until the transport accepts more writes; False on timeout."""
@@ -293,20 +305,15 @@ class FramedStream:
     async def recv(self, *, timeout: float | None = None, what: str = "for a message") -> Message:
         """The next message. Raises :class:`PeerError` when the peer closed the connection,
         :class:`RemoteProtocolError` when it sent something invalid, :class:`NodeTimeout` on timeout."""
-        # (The hot path of every node: the protocol's state is read directly rather than through helper
-        # calls -- right after a wake-up each call costs several times what it does in a hot loop.)
         p = self._p
-        if p.cork:
-            p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
-        next_event = p.conn.next_event
+        p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
         deadline: float | None = None
         while True:
             try:
-                event = next_event()
+                event = p.conn.next_event()
             except RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {exc}") from exc
-            if p.read_paused:
-                p.resume_reading_if_needed()
+            p.resume_reading_if_needed()
             if event is NEED_DATA:
                 if p.error is not None:
                     err = p.error
@@ -315,18 +322,7 @@ class FramedStream:
                     raise self._closed_error()
                 if deadline is None:
                     deadline = p.loop.time() + (timeout or self.timeout)
-                # Wait until a frame, an error, EOF or loss arrives, or the deadline passes (the
-                # connection's one read timer; see _FrameProtocol).
-                fut: asyncio.Future[bool] = p.loop.create_future()
-                p.read_waiter = fut
-                p.read_deadline = deadline
-                if p.read_timer is None or p.read_timer_when > deadline:
-                    p.arm_read_timer(deadline)
-                try:
-                    readable = await fut
-                finally:
-                    p.read_waiter = None
-                if not readable:
+                if not await p.wait_readable(deadline):
                     raise NodeTimeout(
                         self.node,
                         f"timed out after {timeout or self.timeout:g} s waiting "

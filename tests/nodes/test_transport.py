@@ -114,6 +114,6 @@ async def test_a_lone_message_is_written_at_once_not_corked(pair: tuple[FramedSt
     client, server = pair
     await asyncio.sleep(0.001)  # the previous write is long past
     await client.send(ClockProbe(seq=1, t_sent_ns=0))
-    assert client._p.cork == []  # written to the transport, nothing held back
+    assert client._p._cork == []  # written to the transport, nothing held back
     got = await server.recv(timeout=2.0)
     assert isinstance(got, ClockProbe) and got.seq == 1
