@@ -29,6 +29,14 @@ the same batch size alone (the luckiest of 9 timings of a different workload); t
 during the run (procedures 2 and 4, "vs in-run compute": transport and orchestration alone), and the CPU
 that programs outside the run used meanwhile ("other load", 100 = one core).
 
+The **split replay** separates what the split itself costs on this machine from what the harness
+adds: the same batches, right after the run, through the least a split deployment needs -- this process
+as the test node, an edge and a cloud process with the nodes' settings, joined by pipes in the run's
+topology and carrying only the batch sizes (:class:`SplitReplay`). "split replay / floor" is the cost of
+splitting the model over two processes that compute in turns (measured 2026-11-27 on the build VM:
+1.2-1.3, nearly all of it slower compute, "split / replayed compute"); "vs split replay" is the run
+against it, i.e. what the framing, the event loops, the network stack and the orchestration add.
+
 It also gives the wall time of the paper's full grid (SEM-1…8 and MEM at exits 1…8, T ∈ {0.1, 0.3,
 0.5, 0.8}: 64 points on the whole 10 000-image test set). Running it whole takes hours on this machine,
 so it is an **estimate**: per point, the measured fixed cost (testbed, process start-up, calibration)
@@ -43,9 +51,11 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import struct
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,21 +190,133 @@ def _init_floor(checkpoint: str, images: Any) -> None:
     _FLOOR["floor"] = Floor(Path(checkpoint), 5, images)
 
 
-def start_floor_worker(checkpoint: Path, images: Any) -> ProcessPoolExecutor:
-    """The process that measures floors: spawned with the nodes' settings, pinning included (the
-    harness's default, or the user's own pinning settings, which ``harness._pins`` kept aside)."""
-    pool = ProcessPoolExecutor(
-        1, mp_context=mp.get_context("spawn"), initializer=_init_floor, initargs=(str(checkpoint), images)
-    )
+@contextlib.contextmanager
+def node_pins() -> Iterator[None]:
+    """Within the block, processes started get the nodes' pinning settings (the harness's default, or
+    the user's own, which ``harness._pins`` kept aside); this process's environment is restored after."""
     pins = {**{key: NODE_ENV_DEFAULTS[key] for key in PIN_VARIABLES if key in NODE_ENV_DEFAULTS}, **USER_PINS}
     added = [key for key in pins if key not in os.environ]
     os.environ.update({key: pins[key] for key in added})
     try:
-        pool.submit(int).result()  # (the worker starts here, with this environment)
+        yield
     finally:
         for key in added:
             os.environ.pop(key, None)
+
+
+def start_floor_worker(checkpoint: Path, images: Any) -> ProcessPoolExecutor:
+    """The process that measures floors: spawned with the nodes' settings, pinning included."""
+    pool = ProcessPoolExecutor(
+        1, mp_context=mp.get_context("spawn"), initializer=_init_floor, initargs=(str(checkpoint), images)
+    )
+    with node_pins():
+        pool.submit(int).result()  # (the worker starts here, with this environment)
     return pool
+
+
+_BATCH = struct.Struct("<ii")  # test -> edge: batch size, cloud-exited count; edge -> cloud: count
+_NS = struct.Struct("<q")  # edge or cloud -> test: the compute it timed, ns
+
+
+def _split_node(
+    role: str, checkpoint: str, exit_: int, images: Any, inbox: Any, to_test: Any, to_cloud: Any
+) -> None:
+    """An edge or cloud process of :class:`SplitReplay`: computes its part on each request and reports
+    the time it took; the edge then hands the batch's cloud-exited count to the cloud, as the edge node
+    does after replying to the test node."""
+    model, _meta = models.load_checkpoint(checkpoint)
+    edge, cloud = models.partition(model, exit_)
+    with torch.inference_mode():
+        features, _ = edge(edge.prepare(images))
+        to_test.send_bytes(b"ready")
+        while msg := inbox.recv_bytes():
+            start = time.perf_counter_ns()
+            if role == "edge":
+                size, n_cloud = _BATCH.unpack(msg)
+                _f, logits = edge(edge.prepare(images[:size]))
+                if logits is not None:
+                    models.normalized_entropy(logits)
+            else:
+                n_cloud = _BATCH.unpack(msg)[0]
+                models.normalized_entropy(cloud(features[:n_cloud]))
+            to_test.send_bytes(_NS.pack(time.perf_counter_ns() - start))
+            if role == "edge" and n_cloud:
+                to_cloud.send_bytes(_BATCH.pack(n_cloud, 0))
+    if to_cloud is not None:
+        to_cloud.send_bytes(b"")  # the cloud stops after the edge
+
+
+SPLIT_START_S = 120.0  # for a split replay's process to load its model
+SPLIT_REPLY_S = 60.0  # for one batch's reply
+
+
+def _recv(conn: Any, role: str, timeout: float = SPLIT_REPLY_S) -> bytes:
+    if not conn.poll(timeout):
+        raise RuntimeError(f"the split replay's {role} process did not answer within {timeout:g} s")
+    data: bytes = conn.recv_bytes()
+    return data
+
+
+class SplitReplay:
+    """The run's batches through the least a split deployment needs: this process as the test node and
+    an edge and a cloud process (spawned with the nodes' settings) joined by pipes in the run's topology
+    -- test -> edge -> cloud -> test, the edge replying to the test node first -- carrying only each
+    batch's sizes (no tensors, no framing, no event loop, no network). What the split costs on this
+    machine by itself: the compute runs in turns in two processes, with hops between them."""
+
+    def __init__(self, checkpoint: Path, exit_: int, images: Any) -> None:
+        ctx = mp.get_context("spawn")
+        self._to_edge_r, self._to_edge = ctx.Pipe(duplex=False)
+        self._from_edge, edge_out = ctx.Pipe(duplex=False)
+        cloud_in, edge_to_cloud = ctx.Pipe(duplex=False)
+        self._from_cloud, cloud_out = ctx.Pipe(duplex=False)
+        args = (str(checkpoint), exit_, images)
+        self._procs = [
+            ctx.Process(target=_split_node, args=("edge", *args, self._to_edge_r, edge_out, edge_to_cloud)),
+            ctx.Process(target=_split_node, args=("cloud", *args, cloud_in, cloud_out, None)),
+        ]
+        with node_pins():
+            for proc in self._procs:
+                proc.start()
+        try:
+            for conn, role in ((self._from_edge, "edge"), (self._from_cloud, "cloud")):
+                _recv(conn, role, SPLIT_START_S)
+        except BaseException:
+            self.close()
+            raise
+
+    def replay_ms(self, batches: list[dict[str, Any]], replays: int = REPLAYS) -> tuple[float, float]:
+        """(wall ms, compute ms the two processes timed) of the least disturbed of ``replays`` whole
+        replays of ``batches`` after a warm-up one."""
+        work = [(_BATCH.pack(b["size"], b["cloud"]), b["cloud"]) for b in batches]
+        best = (float("inf"), 0.0)
+        for index in range(replays + 1):
+            compute = 0
+            start = time.perf_counter_ns()
+            for request, n_cloud in work:
+                self._to_edge.send_bytes(request)
+                compute += _NS.unpack(_recv(self._from_edge, "edge"))[0]
+                if n_cloud:
+                    compute += _NS.unpack(_recv(self._from_cloud, "cloud"))[0]
+            wall = (time.perf_counter_ns() - start) / 1e6
+            if index and wall < best[0]:
+                best = (wall, compute / 1e6)
+        return best
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._to_edge.send_bytes(b"")
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def __enter__(self) -> SplitReplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _floor_of(batches: list[dict[str, Any]]) -> tuple[float, float, int]:
@@ -231,6 +353,7 @@ def main() -> int:
         checkpoint, ckpt_note = checkpoint_for_bench(tmp)
         dataset = models.load_dataset("fashion-mnist", "test")
         pool: ProcessPoolExecutor | None = None
+        split: SplitReplay | None = None
         isolation = "?"
         for rate in ("10mbit", None):
             cfg = RunConfig(
@@ -252,7 +375,10 @@ def main() -> int:
                         else dataset.images[:32]
                     )
                     pool = stack.enter_context(start_floor_worker(plan.checkpoint, images))
+                    split = stack.enter_context(SplitReplay(plan.checkpoint, 5, images))
                 replayed, bests, feature_bytes = pool.submit(_floor_of, records["batches"]).result()
+                assert split is not None
+                split_wall, split_compute = split.replay_ms(records["batches"])
                 n = records["overall"]["measured_samples"]
                 link = link_ms(records, feature_bytes, plan.edge_cloud.rate_bps, plan.edge_cloud.delay_s)
                 measured = run["summary"]["overall_latency_ms"]
@@ -266,6 +392,9 @@ def main() -> int:
                         "bests": measured / ((bests + link) / n),
                         "in_run": measured / ((in_run + link) / n),
                         "compute_ratio": in_run / replayed,
+                        "split": measured / ((split_wall + link) / n),
+                        "split_floor": (split_wall + link) / (replayed + link),
+                        "split_compute": split_compute / replayed,
                         "other": run["host_other_cpu_percent"]["mean"] or 0.0,
                         "cloud": run["summary"]["cloud_exits"],
                     }
@@ -290,6 +419,9 @@ def main() -> int:
                     f"{mid['bests']:.2f}",
                     f"{mid['in_run']:.2f}",
                     f"{mid['compute_ratio']:.2f}",
+                    f"{mid['split']:.2f}",
+                    f"{mid['split_floor']:.2f}",
+                    f"{mid['split_compute']:.2f}",
                     f"{mid['other']:.0f}%",
                 ]
             )
@@ -323,6 +455,9 @@ def main() -> int:
                 "vs sum of bests",
                 "vs in-run compute",
                 "in-run / replayed compute",
+                "vs split replay",
+                "split replay / floor",
+                "split / replayed compute",
                 "other load",
             ],
         )

@@ -404,8 +404,9 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[s
             tb.connect_address("test", "cloud", cloud_port),
             records_path,
         )
-        sampler = stack.enter_context(ResourceSampler(edge.pid))
         test = stack.enter_context(_started(tb, "test", test_argv, rundir, pipe_stdout=False))
+        # (started once every process of the run is up: it looks the process trees up only now and then)
+        sampler = stack.enter_context(ResourceSampler(edge.pid))
         _wait_test(tb, test, [edge, cloud], cfg.run_timeout_s)
     duration = time.monotonic() - started
     try:
