@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,28 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+CPU_LATENCY_QOS = Path("/dev/cpu_dma_latency")
+
+
+@contextlib.contextmanager
+def cpus_kept_awake(device: Path = CPU_LATENCY_QOS) -> Iterator[bool]:
+    """Within the block, ask the kernel (PM QoS, the interface ``cyclictest`` and tuned's latency
+    profiles use) to keep idle CPUs out of sleep states: the CPU idle loop then polls, and a wake-up
+    does not include a CPU's exit from a sleep state -- on a VM that halts idle vCPUs, a VM exit and
+    re-entry. Yields whether the request is in force (it needs root); the kernel drops it when the file
+    is closed, so nothing outlives the block, not even a killed process."""
+    try:
+        fd = os.open(device, os.O_WRONLY)
+    except OSError:
+        yield False
+        return
+    try:
+        os.write(fd, (0).to_bytes(4, sys.byteorder))  # the latency limit, µs, as a native s32
+        yield True
+    finally:
+        os.close(fd)
 
 
 def git_commit(repo: Path = _REPO_ROOT) -> str | None:
