@@ -146,6 +146,52 @@ def test_large_frame_is_received_in_place_through_get_buffer() -> None:
     np.testing.assert_array_equal(decode_frame(frame)["t"], payload)
 
 
+def _feed_through_get_buffer(dec: FrameDecoder, data: bytes, cap: int) -> list[np.ndarray]:
+    got = []
+    pos = 0
+    while pos < len(data):
+        buf = dec.get_buffer(-1)
+        assert len(buf) > 0
+        n = min(len(buf), len(data) - pos, cap)
+        buf[:n] = data[pos : pos + n]
+        dec.buffer_updated(n)
+        pos += n
+        while (frame := dec.next_frame()) is not None:
+            got.append(decode_frame(frame)["t"])
+    return got
+
+
+def test_after_a_large_frame_only_the_next_prefix_is_read_so_the_next_body_lands_in_place() -> None:
+    # Read into the 256 KiB scratch buffer, most of the next large body was copied a second time.
+    frame = encode_frame_bytes({"t": np.ones(300_000, dtype=np.uint8)})
+    dec = FrameDecoder()
+    assert len(_feed_through_get_buffer(dec, frame, 1 << 30)) == 1
+    prefix = dec.get_buffer(-1)
+    assert len(prefix) == LENGTH_PREFIX.size
+    prefix[:] = frame[: LENGTH_PREFIX.size]
+    dec.buffer_updated(LENGTH_PREFIX.size)
+    assert len(dec.get_buffer(-1)) == len(frame) - LENGTH_PREFIX.size  # the whole body, in place
+    small = encode_frame_bytes({"t": np.ones(10, dtype=np.uint8)})
+    dec = FrameDecoder()
+    _feed_through_get_buffer(dec, small, 1 << 30)
+    assert len(dec.get_buffer(-1)) > 64 * 1024  # after small frames: one read picks up many
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from([10, 1000, 70_000, 300_000]), min_size=1, max_size=6),
+    st.integers(min_value=1, max_value=200_000),
+)
+def test_frames_of_mixed_sizes_arrive_whole_through_get_buffer(sizes: list[int], cap: int) -> None:
+    rng = np.random.default_rng(len(sizes))
+    payloads = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
+    data = b"".join(encode_frame_bytes({"t": p}) for p in payloads)
+    got = _feed_through_get_buffer(FrameDecoder(), data, cap)
+    assert len(got) == len(payloads)
+    for out, payload in zip(got, payloads, strict=True):
+        np.testing.assert_array_equal(out, payload)
+
+
 def test_clean_close_between_frames_is_closed_not_an_error() -> None:
     a, b = _pair()
     _transfer(a, b, ClockProbe(seq=0, t_sent_ns=0))
