@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,8 @@ class FakeTestbed:
     def connect_address(self, src: str, dst: str, port: int) -> tuple[str, int]:
         return ("127.0.0.1", port)
 
-    def popen(self, node: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, **kw)
+    def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(list(argv), **kw)
         self.popened.append(proc)
         return proc
 

@@ -13,7 +13,7 @@ def make_records(
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     samples: dict[str, list[Any]] = {k: [] for k in ("id", "label", "pred", "exit", "entropy", "latency_ms")}
-    out_batches = []
+    out_batches: list[dict[str, Any]] = []
     for b in range(batches):
         procs = {"1": 0.2, "2": 0.3, "3-1": 0.1, "3-2": 0.1, "4": 0.2, "5": 0.1}
         procs = {k: v * batch_ms * rng.uniform(0.9, 1.1) for k, v in procs.items()}

@@ -9,6 +9,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from netem.delayline import DelayLineParams
 
 
 @pytest.fixture
-def line_factory() -> Iterator:  # type: ignore[type-arg]
+def line_factory() -> Iterator[Any]:
     started = []
 
     def make(params: DelayLineParams) -> tuple[socket.socket, socket.socket, object]:

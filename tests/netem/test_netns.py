@@ -49,7 +49,7 @@ def client(tb: Testbed, src: str, dst: str, port: int, *args: str, timeout: floa
     )
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0
-    return json.loads(out)  # type: ignore[no-any-return]
+    return json.loads(out)
 
 
 def expected_mechanisms(tb: Testbed, params: list[str]) -> dict[str, str]:

@@ -410,13 +410,13 @@ def test_numpy_scalars_and_nested_tensors_take_the_tensor_path() -> None:
     np.testing.assert_array_equal(out["x"][0]["a"], arr)
 
 
-def _next(dec: FrameDecoder) -> np.ndarray:
+def _next(dec: FrameDecoder) -> np.ndarray | bytearray:
     frame = dec.next_frame()
     assert frame is not None
     return frame
 
 
-def _next_from(data: bytes) -> np.ndarray:
+def _next_from(data: bytes) -> np.ndarray | bytearray:
     dec = FrameDecoder()
     dec.receive_data(data)
     return _next(dec)

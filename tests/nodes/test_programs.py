@@ -43,7 +43,7 @@ def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[str
                 break
     proc.kill()
     _, err = proc.communicate(timeout=10)
-    raise AssertionError(f"{proc.args} never printed READY; stderr:\n{err}")
+    raise AssertionError(f"{proc.args!r} never printed READY; stderr:\n{err!r}")
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

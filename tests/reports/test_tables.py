@@ -131,5 +131,5 @@ def test_mechanism_and_environment(scn: Scenario) -> None:
         ("edge_cloud", "rate", "10mbit", "tbf"),
     )
     assert mech.note.startswith("Isolation: netns.")
-    env = dict(tables.environment_table(scn.results).rows)  # type: ignore[arg-type]
+    env: dict[str, str] = dict(tables.environment_table(scn.results).rows)  # type: ignore[arg-type]
     assert env["host"] == "testhost"
