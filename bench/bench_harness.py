@@ -253,7 +253,10 @@ SPLIT_REPLY_S = 60.0  # for one batch's reply
 def _recv(conn: Any, role: str, timeout: float = SPLIT_REPLY_S) -> bytes:
     if not conn.poll(timeout):
         raise RuntimeError(f"the split replay's {role} process did not answer within {timeout:g} s")
-    data: bytes = conn.recv_bytes()
+    try:
+        data: bytes = conn.recv_bytes()
+    except EOFError:
+        raise RuntimeError(f"the split replay's {role} process exited (see its traceback above)") from None
     return data
 
 
@@ -266,18 +269,20 @@ class SplitReplay:
 
     def __init__(self, checkpoint: Path, exit_: int, images: Any) -> None:
         ctx = mp.get_context("spawn")
-        self._to_edge_r, self._to_edge = ctx.Pipe(duplex=False)
+        edge_in, self._to_edge = ctx.Pipe(duplex=False)
         self._from_edge, edge_out = ctx.Pipe(duplex=False)
         cloud_in, edge_to_cloud = ctx.Pipe(duplex=False)
         self._from_cloud, cloud_out = ctx.Pipe(duplex=False)
         args = (str(checkpoint), exit_, images)
         self._procs = [
-            ctx.Process(target=_split_node, args=("edge", *args, self._to_edge_r, edge_out, edge_to_cloud)),
+            ctx.Process(target=_split_node, args=("edge", *args, edge_in, edge_out, edge_to_cloud)),
             ctx.Process(target=_split_node, args=("cloud", *args, cloud_in, cloud_out, None)),
         ]
         with node_pins():
             for proc in self._procs:
                 proc.start()
+        for end in (edge_in, edge_out, cloud_in, edge_to_cloud, cloud_out):
+            end.close()  # (the children's ends: a child that dies then reads as end of file at once)
         try:
             for conn, role in ((self._from_edge, "edge"), (self._from_cloud, "cloud")):
                 _recv(conn, role, SPLIT_START_S)
