@@ -47,7 +47,7 @@ _TIMER_SLACK_S = 0.002
 _JOIN_MAX = 64 * 1024
 
 # Small frames sent back to back are corked: a frame written less than _CORK_WINDOW_S after the previous
-# one on the same connection is collected with the ones after it and they are written together at the
+# one on the same connection, with no frame received in between, is collected with the ones after it and they are written together at the
 # end of the event loop's turn, before the connection's next receive, or as soon as _CORK_MAX bytes are
 # collected. One write syscall per message would otherwise cap small-message throughput (pyzmq batches
 # the same way in its I/O thread). A frame sent on its own -- a request, a reply, a batch's predictions
@@ -119,6 +119,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             return
         if not pending:
             return  # the middle of a frame: nothing for the reader yet
+        # What we send next answers this frame, so it goes out at once even if our previous write was a
+        # moment ago (a ping-pong faster than the cork window would otherwise cork every reply).
+        self._last_write = 0.0
         if pending >= _MAX_QUEUED_FRAMES and self.transport is not None:
             self.transport.pause_reading()
             self._read_paused = True

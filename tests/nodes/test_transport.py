@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from nodes import Batch, ClockProbe, ClockReply, FramedStream, Listener, NodeTimeout, open_stream
+from nodes import Batch, ClockProbe, ClockReply, FramedStream, Listener, NodeTimeout, open_stream, transport
 
 MIB = 1024 * 1024
 
@@ -106,6 +106,26 @@ async def test_a_burst_of_small_messages_arrives_whole_and_in_order(
     assert isinstance(await server.recv(), Batch)
     last = await server.recv()
     assert isinstance(last, ClockProbe) and last.seq == 500
+
+
+async def test_a_reply_goes_out_at_once_even_right_after_our_previous_write(
+    pair: tuple[FramedStream, FramedStream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a ping-pong faster than the cork window every reply followed our previous write within it,
+    # and was corked; a frame received since then makes the next write an answer, sent at once.
+    monkeypatch.setattr(transport, "_CORK_WINDOW_S", 60.0)
+    client, server = pair
+    await server.send(ClockProbe(seq=0, t_sent_ns=0))  # our previous write, just now
+    await client.send(ClockProbe(seq=1, t_sent_ns=0))
+    assert isinstance(await server.recv(timeout=2.0), ClockProbe)
+    await server.send(ClockReply(seq=1, t_sent_ns=0, t_recv_ns=0, t_reply_ns=0))
+    assert server._p._cork == []  # written to the transport, nothing held back
+    await server.send(ClockReply(seq=2, t_sent_ns=0, t_recv_ns=0, t_reply_ns=0))
+    assert len(server._p._cork) == 1  # a second frame right after it is corked as before
+    assert isinstance(await client.recv(timeout=2.0), ClockProbe)
+    for seq in (1, 2):
+        got = await client.recv(timeout=2.0)
+        assert isinstance(got, ClockReply) and got.seq == seq
 
 
 async def test_a_lone_message_is_written_at_once_not_corked(pair: tuple[FramedStream, FramedStream]) -> None:
