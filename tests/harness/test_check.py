@@ -131,3 +131,17 @@ def test_a_change_within_the_baselines_run_to_run_spread_is_inconclusive() -> No
     # The same slow-down against a steady baseline is a regression.
     steady = make_results(runs=3, seed=0, batch_ms=10.0)
     assert "overall" in [c.metric for c in compare(steady, cur).regressions]
+
+
+def test_a_change_within_the_current_sides_run_to_run_spread_is_inconclusive() -> None:
+    # Three runs are few to estimate a spread from: the current side's own spread counts too. Steady
+    # baseline; current runs 1.0x, 1.3x and 1.45x (median +30 %, spread ~35 %).
+    base = make_results(runs=3, seed=0, batch_ms=10.0)
+    cur = make_results(runs=3, seed=100, batch_ms=10.0)
+    for run, factor in zip(cur["runs"], (1.0, 1.3, 1.45), strict=True):
+        run["per_batch_ms"]["latency"] = [v * factor for v in run["per_batch_ms"]["latency"]]
+    overall = next(c for c in compare(base, cur).comparisons if c.metric == "overall")
+    assert overall.verdict == "inconclusive" and "current run's run-to-run spread" in overall.note
+    # A uniform slow-down of every current run (tight on both sides) is still a regression.
+    uniform = make_results(runs=3, seed=100, batch_ms=13.0)
+    assert "overall" in [c.metric for c in compare(base, uniform).regressions]
