@@ -303,6 +303,96 @@ async def measure(
     return {"throughput": best, "rtt": rtt, "rtt_awake": awake}
 
 
+class _LoopbackTransport(asyncio.Transport):
+    """Joins two protocols in one event loop: a write is handed to the peer's protocol on the loop's
+    next turn, as a socket read would be. No syscall, no other process, no CPU to wake."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, buffered: bool) -> None:
+        super().__init__()
+        self._loop = loop
+        self._buffered = buffered
+        self.peer: Any = None
+
+    def write(self, data: Any) -> None:
+        self._loop.call_soon(self._deliver, bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(bytes(b) for b in list_of_data))
+
+    def _deliver(self, data: bytes) -> None:
+        if self._buffered:
+            buf = self.peer.get_buffer(-1)
+            buf[: len(data)] = data
+            self.peer.buffer_updated(len(data))
+        else:
+            self.peer.data_received(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+def _joined(
+    loop: asyncio.AbstractEventLoop, a: asyncio.BaseProtocol, b: asyncio.BaseProtocol, buffered: bool
+) -> tuple[_LoopbackTransport, _LoopbackTransport]:
+    ta, tb = _LoopbackTransport(loop, buffered), _LoopbackTransport(loop, buffered)
+    ta.peer, tb.peer = b, a
+    a.connection_made(ta)
+    b.connection_made(tb)
+    return ta, tb
+
+
+async def python_rtt(n: int) -> dict[str, float]:
+    """Round trips with both ends in this process and loop, joined by :class:`_LoopbackTransport`: what
+    the framing costs in Python (both sides, per round trip), against asyncio's streams doing the echo.
+    Steady where the socket round trips are not, so a change to the framing's Python shows here."""
+    from nodes.protocol import Connection
+    from nodes.transport import _FrameProtocol
+
+    loop = asyncio.get_running_loop()
+    ca, cb = Connection(), Connection()
+    ca.handshake_done()
+    cb.handshake_done()
+    pa, pb = _FrameProtocol(ca), _FrameProtocol(cb)
+    _joined(loop, pa, pb, buffered=True)
+    client, server = FramedStream(pa, "peer", 600), FramedStream(pb, "peer", 600)
+    ra, rb = asyncio.StreamReader(), asyncio.StreamReader()
+    qa, qb = asyncio.StreamReaderProtocol(ra), asyncio.StreamReaderProtocol(rb)
+    ta, tb = _joined(loop, qa, qb, buffered=False)
+    wa, wb = asyncio.StreamWriter(ta, qa, ra, loop), asyncio.StreamWriter(tb, qb, rb, loop)
+
+    async def framed_server() -> None:
+        while True:
+            msg = await server.recv()
+            assert isinstance(msg, ClockProbe)
+            if msg.seq:
+                return
+            await server.send(ClockReply(0, msg.t_sent_ns, 0, 0))
+
+    async def echo_server() -> None:
+        while (data := await rb.readexactly(ECHO_SIZE))[0]:
+            wb.write(data)
+            await wb.drain()
+
+    tasks = [loop.create_task(framed_server()), loop.create_task(echo_server())]
+    best = {"framed": float("inf"), "echo": float("inf")}
+    for _ in range(7):
+        best["framed"] = min(best["framed"], await framed_rtt(client, n))
+        best["echo"] = min(best["echo"], await echo_rtt(ra, wa, n))
+    await client.send(ClockProbe(seq=1, t_sent_ns=0))
+    wa.write(bytes(ECHO_SIZE))
+    await asyncio.gather(*tasks)
+    return best
+
+
 def decode_cost(sizes: list[int], repeats: int) -> dict[int, float]:
     """Seconds to turn one complete frame body into a Batch message, as a node's connection does it
     (the receive copy itself excluded)."""
@@ -361,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         rtt_framed, rtt_echo, rtt_zmq = (res["rtt"][m] for m in ("framed", "echo", "zmq"))
         awake = res["rtt_awake"]
         decode = decode_cost(sizes, repeats)
+        in_process = _run_loop(python_rtt(rtt_n))
     finally:
         for proc, pipe in procs:
             with contextlib.suppress(BrokenPipeError, OSError):
@@ -440,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
             ],
             headers=["round trip", "µs", "framed / this", "target"],
         )
+    )
+    print(
+        f"\nround trip in one process, both ends joined by a transport stub (the Python each side runs; "
+        f"no syscalls, nothing to wake): framed {in_process['framed'] * 1e6:.2f} µs, asyncio streams echo "
+        f"{in_process['echo'] * 1e6:.2f} µs ({in_process['framed'] / in_process['echo']:.2f}x)"
     )
     if awake["framed"] < float("inf"):
         print(
