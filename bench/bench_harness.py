@@ -101,6 +101,18 @@ def best_ms(fn: Any, repeats: int = REPEATS) -> float:
     return min(times)
 
 
+def edge_work(edge: Any, images: Any) -> None:
+    """What the edge node computes for a batch: normalisation, blocks 1..k, exit head and entropy."""
+    _features, logits = edge(edge.prepare(images))
+    if logits is not None:
+        models.normalized_entropy(logits)
+
+
+def cloud_work(cloud: Any, features: Any) -> None:
+    """What the cloud node computes for a batch's cloud-exited samples: the rest, and the entropy."""
+    models.normalized_entropy(cloud(features))
+
+
 class Floor:
     """Standalone compute times of the edge and cloud parts, per batch size, cached."""
 
@@ -120,13 +132,7 @@ class Floor:
     def edge_ms(self, n: int) -> float:
         if n not in self._edge:
             batch = self.images[:n]
-
-            def work() -> None:
-                _features, logits = self.edge(self.edge.prepare(batch))
-                if logits is not None:
-                    models.normalized_entropy(logits)
-
-            self._edge[n] = best_ms(work)
+            self._edge[n] = best_ms(lambda: edge_work(self.edge, batch))
         return self._edge[n]
 
     @torch.inference_mode()
@@ -145,11 +151,9 @@ class Floor:
 
         def replay() -> None:
             for images, cloud_in in work:
-                _features, logits = self.edge(self.edge.prepare(images))
-                if logits is not None:
-                    models.normalized_entropy(logits)
+                edge_work(self.edge, images)
                 if cloud_in is not None:
-                    models.normalized_entropy(self.cloud(cloud_in))
+                    cloud_work(self.cloud, cloud_in)
 
         return best_ms(replay, replays)
 
@@ -233,12 +237,10 @@ def _split_node(
             start = time.perf_counter_ns()
             if role == "edge":
                 size, n_cloud = _BATCH.unpack(msg)
-                _f, logits = edge(edge.prepare(images[:size]))
-                if logits is not None:
-                    models.normalized_entropy(logits)
+                edge_work(edge, images[:size])
             else:
                 n_cloud = _BATCH.unpack(msg)[0]
-                models.normalized_entropy(cloud(features[:n_cloud]))
+                cloud_work(cloud, features[:n_cloud])
             to_test.send_bytes(_NS.pack(time.perf_counter_ns() - start))
             if role == "edge" and n_cloud:
                 to_cloud.send_bytes(_BATCH.pack(n_cloud, 0))

@@ -321,9 +321,13 @@ class _LoopbackTransport(asyncio.Transport):
 
     def _deliver(self, data: bytes) -> None:
         if self._buffered:
-            buf = self.peer.get_buffer(-1)
-            buf[: len(data)] = data
-            self.peer.buffer_updated(len(data))
+            view = memoryview(data)
+            while view:  # (in the parts the protocol's buffers take, as a socket's reads would)
+                buf = self.peer.get_buffer(-1)
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                self.peer.buffer_updated(n)
+                view = view[n:]
         else:
             self.peer.data_received(data)
 

@@ -5,13 +5,14 @@ time along each path, and every procedure):
 
 1. **Calibration.** Each run recorded ``calibration_ms``, a fixed CPU workload timed in that run, so
    ``r = min(baseline calibrations) / min(current calibrations)`` -- each side's least disturbed
-   timing -- says how much faster the baseline's CPU was. Each metric's per-batch values are multiplied by ``1 + (r − 1) · share``, where ``share`` is
-   the part of the metric that scales with CPU speed. On an unshaped link everything does (transfers
-   are serialisation and kernel copies), so ``share`` = 1. On a shaped link (a rate or a delay) the
-   transfers do not: ``share`` is 1 for the compute procedures 2 and 4, 0 for the transfers 1, 3-1, 3-2
-   and 5, and for the edge, cloud and overall paths the baseline's median compute on the path over the
-   path's median. A uniformly 20 % slower machine then does not look like a regression, and a
-   link-bound run is not over-corrected. (``--no-calibration`` compares raw times.)
+   timing -- says how much faster the baseline's CPU was. Each metric's per-batch values are multiplied
+   by ``1 + (r − 1) · share``, where ``share`` is the part of the metric that scales with CPU speed. On
+   an unshaped link everything does (transfers are serialisation and kernel copies), so ``share`` = 1.
+   On a shaped link (a rate or a delay) the transfers do not: ``share`` is 1 for the compute procedures
+   2 and 4, 0 for the transfers 1, 3-1, 3-2 and 5, and for the edge, cloud and overall paths the
+   baseline's median compute on the path over the path's median. A uniformly 20 % slower machine then
+   does not look like a regression, and a link-bound run is not over-corrected. (``--no-calibration``
+   compares raw times.)
 2. **Size.** The relative change of the medians, ``median(current) / median(baseline) − 1``, must exceed
    the tolerance (default 10 %), and the medians must differ by more than ``min_delta_ms`` (default
    0.5 ms): millisecond-scale procedures move by tens of percent between two invocations on this
@@ -232,8 +233,9 @@ def compare(
         # Each side's best calibration, like each calibration is its best repetition: the machine's
         # speed when undisturbed. On a host whose CPUs switch between a fast and a slower state every few
         # seconds, a run's calibration may catch only the slow one; taking the median across runs then
-        # turned that into a correction (seen in the CI test suite, on a fresh clone: baseline 2.96, 3.91, 3.82 ms against a current
-        # 2.5 ms, so an unchanged build's compute was scaled up 1.49x and failed the check).
+        # turned that into a correction (seen in the CI test suite, on a fresh clone: baseline 2.96, 3.91
+        # and 3.82 ms against a current 2.5 ms, so an unchanged build's compute was scaled up 1.49x and
+        # failed the check).
         reference = min(c for c in base_cal if c is not None)
         best = min(c for c in cur_cal if c is not None)
         cur_scales = [reference / best] * len(cur_cal)

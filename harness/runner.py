@@ -441,6 +441,10 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
     applied = {"edge_cloud": {}, "test_edge": {}, **{k: dict(v) for k, v in tb.applied.items()}}
     limits = plan.edge_limits
     mechanism = getattr(tb, "edge_limits_mechanism", None)
+    node_envs = {}
+    for node in ("edge", "cloud", "test"):
+        env = node_env(tb, node)
+        node_envs[node] = {key: env[key] for key in (*NODE_ENV_DEFAULTS, *PIN_VARIABLES) if key in env}
     return {
         "model": cfg.model,
         "name": cfg.name,
@@ -469,10 +473,7 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
             "mechanism": mechanism if limits else None,
         },
         "isolation": tb.isolation,
-        "node_env": {
-            node: {key: env[key] for key in (*NODE_ENV_DEFAULTS, *PIN_VARIABLES) if key in env}
-            for node, env in ((node, node_env(tb, node)) for node in ("edge", "cloud", "test"))
-        },
+        "node_env": node_envs,
         "request": config_to_dict(cfg),
     }
 

@@ -47,9 +47,9 @@ _TIMER_SLACK_S = 0.002
 _JOIN_MAX = 64 * 1024
 
 # Small frames sent back to back are corked: a frame written less than _CORK_WINDOW_S after the previous
-# one on the same connection, with no frame received in between, is collected with the ones after it and they are written together at the
-# end of the event loop's turn, before the connection's next receive, or as soon as _CORK_MAX bytes are
-# collected. One write syscall per message would otherwise cap small-message throughput (pyzmq batches
+# one on the same connection, with no frame received in between, is collected with the ones after it
+# and they are written together at the end of the event loop's turn, before the connection's next
+# receive, or as soon as _CORK_MAX bytes are collected. One write syscall per message would otherwise cap small-message throughput (pyzmq batches
 # the same way in its I/O thread). A frame sent on its own -- a request, a reply, a batch's predictions
 # after its compute -- goes out at once, so corking adds no latency to what the nodes time.
 _CORK_WINDOW_S = 50e-6
