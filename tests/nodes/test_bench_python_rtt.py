@@ -9,3 +9,29 @@ async def test_both_round_trips_run_to_the_end_through_the_stub() -> None:
     best = await python_rtt(50)  # (each server ends on its own stop message, so this returns at all)
     assert 0 < best["framed"] < 0.01
     assert 0 < best["echo"] < 0.01
+
+
+async def test_the_stub_delivers_a_frame_larger_than_the_buffer_offered_in_parts() -> None:
+    # After a large frame the decoder offers only 4 bytes (the next length prefix); the stub must then
+    # hand over the rest of a write in parts, as a socket's reads would.
+    import asyncio
+
+    import numpy as np
+
+    from bench.bench_transport import _joined
+    from nodes import Batch, FramedStream
+    from nodes.protocol import Connection
+    from nodes.transport import _FrameProtocol
+
+    ca, cb = Connection(), Connection()
+    ca.handshake_done()
+    cb.handshake_done()
+    pa, pb = _FrameProtocol(ca), _FrameProtocol(cb)
+    _joined(asyncio.get_running_loop(), pa, pb, buffered=True)
+    sender, receiver = FramedStream(pa, "peer", 5), FramedStream(pb, "peer", 5)
+    for fill in (1, 2):  # the second frame arrives while only a prefix's worth of buffer is offered
+        images = np.full((1, 1, 1, 300_000), fill, np.uint8)
+        await sender.send(Batch(batch_id=fill, sample_ids=np.zeros(1, np.int64), images=images, t_sent_ns=0))
+        got = await receiver.recv()
+        assert isinstance(got, Batch) and got.batch_id == fill
+        np.testing.assert_array_equal(got.images, images)
