@@ -34,8 +34,9 @@ adds: the same batches, right after the run, through the least a split deploymen
 as the test node, an edge and a cloud process with the nodes' settings, joined by pipes in the run's
 topology and carrying only the batch sizes (:class:`SplitReplay`). "split replay / floor" is the cost of
 splitting the model over two processes that compute in turns (measured 2026-11-27 on the build VM:
-1.14-1.33 on median runs, nearly all of it slower compute, "split / replayed compute"); "vs split replay" is the run
-against it, i.e. what the framing, the event loops, the network stack and the orchestration add.
+1.14-1.33 on median runs, nearly all of it slower compute, "split / replayed compute"); "vs split
+replay" is the run against it, i.e. what the framing, the event loops, the network stack and the
+orchestration add.
 
 It also gives the wall time of the paper's full grid (SEM-1…8 and MEM at exits 1…8, T ∈ {0.1, 0.3,
 0.5, 0.8}: 64 points on the whole 10 000-image test set). Running it whole takes hours on this machine,
