@@ -93,6 +93,10 @@ _MIN_SPARES = 2
 
 _ZEROS = bytes(ALIGN)
 
+# Headers without tensors of up to this many bytes (clock probes and replies, hello, ready, errors) have
+# their length prefixes and padding remembered by the encoder, one entry per length.
+_SMALL_HEADER = 4096
+
 # Encoders and decoders remember this many tensor descriptors (dtype and shape) they have packed or
 # parsed; a connection sees a handful (a batch of 32 and the last, smaller batch, per tensor).
 _DESCRIPTOR_CACHE = 64
@@ -131,11 +135,23 @@ class FrameEncoder:
     """
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
-        self.max_frame_size = max_frame_size
+        self._small_ends: dict[int, tuple[bytes, bytes]] = {}
+        self._max_frame_size = max_frame_size
         self._tensors: list[np.ndarray] = []
         self._encode = msgspec.msgpack.Encoder(enc_hook=self._hook).encode
         self._pack_descriptor = msgspec.msgpack.Encoder().encode
         self._descriptors: dict[tuple[str, tuple[int, ...]], msgspec.msgpack.Ext] = {}
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._max_frame_size = value
+        # For a header of n bytes without tensors: the length prefixes before it and the padding after
+        # it, filled in by _frame once it has checked such a frame against the limit.
+        self._small_ends.clear()
 
     def _hook(self, obj: object) -> object:
         if isinstance(obj, np.ndarray):
@@ -159,25 +175,34 @@ class FrameEncoder:
         """``obj`` as one frame: a list of buffers to be written in order; tensor bytes are not copied
         (the list holds memoryviews of the arrays). :class:`LocalProtocolError` for values the frame
         cannot carry or a frame larger than ``max_frame_size``."""
+        try:
+            packed = self._encode(obj)
+        except BaseException as exc:
+            self._tensors.clear()  # (a kept array would stop a receive buffer's recycling)
+            if isinstance(exc, (TypeError, ValueError, OverflowError)):
+                raise LocalProtocolError(f"cannot encode frame header: {exc}") from exc
+            raise
+        if not self._tensors:  # the common small message: one bytes object, its prefixes looked up
+            ends = self._small_ends.get(len(packed))
+            if ends is not None:
+                return [ends[0] + packed + ends[1]]
+        return self._frame(packed)
+
+    def _frame(self, packed: bytes) -> list[Buffer]:
         tensors = self._tensors
         try:  # (the finally drops the arrays: a kept reference would stop a receive buffer's recycling)
-            try:
-                packed = self._encode(obj)
-            except LocalProtocolError:
-                raise
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise LocalProtocolError(f"cannot encode frame header: {exc}") from exc
-            head_len = HEADER_LENGTH.size + len(packed)
+            n = len(packed)
+            head_len = HEADER_LENGTH.size + n
             head_pad = -head_len % ALIGN
-            body_len = (
-                head_len + head_pad + (sum(t.nbytes + _pad(t.nbytes) for t in tensors) if tensors else 0)
-            )
+            body_len = head_len + head_pad + sum(t.nbytes + _pad(t.nbytes) for t in tensors)
             if body_len > self.max_frame_size:
                 raise LocalProtocolError(
                     f"frame of {body_len} bytes exceeds the limit of {self.max_frame_size} bytes"
                 )
-            first = _PREFIXES.pack(body_len, len(packed)) + packed + _ZEROS[:head_pad]
-            if not tensors:  # the common small message: one bytes object
+            first = _PREFIXES.pack(body_len, n) + packed + _ZEROS[:head_pad]
+            if not tensors:
+                if n <= _SMALL_HEADER:  # remember what goes around a header of this length
+                    self._small_ends[n] = (first[: _PREFIXES.size], _ZEROS[:head_pad])
                 return [first]
             out: list[Buffer] = [first]
             for t in tensors:
@@ -241,7 +266,7 @@ class BodyDecoder:
     def __init__(self, type_: Any = dict[str, Any]) -> None:
         self._decode = msgspec.msgpack.Decoder(type_, ext_hook=self._ext_hook).decode
         self._descriptors: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], int]] = {}
-        self._mv: memoryview | None = None
+        self._mv: bytearray | memoryview | None = None  # the body being decoded, for _ext_hook
         self._offset = 0
 
     def _ext_hook(self, code: int, data: memoryview) -> np.ndarray:
@@ -266,16 +291,21 @@ class BodyDecoder:
         return np.ndarray(shape, dtype, buffer=mv, offset=offset)
 
     def decode(self, body: Buffer | np.ndarray) -> Any:
-        mv = memoryview(body)  # type: ignore[arg-type]  # (numpy arrays export the buffer protocol)
-        if mv.ndim != 1 or mv.format != "B":
-            mv = mv.cast("B")
+        mv: bytearray | memoryview
+        if type(body) is bytearray:  # a small frame that arrived whole: sliced and viewed as it is
+            mv = body
+        else:
+            mv = memoryview(body)  # type: ignore[arg-type]  # (numpy arrays export the buffer protocol)
+            if mv.ndim != 1 or mv.format != "B":
+                mv = mv.cast("B")
         total = len(mv)
         if total < HEADER_LENGTH.size:
             raise RemoteProtocolError(f"frame of {total} bytes is too short to hold a header length")
-        (head_len,) = HEADER_LENGTH.unpack_from(mv, 0)
-        head_end = HEADER_LENGTH.size + head_len
+        head_end = HEADER_LENGTH.size + HEADER_LENGTH.unpack_from(mv)[0]
         if head_end > total:
-            raise RemoteProtocolError(f"header length {head_len} runs past the end of a {total}-byte frame")
+            raise RemoteProtocolError(
+                f"header length {head_end - HEADER_LENGTH.size} runs past the end of a {total}-byte frame"
+            )
         self._mv = mv
         self._offset = head_end + (-head_end % ALIGN)
         try:
@@ -295,7 +325,7 @@ class BodyDecoder:
         return value
 
 
-def _type_name(mv: memoryview, head_end: int) -> str:
+def _type_name(mv: bytearray | memoryview, head_end: int) -> str:
     """The ``"type"`` of a header that failed validation, for the error message ("?" if there is none)."""
     try:
         header = msgspec.msgpack.decode(mv[HEADER_LENGTH.size : head_end], ext_hook=lambda c, d: None)
@@ -305,7 +335,7 @@ def _type_name(mv: memoryview, head_end: int) -> str:
     return name if isinstance(name, str) else "?"
 
 
-def _invalid(mv: memoryview, head_end: int, exc: msgspec.ValidationError) -> str:
+def _invalid(mv: bytearray | memoryview, head_end: int, exc: msgspec.ValidationError) -> str:
     text = str(exc)
     if text.startswith("Invalid value") and text.endswith("at `$.type`"):
         return f"unknown message type {_type_name(mv, head_end)!r}"
@@ -408,6 +438,14 @@ class FrameDecoder:
                 self._body = None
                 self._filled = 0
             return len(self._frames)
+        if nbytes > LENGTH_PREFIX.size and not self._buf:
+            # The usual small message: one whole frame at the start of the scratch buffer. (This is
+            # _feed's first round for that case, without its loop.)
+            (length,) = LENGTH_PREFIX.unpack_from(self._scratch, 0)
+            if length == nbytes - LENGTH_PREFIX.size and HEADER_LENGTH.size <= length <= self._max_frame_size:
+                self._frames.append(self._scratch[LENGTH_PREFIX.size : nbytes])
+                self._prefix_only = length >= _PREFIX_ONLY_AFTER
+                return len(self._frames)
         self._feed(self._scratch_view[:nbytes])
         return len(self._frames)
 
@@ -435,6 +473,11 @@ class FrameDecoder:
     @property
     def frames_pending(self) -> int:
         return len(self._frames)
+
+    @property
+    def frames(self) -> deque[np.ndarray | bytearray]:
+        """The complete frame bodies not yet taken, oldest first (:meth:`next_frame` pops from it)."""
+        return self._frames
 
     def _fail(self, message: str) -> None:
         self._error = RemoteProtocolError(message)

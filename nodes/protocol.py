@@ -47,7 +47,9 @@ class Connection:
         self._decoder = FrameDecoder(first)
         self._bodies = BodyDecoder(Message)
         self._encoder = FrameEncoder(max_frame_size)
-        self._next_frame = self._decoder.next_frame  # (bound once: next_event runs for every message)
+        # (bound once: next_event runs for every message)
+        self._frames = self._decoder.frames
+        self._next_frame = self._decoder.next_frame
         self._decode = self._bodies.decode
         self._send_closed = False
 
@@ -79,10 +81,13 @@ class Connection:
 
         Raises :class:`~nodes.errors.RemoteProtocolError` for anything the peer got wrong.
         """
+        if self._frames:  # a complete frame waits (next_frame's first case, without the call)
+            message: Message = self._decode(self._frames.popleft())
+            return message
         frame = self._next_frame()
         if frame is None:
             return CLOSED if self._decoder.eof else NEED_DATA
-        message: Message = self._decode(frame)
+        message = self._decode(frame)
         return message
 
     @property

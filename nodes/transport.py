@@ -24,7 +24,7 @@ from typing import TypeVar, cast
 from nodes.codec import MAX_FRAME_SIZE
 from nodes.errors import NodeTimeout, PeerError, ProtocolError, RemoteProtocolError, UsageError
 from nodes.messages import Error, Message
-from nodes.protocol import CLOSED, NEED_DATA, Connection, Sentinel
+from nodes.protocol import CLOSED, NEED_DATA, Connection
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._read_timer_when = 0.0
         self.scatter_writes = False
         self._last_write = 0.0  # perf_counter() of the last small frame written or corked
-        self._cork: list[bytes] = []  # small frames waiting for the end of this loop turn
+        self.corked: list[bytes] = []  # small frames waiting for the end of this loop turn
         self._cork_bytes = 0
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self.write_paused = False
-        self._read_paused = False
+        self.read_paused = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,8 +124,10 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._last_write = 0.0
         if pending >= _MAX_QUEUED_FRAMES and self.transport is not None:
             self.transport.pause_reading()
-            self._read_paused = True
-        self._wake_reader()
+            self.read_paused = True
+        fut = self._read_waiter  # (_wake_reader, inlined: this runs for every frame)
+        if fut is not None and not fut.done():
+            fut.set_result(True)
 
     def eof_received(self) -> bool:
         try:
@@ -165,20 +167,20 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         """Write one small frame now, or cork it when it follows the previous one within the window."""
         now = time.perf_counter()
         last, self._last_write = self._last_write, now
-        if now - last > _CORK_WINDOW_S and not self._cork:
+        if now - last > _CORK_WINDOW_S and not self.corked:
             assert self.transport is not None
             self.transport.write(data)
             return
-        if not self._cork:
+        if not self.corked:
             self.loop.call_soon(self.flush_cork)
-        self._cork.append(data)
+        self.corked.append(data)
         self._cork_bytes += len(data)
         if self._cork_bytes >= _CORK_MAX:
             self.flush_cork()
 
     def flush_cork(self) -> None:
         """Write the corked frames now (before a large frame, which must not overtake them, or a close)."""
-        cork = self._cork
+        cork = self.corked
         if cork:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
@@ -190,21 +192,20 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._read_waiter.set_result(True)
 
     def resume_reading_if_needed(self) -> None:
-        if self._read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
-            self._read_paused = False
+        if self.read_paused and self.conn.frames_pending < _MAX_QUEUED_FRAMES // 2 and self.transport:
+            self.read_paused = False
             self.transport.resume_reading()
 
-    async def wait_readable(self, deadline: float) -> bool:
-        """Wait until a frame, an error, EOF or loss; False once ``deadline`` (loop time) has passed."""
+    def readable(self, deadline: float) -> asyncio.Future[bool]:
+        """A future that becomes True when a frame, an error, EOF or loss arrives, and False once
+        ``deadline`` (loop time) has passed. (A future rather than a coroutine: one object less per
+        receive. Only the latest one is woken; the connection has one reader.)"""
         fut: asyncio.Future[bool] = self.loop.create_future()
         self._read_waiter = fut
         self._read_deadline = deadline
         if self._read_timer is None or self._read_timer_when > deadline:
             self._arm_read_timer(deadline)
-        try:
-            return await fut
-        finally:
-            self._read_waiter = None
+        return fut
 
     def _arm_read_timer(self, when: float) -> None:
         if self._read_timer is not None:
@@ -274,27 +275,28 @@ class FramedStream:
 
     async def send(self, msg: Message, *, timeout: float | None = None) -> None:
         """Write ``msg`` and wait until the transport's buffer has drained below its high-water mark."""
-        if self._p.closed or self._p.transport is None or self._p.transport.is_closing():
+        p = self._p
+        transport = p.transport
+        if p.closed or transport is None or transport.is_closing():
             raise PeerError(
                 self.node, f"cannot send to the {self.node} node at {self.peer}: connection closed"
             )
-        transport = self._p.transport
-        bufs = self.conn.send(msg)
+        bufs = p.conn.send(msg)
         if len(bufs) == 1:
-            self._p.write_small(bufs[0])  # type: ignore[arg-type]  # (one buffer: always bytes)
+            p.write_small(bufs[0])  # type: ignore[arg-type]  # (one buffer: always bytes)
         elif sum(len(b) for b in bufs) <= _JOIN_MAX:
-            self._p.write_small(b"".join(bufs))
+            p.write_small(b"".join(bufs))
         else:
-            self._p.flush_cork()
-            if self._p.scatter_writes:
+            p.flush_cork()
+            if p.scatter_writes:
                 transport.writelines(bufs)
             else:
                 for buf in bufs:
                     transport.write(buf)
-        if not self._p.write_paused and not self._p.closed:
+        if not p.write_paused and not p.closed:
             return  # the common case: no await, so no task switch
         limit = timeout or self.timeout
-        if not await self._p.wait_drained(limit):
+        if not await p.wait_drained(limit):
             raise NodeTimeout(
                 self.node,
                 f"timed out after {limit:g} s sending to the {self.node} node at "
@@ -309,14 +311,17 @@ class FramedStream:
         """The next message. Raises :class:`PeerError` when the peer closed the connection,
         :class:`RemoteProtocolError` when it sent something invalid, :class:`NodeTimeout` on timeout."""
         p = self._p
-        p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
+        if p.corked:
+            p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
+        next_event = p.conn.next_event
         deadline: float | None = None
         while True:
             try:
-                event = p.conn.next_event()
+                event = next_event()
             except RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {exc}") from exc
-            p.resume_reading_if_needed()
+            if p.read_paused:
+                p.resume_reading_if_needed()
             if event is NEED_DATA:
                 if p.error is not None:
                     err = p.error
@@ -325,7 +330,7 @@ class FramedStream:
                     raise self._closed_error()
                 if deadline is None:
                     deadline = p.loop.time() + (timeout or self.timeout)
-                if not await p.wait_readable(deadline):
+                if not await p.readable(deadline):
                     raise NodeTimeout(
                         self.node,
                         f"timed out after {timeout or self.timeout:g} s waiting "
@@ -334,8 +339,7 @@ class FramedStream:
                 continue
             if event is CLOSED:
                 raise self._closed_error()
-            assert not isinstance(event, Sentinel)
-            return event
+            return event  # type: ignore[return-value]  # (NEED_DATA and CLOSED are handled above)
 
     def _closed_error(self) -> PeerError:
         detail = f" ({self._p.lost})" if self._p.lost else ""

@@ -8,7 +8,7 @@ import sys
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nodes import (
@@ -192,6 +192,65 @@ def test_frames_of_mixed_sizes_arrive_whole_through_get_buffer(sizes: list[int],
         np.testing.assert_array_equal(out, payload)
 
 
+def _frames_or_error(dec: FrameDecoder, reads: list[bytes], through_buffer: bool) -> list[object]:
+    """The bodies ``dec`` splits ``reads`` into (each read fed as one chunk), then the error if any."""
+    out: list[object] = []
+    try:
+        for read in reads:
+            if through_buffer:
+                rest = read
+                while rest:
+                    buf = dec.get_buffer(-1)
+                    n = min(len(buf), len(rest))
+                    buf[:n] = rest[:n]
+                    dec.buffer_updated(n)
+                    rest = rest[n:]
+            else:
+                dec.receive_data(read)
+            while (frame := dec.next_frame()) is not None:
+                out.append(bytes(frame))
+    except RemoteProtocolError as exc:
+        out.append(str(exc))
+    return out
+
+
+_SMALL_FRAMES = [
+    b"".join(Connection().send(ClockProbe(seq=3, t_sent_ns=4))),
+    b"".join(Connection().send(_batch(1))),
+    encode_frame_bytes({"t": np.ones(70_000, np.uint8)}),
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.one_of(st.sampled_from(_SMALL_FRAMES), st.binary(min_size=1, max_size=40)), max_size=6),
+    st.sampled_from([16, 1024, 1 << 20]),
+    st.integers(min_value=0, max_value=50_000),
+)
+@example([b"\x00\x00\x00\x02ab"], 1024, 0)  # a whole frame too short to hold a header length
+@example([_SMALL_FRAMES[0]], 16, 0)  # a whole frame over the limit
+def test_fuzz_reading_into_the_buffer_splits_like_receive_data(
+    parts: list[bytes], limit: int, step: int
+) -> None:
+    # get_buffer/buffer_updated has a fast path for a read that is exactly one whole frame; whatever the
+    # bytes and however they are read (each part as one read, or in reads of ``step`` bytes), it must
+    # yield the frames and the error that receive_data does.
+    data = b"".join(parts)
+    reads = [data[i : i + step] for i in range(0, len(data), step)] if step else parts
+    assert _frames_or_error(FrameDecoder(limit), reads, True) == _frames_or_error(
+        FrameDecoder(limit), reads, False
+    )
+
+
+def test_a_whole_frame_over_the_limit_read_into_the_buffer_is_refused() -> None:
+    frame = encode_frame_bytes({"t": np.ones(2000, np.uint8)})
+    dec = FrameDecoder(max_frame_size=1024)
+    buf = dec.get_buffer(-1)
+    buf[: len(frame)] = frame
+    with pytest.raises(RemoteProtocolError, match="limit is 1024"):
+        dec.buffer_updated(len(frame))
+
+
 def test_clean_close_between_frames_is_closed_not_an_error() -> None:
     a, b = _pair()
     _transfer(a, b, ClockProbe(seq=0, t_sent_ns=0))
@@ -278,6 +337,20 @@ def test_we_refuse_to_send_what_the_protocol_cannot_carry() -> None:
         encode_frame({"t": object()})
     with pytest.raises(LocalProtocolError, match="exceeds the limit"):
         encode_frame({"t": np.zeros(2048, np.uint8)}, max_frame_size=1024)
+
+
+def test_a_small_frame_is_checked_against_the_limit_in_force() -> None:
+    # The encoder remembers the prefixes of small frames by header length; a lower limit set afterwards
+    # still applies to them.
+    enc = FrameEncoder()
+    probe = ClockProbe(seq=1, t_sent_ns=2)
+    first = enc.encode(probe)
+    assert enc.encode(probe) == first  # (from what it remembered)
+    enc.max_frame_size = 16
+    with pytest.raises(LocalProtocolError, match="exceeds the limit of 16 bytes"):
+        enc.encode(probe)
+    enc.max_frame_size = 1024
+    assert enc.encode(probe) == first
 
 
 def test_message_fields_are_validated_both_ways() -> None:

@@ -119,9 +119,9 @@ async def test_a_reply_goes_out_at_once_even_right_after_our_previous_write(
     await client.send(ClockProbe(seq=1, t_sent_ns=0))
     assert isinstance(await server.recv(timeout=2.0), ClockProbe)
     await server.send(ClockReply(seq=1, t_sent_ns=0, t_recv_ns=0, t_reply_ns=0))
-    assert server._p._cork == []  # written to the transport, nothing held back
+    assert server._p.corked == []  # written to the transport, nothing held back
     await server.send(ClockReply(seq=2, t_sent_ns=0, t_recv_ns=0, t_reply_ns=0))
-    assert len(server._p._cork) == 1  # a second frame right after it is corked as before
+    assert len(server._p.corked) == 1  # a second frame right after it is corked as before
     assert isinstance(await client.recv(timeout=2.0), ClockProbe)
     for seq in (1, 2):
         got = await client.recv(timeout=2.0)
@@ -134,6 +134,6 @@ async def test_a_lone_message_is_written_at_once_not_corked(pair: tuple[FramedSt
     client, server = pair
     await asyncio.sleep(0.001)  # the previous write is long past
     await client.send(ClockProbe(seq=1, t_sent_ns=0))
-    assert client._p._cork == []  # written to the transport, nothing held back
+    assert client._p.corked == []  # written to the transport, nothing held back
     got = await server.recv(timeout=2.0)
     assert isinstance(got, ClockProbe) and got.seq == 1
