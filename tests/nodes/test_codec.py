@@ -476,6 +476,30 @@ def test_holding_the_previous_message_while_receiving_the_next_reuses_two_buffer
     assert addresses[2:] == addresses[:2] * 2
 
 
+def test_a_known_dtype_and_shape_still_gets_each_arrays_conversion() -> None:
+    # The encoder packs each (dtype, shape) descriptor once; an array it has seen the like of must still
+    # be made contiguous and little-endian before its bytes go out.
+    enc = FrameEncoder()
+    square = np.arange(16, dtype=np.float32).reshape(4, 4)
+    wide = np.arange(8, dtype="<i4")
+    for value in (square, square.T, wide, wide.astype(">i4"), wide[::-1], square):
+        frame = FrameDecoder()
+        frame.receive_data(b"".join(enc.encode({"t": value})))
+        got = decode_frame(_next(frame))["t"]
+        assert got.dtype.str == value.dtype.newbyteorder("<").str
+        np.testing.assert_array_equal(got, value)
+
+
+def test_one_dimensional_tensors_are_writable_views_of_the_frame() -> None:
+    dec = FrameDecoder()
+    dec.receive_data(encode_frame_bytes({"a": np.arange(5, dtype=np.int64), "b": np.zeros(0, np.float32)}))
+    frame = _next(dec)
+    got = decode_frame(frame)
+    assert np.shares_memory(got["a"], frame) and got["a"].flags.writeable
+    np.testing.assert_array_equal(got["a"], np.arange(5))
+    assert got["b"].shape == (0,) and got["b"].dtype == np.float32
+
+
 def test_numpy_scalars_and_nested_tensors_take_the_tensor_path() -> None:
     arr = np.arange(6, dtype=np.float32).reshape(2, 3)
     out = decode_frame(_next_from(encode_frame_bytes({"n": np.int64(7), "x": [{"a": arr}]})))
