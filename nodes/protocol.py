@@ -9,7 +9,7 @@ returns the next :class:`~nodes.messages.Message`, :data:`NEED_DATA` or :data:`C
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 from nodes.codec import (
     HANDSHAKE_MAX_FRAME_SIZE,
@@ -93,6 +93,11 @@ class Connection:
     @property
     def frames_pending(self) -> int:
         return self._decoder.frames_pending
+
+    @property
+    def frames(self) -> Sized:
+        """The complete frames not yet turned into messages (to test for emptiness or count them)."""
+        return self._frames
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, msg: Message) -> list[Buffer]:

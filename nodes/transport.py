@@ -16,9 +16,9 @@ import contextlib
 import logging
 import socket
 import sys
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import TypeVar, cast
 
 from nodes.codec import MAX_FRAME_SIZE
@@ -93,6 +93,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
         self.write_paused = False
         self.read_paused = False
+        self.fed_eof = False  # the connection has been told the stream ended
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -130,6 +131,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             fut.set_result(True)
 
     def eof_received(self) -> bool:
+        self.fed_eof = True
         try:
             self.conn.receive_data(b"")
         except ProtocolError as exc:
@@ -144,6 +146,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._read_timer = None
         self.closed_event.set()
         self.lost = exc
+        self.fed_eof = True
         with contextlib.suppress(ProtocolError):
             self.conn.receive_data(b"")
         self._wake_reader()
@@ -165,12 +168,12 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     # helpers for FramedStream
     def write_small(self, data: bytes) -> None:
         """Write one small frame now, or cork it when it follows the previous one within the window."""
-        now = time.perf_counter()
-        last, self._last_write = self._last_write, now
-        if now - last > _CORK_WINDOW_S and not self.corked:
-            assert self.transport is not None
-            self.transport.write(data)
+        now = perf_counter()
+        if now - self._last_write > _CORK_WINDOW_S and not self.corked:
+            self._last_write = now
+            self.transport.write(data)  # type: ignore[union-attr]  # (set before any send)
             return
+        self._last_write = now
         if not self.corked:
             self.loop.call_soon(self.flush_cork)
         self.corked.append(data)
@@ -313,9 +316,19 @@ class FramedStream:
         p = self._p
         if p.corked:
             p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
+        frames = p.conn.frames
         next_event = p.conn.next_event
         deadline: float | None = None
         while True:
+            if not frames and p.error is None and not p.closed and not p.fed_eof:
+                # Nothing received and nothing wrong: next_event would say NEED_DATA (every byte, error
+                # and end of stream reaches the connection through this protocol, which records them),
+                # so wait without asking it -- the usual case when a reply has not arrived yet.
+                if deadline is None:
+                    deadline = p.loop.time() + (timeout or self.timeout)
+                if not await p.readable(deadline):
+                    raise self._timeout(timeout, what)
+                continue
             try:
                 event = next_event()
             except RemoteProtocolError as exc:
@@ -331,15 +344,17 @@ class FramedStream:
                 if deadline is None:
                     deadline = p.loop.time() + (timeout or self.timeout)
                 if not await p.readable(deadline):
-                    raise NodeTimeout(
-                        self.node,
-                        f"timed out after {timeout or self.timeout:g} s waiting "
-                        f"{what} from the {self.node} node at {self.peer}",
-                    )
+                    raise self._timeout(timeout, what)
                 continue
             if event is CLOSED:
                 raise self._closed_error()
             return event  # type: ignore[return-value]  # (NEED_DATA and CLOSED are handled above)
+
+    def _timeout(self, timeout: float | None, what: str) -> NodeTimeout:
+        return NodeTimeout(
+            self.node,
+            f"timed out after {timeout or self.timeout:g} s waiting {what} from the {self.node} node at {self.peer}",
+        )
 
     def _closed_error(self) -> PeerError:
         detail = f" ({self._p.lost})" if self._p.lost else ""
