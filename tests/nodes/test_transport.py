@@ -9,7 +9,18 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from nodes import Batch, ClockProbe, ClockReply, FramedStream, Listener, NodeTimeout, open_stream, transport
+from nodes import (
+    Batch,
+    ClockProbe,
+    ClockReply,
+    FramedStream,
+    Listener,
+    NodeTimeout,
+    PeerError,
+    RemoteProtocolError,
+    open_stream,
+    transport,
+)
 
 MIB = 1024 * 1024
 
@@ -137,3 +148,44 @@ async def test_a_lone_message_is_written_at_once_not_corked(pair: tuple[FramedSt
     assert client._p.corked == []  # written to the transport, nothing held back
     got = await server.recv(timeout=2.0)
     assert isinstance(got, ClockProbe) and got.seq == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "close", "error", "match"),
+    [
+        (b"", True, PeerError, "closed the connection"),  # a clean close between frames
+        (b"\x00\x00\x01\x00abc", True, RemoteProtocolError, "closed in the middle of a frame"),
+        (b"\x00\x00\x00\x02ab", False, RemoteProtocolError, "too short to hold a header length"),
+    ],
+)
+async def test_a_waiting_receive_learns_at_once_what_ended_the_stream(
+    sent: bytes, close: bool, error: type[Exception], match: str
+) -> None:
+    # A receive with nothing queued waits without asking the connection; whatever ends the wait -- a
+    # close, a truncated frame, bytes that are no frame -- must still surface then, not at the timeout.
+    accepted: asyncio.Queue[FramedStream] = asyncio.Queue()
+    done = asyncio.Event()
+
+    async def handler(stream: FramedStream) -> None:
+        stream.conn.handshake_done()
+        await accepted.put(stream)
+        await done.wait()
+
+    listener = Listener(handler, node="cloud", timeout=5.0)
+    _, port = await listener.start("127.0.0.1", 0)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        server = await asyncio.wait_for(accepted.get(), 5.0)
+        waiting = asyncio.create_task(server.recv(timeout=30.0))
+        await asyncio.sleep(0.05)  # the receive is waiting now
+        writer.write(sent)
+        if close:
+            writer.close()
+        t0 = time.monotonic()
+        with pytest.raises(error, match=match):
+            await asyncio.wait_for(waiting, 10.0)
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        done.set()
+        writer.close()
+        await listener.close()
