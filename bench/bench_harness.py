@@ -29,6 +29,14 @@ the same batch size alone (the luckiest of 9 timings of a different workload); t
 during the run (procedures 2 and 4, "vs in-run compute": transport and orchestration alone), and the CPU
 that programs outside the run used meanwhile ("other load", 100 = one core).
 
+The **idle-gap replay** measures what waiting alone costs the compute: the same one-process replay, but
+each part runs after sleeping as long as its node waited for its input in the run (:func:`idle_gaps`),
+and only the compute is timed. A serving node always waits between requests; on a VM that halts an idle
+vCPU the caches are cold when it wakes (measured 2026-11-27 on the build VM, one process pinned to one
+CPU, nothing else running: the cloud part 0.90 ms back to back, 1.06 ms after a 1 ms sleep, 2.07 ms
+after 5 ms). "idle-gap replay / floor" is that cost with no second process, no network and none of the
+harness; "vs idle-gap replay" is the run against it.
+
 The **split replay** separates what the split itself costs on this machine from what the harness
 adds: the same batches, right after the run, through the least a split deployment needs -- this process
 as the test node, an edge and a cloud process with the nodes' settings, joined by pipes in the run's
@@ -77,6 +85,7 @@ from reports import stats
 TARGET = 1.15
 REPEATS = 9  # timings per batch size for the per-batch bests
 REPLAYS = 5  # whole replays of a run for its floor
+GAPPED_REPLAYS = 2  # whole replays with each node's idle gaps (each sleeps about as long as the run took)
 GRID_SAMPLES = 10_000
 
 
@@ -157,6 +166,48 @@ class Floor:
                     cloud_work(self.cloud, cloud_in)
 
         return best_ms(replay, replays)
+
+    @torch.inference_mode()
+    def gapped_ms(
+        self, batches: list[dict[str, Any]], gaps: tuple[float, float], replays: int = GAPPED_REPLAYS
+    ) -> float:
+        """Compute of the run's ``batches`` in this one process as in :meth:`replay_ms`, but each part
+        after sleeping as long as its node waited for its input in the run (``gaps``: the edge's and
+        the cloud's mean idle ms per compute, :func:`idle_gaps`); total ms of compute alone (the sleeps
+        are not counted), the least of ``replays`` whole replays. What waiting between requests costs
+        the compute on this machine, without a second process, a network or any of the harness."""
+        edge_gap, cloud_gap = gaps[0] / 1e3, gaps[1] / 1e3
+        features, _ = self.edge(self.edge.prepare(self.images))
+        work = [(self.images[: b["size"]], features[: b["cloud"]] if b["cloud"] else None) for b in batches]
+        best = float("inf")
+        for _ in range(replays):
+            total = 0
+            for images, cloud_in in work:
+                time.sleep(edge_gap)
+                start = time.perf_counter_ns()
+                edge_work(self.edge, images)
+                total += time.perf_counter_ns() - start
+                if cloud_in is not None:
+                    time.sleep(cloud_gap)
+                    start = time.perf_counter_ns()
+                    cloud_work(self.cloud, cloud_in)
+                    total += time.perf_counter_ns() - start
+            best = min(best, total / 1e6)
+        return best
+
+
+def idle_gaps(records: dict[str, Any]) -> tuple[float, float]:
+    """(edge, cloud): how long each node waited, on average, before each of its computes in the run,
+    in ms -- the measured span less the node's compute (procedure 2 or 4), over its number of computes.
+    (The cloud's is 0 when no sample went to the cloud.)"""
+    batches = records["batches"]
+    span = (records["overall"]["last_recv_ns"] - records["overall"]["first_send_ns"]) / 1e6
+    edge = (span - sum(b["procedures_ms"]["2"] for b in batches)) / len(batches)
+    to_cloud = [b for b in batches if b["cloud"]]
+    if not to_cloud:
+        return max(0.0, edge), 0.0
+    cloud = (span - sum(b["procedures_ms"]["4"] for b in to_cloud)) / len(to_cloud)
+    return max(0.0, edge), max(0.0, cloud)
 
 
 def transfer_ms(nbytes: int, rate_bps: int | None) -> float:
@@ -327,14 +378,17 @@ class SplitReplay:
         self.close()
 
 
-def _floor_of(batches: list[dict[str, Any]]) -> tuple[float, float, int]:
-    """(replayed compute, sum of per-batch bests, feature bytes per sample) for a run's batches, in ms."""
+def _floor_of(records: dict[str, Any]) -> tuple[float, float, float, int]:
+    """(replayed compute, sum of per-batch bests, gapped replay's compute, feature bytes per sample) for a
+    run's records, in ms."""
     floor = _FLOOR["floor"]
     floor.forget()  # (each run's floor measured afresh, right after it: the machine's speed drifts)
+    batches = records["batches"]
     bests = 0.0
     for b in batches:
         bests += floor.edge_ms(b["size"]) + (floor.cloud_ms(b["cloud"]) if b["cloud"] else 0.0)
-    return floor.replay_ms(batches), bests, floor.feature_bytes
+    replayed = floor.replay_ms(batches)
+    return replayed, bests, floor.gapped_ms(batches, idle_gaps(records)), floor.feature_bytes
 
 
 def main() -> int:
@@ -384,7 +438,7 @@ def main() -> int:
                     )
                     pool = stack.enter_context(start_floor_worker(plan.checkpoint, images))
                     split = stack.enter_context(SplitReplay(plan.checkpoint, 5, images))
-                replayed, bests, feature_bytes = pool.submit(_floor_of, records["batches"]).result()
+                replayed, bests, gapped, feature_bytes = pool.submit(_floor_of, records).result()
                 assert split is not None
                 split_wall, split_compute = split.replay_ms(records["batches"])
                 n = records["overall"]["measured_samples"]
@@ -400,6 +454,8 @@ def main() -> int:
                         "bests": measured / ((bests + link) / n),
                         "in_run": measured / ((in_run + link) / n),
                         "compute_ratio": in_run / replayed,
+                        "gapped": measured / ((gapped + link) / n),
+                        "gapped_floor": (gapped + link) / (replayed + link),
                         "split": measured / ((split_wall + link) / n),
                         "split_floor": (split_wall + link) / (replayed + link),
                         "split_compute": split_compute / replayed,
@@ -427,6 +483,8 @@ def main() -> int:
                     f"{mid['bests']:.2f}",
                     f"{mid['in_run']:.2f}",
                     f"{mid['compute_ratio']:.2f}",
+                    f"{mid['gapped']:.2f}",
+                    f"{mid['gapped_floor']:.2f}",
                     f"{mid['split']:.2f}",
                     f"{mid['split_floor']:.2f}",
                     f"{mid['split_compute']:.2f}",
@@ -463,6 +521,8 @@ def main() -> int:
                 "vs sum of bests",
                 "vs in-run compute",
                 "in-run / replayed compute",
+                "vs idle-gap replay",
+                "idle-gap replay / floor",
                 "vs split replay",
                 "split replay / floor",
                 "split / replayed compute",
