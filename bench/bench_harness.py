@@ -152,12 +152,17 @@ class Floor:
             self._cloud[n] = best_ms(lambda: self.cloud(features))
         return self._cloud[n]
 
+    def _work(self, batches: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+        """Per batch of a run: the edge part's images and the cloud part's features (None when no
+        sample of the batch went to the cloud). Call under inference mode."""
+        features, _ = self.edge(self.edge.prepare(self.images))
+        return [(self.images[: b["size"]], features[: b["cloud"]] if b["cloud"] else None) for b in batches]
+
     @torch.inference_mode()
     def replay_ms(self, batches: list[dict[str, Any]], replays: int = REPLAYS) -> float:
         """Compute of the run's ``batches`` back to back (edge part, then the cloud part on that batch's
         cloud-exited count), total ms: the best of ``replays`` whole replays after a warm-up one."""
-        features, _ = self.edge(self.edge.prepare(self.images))
-        work = [(self.images[: b["size"]], features[: b["cloud"]] if b["cloud"] else None) for b in batches]
+        work = self._work(batches)
 
         def replay() -> None:
             for images, cloud_in in work:
@@ -177,8 +182,7 @@ class Floor:
         are not counted), the least of ``replays`` whole replays. What waiting between requests costs
         the compute on this machine, without a second process, a network or any of the harness."""
         edge_gap, cloud_gap = gaps[0] / 1e3, gaps[1] / 1e3
-        features, _ = self.edge(self.edge.prepare(self.images))
-        work = [(self.images[: b["size"]], features[: b["cloud"]] if b["cloud"] else None) for b in batches]
+        work = self._work(batches)
         best = float("inf")
         for _ in range(replays):
             total = 0

@@ -49,9 +49,10 @@ _JOIN_MAX = 64 * 1024
 # Small frames sent back to back are corked: a frame written less than _CORK_WINDOW_S after the previous
 # one on the same connection, with no frame received in between, is collected with the ones after it
 # and they are written together at the end of the event loop's turn, before the connection's next
-# receive, or as soon as _CORK_MAX bytes are collected. One write syscall per message would otherwise cap small-message throughput (pyzmq batches
-# the same way in its I/O thread). A frame sent on its own -- a request, a reply, a batch's predictions
-# after its compute -- goes out at once, so corking adds no latency to what the nodes time.
+# receive, or as soon as _CORK_MAX bytes are collected. One write syscall per message would otherwise
+# cap small-message throughput (pyzmq batches the same way in its I/O thread). A frame sent on its own
+# -- a request, a reply, a batch's predictions after its compute -- goes out at once, so corking adds no
+# latency to what the nodes time.
 _CORK_WINDOW_S = 50e-6
 _CORK_MAX = 64 * 1024
 
@@ -320,41 +321,33 @@ class FramedStream:
         next_event = p.conn.next_event
         deadline: float | None = None
         while True:
-            if not frames and p.error is None and not p.closed and not p.fed_eof:
-                # Nothing received and nothing wrong: next_event would say NEED_DATA (every byte, error
-                # and end of stream reaches the connection through this protocol, which records them),
-                # so wait without asking it -- the usual case when a reply has not arrived yet.
-                if deadline is None:
-                    deadline = p.loop.time() + (timeout or self.timeout)
-                if not await p.readable(deadline):
-                    raise self._timeout(timeout, what)
-                continue
-            try:
-                event = next_event()
-            except RemoteProtocolError as exc:
-                raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {exc}") from exc
-            if p.read_paused:
-                p.resume_reading_if_needed()
-            if event is NEED_DATA:
+            # With nothing received and nothing wrong, next_event would say NEED_DATA (every byte, error
+            # and end of stream reaches the connection through this protocol, which records them), so
+            # the usual case -- a reply that has not arrived yet -- waits without asking it.
+            if frames or p.error is not None or p.closed or p.fed_eof:
+                try:
+                    event = next_event()
+                except RemoteProtocolError as exc:
+                    raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {exc}") from exc
+                if p.read_paused:
+                    p.resume_reading_if_needed()
+                if event is CLOSED:
+                    raise self._closed_error()
+                if event is not NEED_DATA:
+                    return event  # type: ignore[return-value]  # (the sentinels are handled here)
                 if p.error is not None:
                     err = p.error
                     raise RemoteProtocolError(f"from the {self.node} node at {self.peer}: {err}") from err
                 if p.closed:
                     raise self._closed_error()
-                if deadline is None:
-                    deadline = p.loop.time() + (timeout or self.timeout)
-                if not await p.readable(deadline):
-                    raise self._timeout(timeout, what)
-                continue
-            if event is CLOSED:
-                raise self._closed_error()
-            return event  # type: ignore[return-value]  # (NEED_DATA and CLOSED are handled above)
-
-    def _timeout(self, timeout: float | None, what: str) -> NodeTimeout:
-        return NodeTimeout(
-            self.node,
-            f"timed out after {timeout or self.timeout:g} s waiting {what} from the {self.node} node at {self.peer}",
-        )
+            if deadline is None:
+                deadline = p.loop.time() + (timeout or self.timeout)
+            if not await p.readable(deadline):
+                raise NodeTimeout(
+                    self.node,
+                    f"timed out after {timeout or self.timeout:g} s waiting {what} from the {self.node} "
+                    f"node at {self.peer}",
+                )
 
     def _closed_error(self) -> PeerError:
         detail = f" ({self._p.lost})" if self._p.lost else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -25,9 +26,10 @@ from nodes import (
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[FramedStream, FramedStream]]:
-    """A connected (client, server) pair of streams with the handshake frame limit lifted."""
+@contextlib.asynccontextmanager
+async def _listening() -> AsyncIterator[tuple[int, asyncio.Queue[FramedStream]]]:
+    """A listener on loopback: (its port, a queue of the server streams it accepts, the handshake frame
+    limit lifted); each stream stays open until the block ends."""
     accepted: asyncio.Queue[FramedStream] = asyncio.Queue()
     done = asyncio.Event()
 
@@ -38,15 +40,24 @@ async def pair() -> AsyncIterator[tuple[FramedStream, FramedStream]]:
 
     listener = Listener(handler, node="cloud", timeout=5.0)
     _, port = await listener.start("127.0.0.1", 0)
-    client = await open_stream("127.0.0.1", port, node="cloud", timeout=5.0)
-    client.conn.handshake_done()
-    server = await asyncio.wait_for(accepted.get(), 5.0)
     try:
-        yield client, server
+        yield port, accepted
     finally:
         done.set()
-        await client.close()
         await listener.close()
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[FramedStream, FramedStream]]:
+    """A connected (client, server) pair of streams with the handshake frame limit lifted."""
+    async with _listening() as (port, accepted):
+        client = await open_stream("127.0.0.1", port, node="cloud", timeout=5.0)
+        client.conn.handshake_done()
+        try:
+            server = await asyncio.wait_for(accepted.get(), 5.0)
+            yield client, server
+        finally:
+            await client.close()
 
 
 def _batch(i: int, size: int) -> Batch:
@@ -163,29 +174,18 @@ async def test_a_waiting_receive_learns_at_once_what_ended_the_stream(
 ) -> None:
     # A receive with nothing queued waits without asking the connection; whatever ends the wait -- a
     # close, a truncated frame, bytes that are no frame -- must still surface then, not at the timeout.
-    accepted: asyncio.Queue[FramedStream] = asyncio.Queue()
-    done = asyncio.Event()
-
-    async def handler(stream: FramedStream) -> None:
-        stream.conn.handshake_done()
-        await accepted.put(stream)
-        await done.wait()
-
-    listener = Listener(handler, node="cloud", timeout=5.0)
-    _, port = await listener.start("127.0.0.1", 0)
-    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        server = await asyncio.wait_for(accepted.get(), 5.0)
-        waiting = asyncio.create_task(server.recv(timeout=30.0))
-        await asyncio.sleep(0.05)  # the receive is waiting now
-        writer.write(sent)
-        if close:
+    async with _listening() as (port, accepted):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            server = await asyncio.wait_for(accepted.get(), 5.0)
+            waiting = asyncio.create_task(server.recv(timeout=30.0))
+            await asyncio.sleep(0.05)  # the receive is waiting now
+            writer.write(sent)
+            if close:
+                writer.close()
+            t0 = time.monotonic()
+            with pytest.raises(error, match=match):
+                await asyncio.wait_for(waiting, 10.0)
+            assert time.monotonic() - t0 < 5.0
+        finally:
             writer.close()
-        t0 = time.monotonic()
-        with pytest.raises(error, match=match):
-            await asyncio.wait_for(waiting, 10.0)
-        assert time.monotonic() - t0 < 5.0
-    finally:
-        done.set()
-        writer.close()
-        await listener.close()
