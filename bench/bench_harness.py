@@ -149,7 +149,7 @@ class Floor:
     def cloud_ms(self, n: int) -> float:
         if n not in self._cloud:
             features, _ = self.edge(self.edge.prepare(self.images[:n]))
-            self._cloud[n] = best_ms(lambda: self.cloud(features))
+            self._cloud[n] = best_ms(lambda: cloud_work(self.cloud, features))
         return self._cloud[n]
 
     def _work(self, batches: list[dict[str, Any]]) -> list[tuple[Any, Any]]:

@@ -258,17 +258,46 @@ def cmd_check(argv: Sequence[str]) -> int:
         help="CPU %% used by other programs (100 = one core) above which a run's machine "
         "counts as busy and its regressions as inconclusive (default 50)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="also write the fresh run's results here")
+    parser.add_argument(
+        "--confirm",
+        type=int,
+        default=1,
+        metavar="N",
+        help="when the check runs the configuration itself, re-run it up to N more times; a regression "
+        "(or improvement) stands only if every re-run shows it too (default 1; 0 = no re-run)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the fresh run's results here (the first run's)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    if args.tolerance < 0 or not 0 < args.alpha < 1 or args.min_samples < 1 or args.min_delta_ms < 0:
+    if (
+        args.tolerance < 0
+        or not 0 < args.alpha < 1
+        or args.min_samples < 1
+        or args.min_delta_ms < 0
+        or args.confirm < 0
+    ):
         raise ConfigError(
-            "--tolerance and --min-delta-ms must be ≥ 0, --alpha in (0, 1) and --min-samples ≥ 1"
+            "--tolerance, --min-delta-ms and --confirm must be ≥ 0, --alpha in (0, 1) and --min-samples ≥ 1"
         )
     baseline = load_results(args.baseline)
+
+    def compare(current: dict[str, Any]) -> check.CheckReport:
+        return check.compare(
+            baseline,
+            current,
+            tolerance=args.tolerance,
+            alpha=args.alpha,
+            min_samples=args.min_samples,
+            use_calibration=not args.no_calibration,
+            busy_limit=args.busy_limit,
+            min_delta_ms=args.min_delta_ms,
+        )
+
     if args.results is not None:
-        current = load_results(args.results)
+        report = compare(load_results(args.results))
     else:
         request = baseline["config"].get("request")
         if not isinstance(request, dict):
@@ -280,16 +309,17 @@ def cmd_check(argv: Sequence[str]) -> int:
         current = _run(cfg)
         if args.out is not None:
             write_results(args.out, current)
-    report = check.compare(
-        baseline,
-        current,
-        tolerance=args.tolerance,
-        alpha=args.alpha,
-        min_samples=args.min_samples,
-        use_calibration=not args.no_calibration,
-        busy_limit=args.busy_limit,
-        min_delta_ms=args.min_delta_ms,
-    )
+        report = compare(current)
+        for i in range(args.confirm):
+            if not any(c.verdict in ("regression", "improvement") for c in report.comparisons):
+                break
+            found = ", ".join(
+                c.metric for c in report.comparisons if c.verdict in ("regression", "improvement")
+            )
+            print(
+                f"re-running the configuration to confirm ({i + 1}/{args.confirm}): {found}", file=sys.stderr
+            )
+            report = check.confirmed(report, compare(_run(cfg)))
     print(check.format_report(report))
     return report.exit_code
 

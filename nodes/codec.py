@@ -61,6 +61,12 @@ TENSOR_EXT_CODE = 1
 # Tensors start at multiples of this many bytes from the start of the body (the largest itemsize we
 # carry), so that numpy/torch views of them are aligned.
 ALIGN = 8
+# (The sizes and unpackers as module constants: the receive path runs for every message, and each
+# ``STRUCT.size`` or ``STRUCT.unpack_from`` there is a global and an attribute lookup.)
+_PREFIX_SIZE = LENGTH_PREFIX.size
+_HEAD_SIZE = HEADER_LENGTH.size
+_unpack_prefix = LENGTH_PREFIX.unpack_from
+_unpack_head = HEADER_LENGTH.unpack_from
 
 # A batch tensor has at most 4 dimensions (N, C, H, W); 8 leaves room and bounds descriptor parsing.
 MAX_NDIM = 8
@@ -307,17 +313,17 @@ class BodyDecoder:
             if mv.ndim != 1 or mv.format != "B":
                 mv = mv.cast("B")
         total = len(mv)
-        if total < HEADER_LENGTH.size:
+        if total < _HEAD_SIZE:
             raise RemoteProtocolError(f"frame of {total} bytes is too short to hold a header length")
-        head_end = HEADER_LENGTH.size + HEADER_LENGTH.unpack_from(mv)[0]
+        head_end = _HEAD_SIZE + _unpack_head(mv)[0]
         if head_end > total:
             raise RemoteProtocolError(
-                f"header length {head_end - HEADER_LENGTH.size} runs past the end of a {total}-byte frame"
+                f"header length {head_end - _HEAD_SIZE} runs past the end of a {total}-byte frame"
             )
         self._mv = mv
         self._offset = head_end + (-head_end % ALIGN)
         try:
-            value = self._decode(mv[HEADER_LENGTH.size : head_end])
+            value = self._decode(mv[_HEAD_SIZE:head_end])
         except RemoteProtocolError:
             raise
         except msgspec.ValidationError as exc:  # well-formed msgpack, but not a valid value of the type
@@ -446,12 +452,12 @@ class FrameDecoder:
                 self._body = None
                 self._filled = 0
             return len(self._frames)
-        if nbytes > LENGTH_PREFIX.size and not self._buf:
+        if nbytes > _PREFIX_SIZE and not self._buf:
             # The usual small message: one whole frame at the start of the scratch buffer. (This is
             # _feed's first round for that case, without its loop.)
-            (length,) = LENGTH_PREFIX.unpack_from(self._scratch, 0)
-            if length == nbytes - LENGTH_PREFIX.size and HEADER_LENGTH.size <= length <= self._max_frame_size:
-                self._frames.append(self._scratch[LENGTH_PREFIX.size : nbytes])
+            (length,) = _unpack_prefix(self._scratch)
+            if length == nbytes - _PREFIX_SIZE and _HEAD_SIZE <= length <= self._max_frame_size:
+                self._frames.append(self._scratch[_PREFIX_SIZE:nbytes])
                 self._prefix_only = length >= _PREFIX_ONLY_AFTER
                 return len(self._frames)
         self._feed(self._scratch_view[:nbytes])

@@ -145,3 +145,40 @@ def test_a_change_within_the_current_sides_run_to_run_spread_is_inconclusive() -
     # A uniform slow-down of every current run (tight on both sides) is still a regression.
     uniform = make_results(runs=3, seed=100, batch_ms=13.0)
     assert "overall" in [c.metric for c in compare(base, uniform).regressions]
+
+
+def test_a_regression_not_shown_again_by_a_re_run_is_inconclusive() -> None:
+    from harness.check import confirmed
+
+    base = make_results(seed=0, batch_ms=2.0)
+    first = compare(base, make_results(seed=100, batch_ms=2.6))
+    assert first.exit_code == 1
+    report = confirmed(first, compare(base, make_results(seed=200, batch_ms=2.0)))
+    assert report.exit_code == 0 and report.confirmations == 1
+    overall = next(c for c in report.comparisons if c.metric == "overall")
+    assert overall.verdict == "inconclusive" and "not shown again by a re-run" in overall.note
+    assert "confirmation: each regression" in format_report(report)
+
+
+def test_a_regression_shown_again_by_a_re_run_stands() -> None:
+    from harness.check import confirmed
+
+    base = make_results(seed=0, batch_ms=2.0)
+    first = compare(base, make_results(seed=100, batch_ms=2.6))
+    report = confirmed(first, compare(base, make_results(seed=300, batch_ms=2.6)))
+    assert report.exit_code == 1
+    assert [c.metric for c in report.regressions] == [c.metric for c in first.regressions]
+    assert all("shown again by a re-run" in c.note for c in report.regressions)
+    # Verdicts other than regression and improvement are left as the first check gave them.
+    untouched = [c for c in first.comparisons if c.verdict not in ("regression", "improvement")]
+    assert untouched == [c for c in report.comparisons if c.metric in {u.metric for u in untouched}]
+
+
+def test_an_improvement_must_also_be_shown_again() -> None:
+    from harness.check import confirmed
+
+    base = make_results(seed=0, batch_ms=2.6)
+    first = compare(base, make_results(seed=100, batch_ms=2.0))
+    assert any(c.verdict == "improvement" for c in first.comparisons)
+    report = confirmed(first, compare(base, make_results(seed=200, batch_ms=2.6)))
+    assert not any(c.verdict == "improvement" for c in report.comparisons)

@@ -148,3 +148,45 @@ def test_check_exit_codes_on_files(capsys: pytest.CaptureFixture[str], tmp_path:
         capsys, "check", "--baseline", str(tmp_path / "base.json"), "--results", str(tmp_path / "slow.json")
     )
     assert code == 1 and "REGRESSION" in out
+
+
+def test_check_confirms_a_regression_with_a_fresh_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``check`` re-runs the configuration when it finds a regression: a slow first run that the re-run
+    does not repeat is inconclusive (exit 0); one the re-run repeats fails (exit 1); --confirm 0 does
+    not re-run."""
+    from harness.config import RunConfig, config_to_dict
+    from harness.results import write_results
+
+    from .helpers import make_results
+
+    request = config_to_dict(RunConfig(model="mem", exit=5, dataset="synthetic", samples=160, batch_size=8))
+    write_results(tmp_path / "base.json", make_results(seed=0, request=request))
+
+    def check_with(*speeds: float, confirm: str = "1") -> tuple[int, str, str, int]:
+        runs = iter(speeds)
+        calls = []
+
+        def fake_run(cfg: RunConfig) -> dict[str, object]:
+            calls.append(cfg)
+            return make_results(seed=10 * len(calls), batch_ms=next(runs), request=request)
+
+        monkeypatch.setattr(cli, "_run", fake_run)
+        code, out, err = run_cli(
+            capsys, "check", "--baseline", str(tmp_path / "base.json"), "--confirm", confirm
+        )
+        return code, out, err, len(calls)
+
+    code, out, err, calls = check_with(2.0)
+    assert (code, calls) == (0, 1) and "no regression" in out and "re-running" not in err
+    code, out, err, calls = check_with(3.0, 2.0)
+    assert (code, calls) == (0, 2) and "not shown again by a re-run" in out and "re-running" in err
+    code, out, _, calls = check_with(3.0, 3.0)
+    assert (code, calls) == (1, 2) and "REGRESSION" in out and "shown again by a re-run" in out
+    code, out, _, calls = check_with(3.0, 3.0, 2.0, confirm="2")
+    assert (code, calls) == (0, 3)
+    code, out, _, calls = check_with(3.0, confirm="0")
+    assert (code, calls) == (1, 1) and "confirmation" not in out
+    code, _, err = run_cli(capsys, "check", "--baseline", str(tmp_path / "base.json"), "--confirm", "-1")
+    assert code == 2 and "--confirm" in err
