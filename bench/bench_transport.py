@@ -60,6 +60,7 @@ from tabulate import tabulate
 from harness.environment import cpus_kept_awake
 from nodes import Batch, ClockProbe, ClockReply, FrameDecoder, FramedStream, Listener, open_stream
 from nodes.codec import BodyDecoder, FrameEncoder
+from nodes.errors import PeerError
 from nodes.messages import Message
 
 KIB = 1024
@@ -116,16 +117,17 @@ def raw_server(pipe: Pipe) -> None:
 def framed_server(pipe: Pipe) -> None:
     async def handler(stream: FramedStream) -> None:
         stream.conn.handshake_done()
-        while True:
-            msg = await stream.recv(timeout=600)
-            if isinstance(msg, ClockProbe):
-                if msg.seq == 0:  # round-trip probe
-                    await stream.send(ClockReply(0, msg.t_sent_ns, 0, 0))
-                    continue
-                for _ in range(msg.seq):  # a throughput trial of seq messages
-                    m = await stream.recv(timeout=600)
-                    assert isinstance(m, Batch)
-                await stream.send(ClockReply(msg.seq, 0, 0, 0))
+        with contextlib.suppress(PeerError):  # (the client closes when done: the end, not a failure)
+            while True:
+                msg = await stream.recv(timeout=600)
+                if isinstance(msg, ClockProbe):
+                    if msg.seq == 0:  # round-trip probe
+                        await stream.send(ClockReply(0, msg.t_sent_ns, 0, 0))
+                        continue
+                    for _ in range(msg.seq):  # a throughput trial of seq messages
+                        m = await stream.recv(timeout=600)
+                        assert isinstance(m, Batch)
+                    await stream.send(ClockReply(msg.seq, 0, 0, 0))
 
     async def main() -> None:
         listener = Listener(handler, node="cloud", timeout=600)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.bench_transport import python_rtt
 
 
@@ -35,3 +37,34 @@ async def test_the_stub_delivers_a_frame_larger_than_the_buffer_offered_in_parts
         got = await receiver.recv()
         assert isinstance(got, Batch) and got.batch_id == fill
         np.testing.assert_array_equal(got.images, images)
+
+
+def test_round_trip_ratios_pair_blocks_of_the_same_round() -> None:
+    """A ratio is the median of per-round ratios: a round that ran on a slow machine state slows every
+    method in it alike and moves no ratio, where the ratio of each method's best block would mix states."""
+    from bench.bench_transport import RoundTrips, rtt_table
+
+    rtt = RoundTrips()
+    for scale in (1.0, 3.0, 1.0, 3.0, 1.0):  # rounds alternating between a fast and a 3x slower state
+        rtt.blocks["framed"].append(12e-6 * scale)
+        rtt.blocks["echo"].append(10e-6 * scale)
+        rtt.blocks["zmq"].append(15e-6 * scale)
+    assert rtt.ratio("echo") == pytest.approx(1.2) and rtt.ratio("zmq") == pytest.approx(0.8)
+    assert rtt.spread("echo") == pytest.approx((1.2, 1.2))
+    assert rtt.best("echo") == 10e-6
+    table = rtt_table({"separate CPUs": rtt, "one CPU": rtt}, judged="separate CPUs")
+    judged, shown = (line for line in table.splitlines() if "CPU" in line)
+    assert "echo ok (≤1.2), zmq ok (≤1)" in judged and "ok" not in shown
+    rtt.blocks["framed"][:] = [13e-6 * s for s in (1.0, 3.0, 1.0, 3.0, 1.0)]
+    assert "echo MISSED" in rtt_table({"separate CPUs": rtt}, judged="separate CPUs")
+
+
+def test_layouts_are_only_those_this_process_may_pin() -> None:
+    import os
+
+    from bench.bench_transport import LAYOUTS, layouts
+
+    usable = os.sched_getaffinity(0)
+    got = layouts()
+    assert all(client | servers <= usable for client, servers in got.values())
+    assert set(got) == {name for name, (c, s) in LAYOUTS.items() if c | s <= usable}
