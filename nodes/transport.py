@@ -73,6 +73,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         # is called from ours below.
         self.get_buffer = conn.get_buffer  # type: ignore[method-assign,assignment]
         self._buffer_updated = conn.buffer_updated
+        # (bound once for FramedStream.recv, which runs for every message)
+        self.frames = conn.frames
+        self.next_event = conn.next_event
         self.loop = asyncio.get_running_loop()  # protocols are built by the loop that runs them
         self._on_made = on_made
         self.transport: asyncio.Transport | None = None
@@ -317,8 +320,8 @@ class FramedStream:
         p = self._p
         if p.corked:
             p.flush_cork()  # what we sent goes out before we wait for (or work on) what comes next
-        frames = p.conn.frames
-        next_event = p.conn.next_event
+        frames = p.frames
+        next_event = p.next_event
         deadline: float | None = None
         while True:
             # With nothing received and nothing wrong, next_event would say NEED_DATA (every byte, error
