@@ -88,6 +88,7 @@ DEFAULT_MIN_DELTA_MS = 0.5
 DEFAULT_BUSY_LIMIT = 50.0
 
 VERDICTS = ("pass", "improvement", "inconclusive", "regression", "absent")
+CONFIRMED_VERDICTS = ("regression", "improvement")
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,11 @@ class CheckReport:
     @property
     def regressions(self) -> list[Comparison]:
         return [c for c in self.comparisons if c.verdict == "regression"]
+
+    @property
+    def changes(self) -> list[Comparison]:
+        """The regressions and improvements: the verdicts a re-run must confirm (:func:`confirmed`)."""
+        return [c for c in self.comparisons if c.verdict in CONFIRMED_VERDICTS]
 
     @property
     def exit_code(self) -> int:
@@ -321,7 +327,7 @@ def confirmed(report: CheckReport, again: CheckReport) -> CheckReport:
     out = []
     for c in report.comparisons:
         kept = c
-        if c.verdict in ("regression", "improvement"):
+        if c.verdict in CONFIRMED_VERDICTS:
             r = again_by_metric.get(c.metric)
             seen = "absent" if r is None else r.verdict
             change = "" if r is None or r.change is None else f"{100 * r.change:+.1f}%, "

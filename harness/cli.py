@@ -311,11 +311,9 @@ def cmd_check(argv: Sequence[str]) -> int:
             write_results(args.out, current)
         report = compare(current)
         for i in range(args.confirm):
-            if not any(c.verdict in ("regression", "improvement") for c in report.comparisons):
+            if not report.changes:
                 break
-            found = ", ".join(
-                c.metric for c in report.comparisons if c.verdict in ("regression", "improvement")
-            )
+            found = ", ".join(c.metric for c in report.changes)
             print(
                 f"re-running the configuration to confirm ({i + 1}/{args.confirm}): {found}", file=sys.stderr
             )
