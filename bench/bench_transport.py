@@ -17,14 +17,16 @@ When run as root it also measures the round trips with idle CPUs kept out of sle
 loopback round trip is waking the peer's vCPU (measured 2026-11-27 on the build VM: a 64-byte echo
 87-100 µs, 23-29 µs with the CPUs kept awake), which tells the machine's share from the code's.
 
-Each throughput figure is the best of several repeats (the least disturbed by other load on the
-machine); within a repeat the methods run one after the other, size by size, so that a burst of
-background load hits them alike. The round trips run in rounds of one block of 1000 per method, the
-order reversed every other round; a ratio is the median over the rounds of the framed block's time over
-the other method's block in the same round. (Until 2026-11-27 it was the ratio of each method's best
-block of 10 000: on this VM, whose vCPUs switch between a fast and a slow state every few seconds, the
-two bests could come from different states, and five runs of unchanged code gave 1.15-1.38x the echo.)
-What each baseline is, exactly:
+Both are measured in rounds, and a ratio is the median over the rounds of the ratio between the
+framed method and the other method *in the same round*, with its interquartile range: a round's
+trials run within a fraction of a second of each other, so they share the machine's state. Throughput:
+each round runs one trial per method and size, the methods one after the other, size by size, their
+order reversed every other round; the GB/s shown are each method's best trial. Round trips: one block
+of 1000 per method per round, the order reversed every other round. (Until 2026-11-27 both ratios were
+ratios of each method's best: on this VM, whose vCPUs switch between a fast and a slow state every few
+seconds, the two bests could come from different states. Five runs of unchanged code gave 1.15-1.38x
+the echo; four runs of 15 rounds gave 0.78-0.97x raw at 1 MiB by the best of the first 5 rounds and
+0.81-0.93x by the paired median, and 0.79-1.06x against 0.95-1.03x pyzmq.) What each baseline is, exactly:
 
 - raw: a blocking ``socket.sendall`` of the payload (one buffer, no event loop, no framing) into a
   blocking ``recv_into`` that reuses one buffer -- the most a Python process can get from TCP here; both
@@ -277,12 +279,51 @@ class RoundTrips:
     def ratio(self, method: str) -> float:
         """The median of the per-round ratios: each round's blocks ran within a few hundred milliseconds
         of each other, so they share the machine's state; the median of many rounds is the steady ratio."""
-        return statistics.median(self.ratios(method))
+        return _median_iqr(self.ratios(method))[0]
 
     def spread(self, method: str) -> tuple[float, float]:
         """The interquartile range of the per-round ratios."""
-        q = statistics.quantiles(self.ratios(method), n=4)
-        return q[0], q[2]
+        _, low, high = _median_iqr(self.ratios(method))
+        return low, high
+
+
+TRANSFER_METHODS = ("raw", "framed", "zmq")
+#: The throughput targets: framed throughput over the other method's, at least; raw only from 1 MiB up.
+TRANSFER_TARGETS = {"raw": 0.9, "zmq": 1.0}
+RAW_TARGET_FROM = 1 * MIB
+
+
+def _median_iqr(ratios: list[float]) -> tuple[float, float, float]:
+    """The median of paired ratios and their interquartile range."""
+    if len(ratios) < 2:
+        return (ratios[0],) * 3 if ratios else (float("nan"),) * 3
+    q = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), q[0], q[2]
+
+
+@dataclass
+class Transfers:
+    """Throughput trials in rounds: per method and payload size, each round's trial time (seconds for
+    the whole trial, in order). A ratio is framed throughput over the other method's, round by round."""
+
+    times: dict[str, dict[int, list[float]]] = field(
+        default_factory=lambda: {m: {} for m in TRANSFER_METHODS}
+    )
+
+    def add(self, method: str, size: int, seconds: float) -> None:
+        self.times[method].setdefault(size, []).append(seconds)
+
+    def best(self, method: str, size: int) -> float:
+        """The fastest trial (seconds)."""
+        return min(self.times[method][size])
+
+    def ratios(self, method: str, size: int) -> list[float]:
+        # throughput framed / other = the other's time / framed time, in the same round
+        return [o / f for f, o in zip(self.times["framed"][size], self.times[method][size], strict=True)]
+
+    def ratio(self, method: str, size: int) -> tuple[float, float, float]:
+        """Median of the per-round ratios, with the interquartile range: (median, q1, q3)."""
+        return _median_iqr(self.ratios(method, size))
 
 
 async def round_trips(
@@ -343,18 +384,18 @@ def layouts() -> dict[str, tuple[set[int], set[int]]]:
 async def measure(
     ports: dict[str, int],
     trials: list[tuple[int, int]],
-    repeats: int,
+    rounds: int,
     rtt_rounds: int,
     rtt_block: int,
     server_pids: list[int],
 ) -> dict[str, Any]:
-    """All transfers and round trips. Transfers: the methods interleaved within each repeat so that
-    background load hits them alike; best of ``repeats`` per method and size. Round trips: interleaved
-    blocks (:func:`round_trips`). One event loop runs the framed and the echo clients (the same loop,
-    uvloop if installed); raw and zmq block the loop while they run."""
+    """All transfers and round trips. Transfers: ``rounds`` rounds of one trial per method and size,
+    the methods' order reversed every other round (:class:`Transfers`). Round trips: interleaved blocks
+    (:func:`round_trips`). One event loop runs the framed and the echo clients (the same loop, uvloop if
+    installed); raw and zmq block the loop while they run."""
     import zmq
 
-    best: dict[str, dict[int, float]] = {"raw": {}, "framed": {}, "zmq": {}}
+    transfers = Transfers()
     rtt: dict[str, RoundTrips] = {}  # per layout
     awake: RoundTrips | None = None  # the round trips with idle CPUs kept out of sleep states, when root
     ctx = zmq.Context()
@@ -368,7 +409,7 @@ async def measure(
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         await framed_rtt(stream, 1)  # the receiver lifts its handshake frame limit before any big frame
-        for _ in range(repeats):
+        for i in range(rounds):
             for k, p in trials:
                 payload = np.ones(p, dtype=np.uint8)
                 msg = Batch(
@@ -377,12 +418,14 @@ async def measure(
                     images=payload.reshape(1, 1, 1, p),
                     t_sent_ns=0,
                 )
-                for name, t in (
-                    ("raw", raw_trial(raw, k, payload)),
-                    ("framed", await framed_trial(stream, k, msg)),
-                    ("zmq", zmq_trial(zsock, k, payload)),
-                ):
-                    best[name][p] = min(best[name].get(p, float("inf")), t)
+                for name in TRANSFER_METHODS if i % 2 == 0 else reversed(TRANSFER_METHODS):
+                    if name == "raw":
+                        t = raw_trial(raw, k, payload)
+                    elif name == "framed":
+                        t = await framed_trial(stream, k, msg)
+                    else:
+                        t = zmq_trial(zsock, k, payload)
+                    transfers.add(name, p, t)
         for name, (client_cpus, server_cpus) in (layouts() or {"unpinned": (set(), set())}).items():
             with contextlib.ExitStack() as stack:
                 if client_cpus:
@@ -403,7 +446,7 @@ async def measure(
         await stream.close()
         zsock.close(linger=0)
         ctx.term()
-    return {"throughput": best, "rtt": rtt, "rtt_awake": awake}
+    return {"throughput": transfers, "rtt": rtt, "rtt_awake": awake}
 
 
 class _LoopbackTransport(asyncio.Transport):
@@ -534,6 +577,41 @@ def _fmt_size(p: int) -> str:
     return f"{p // MIB} MiB" if p >= MIB else f"{p // KIB} KiB"
 
 
+def throughput_table(
+    transfers: Transfers, trials: list[tuple[int, int]], decode: dict[int, float]
+) -> tuple[str, list[str]]:
+    """One row per payload size: each method's best trial (GB/s), the framed throughput's ratios to raw
+    and to pyzmq (median of the rounds, interquartile range) against the targets, and the decode cost;
+    and the targets missed."""
+    rows = []
+    failures = []
+    for k, p in trials:
+        row: list[Any] = [_fmt_size(p), k]
+        row += [f"{k * p / transfers.best(m, p) / 1e9:.2f}" for m in TRANSFER_METHODS]
+        for method, limit in TRANSFER_TARGETS.items():
+            median, low, high = transfers.ratio(method, p)
+            cell = f"{median:.2f} ({low:.2f}–{high:.2f})"
+            if method != "raw" or p >= RAW_TARGET_FROM:
+                ok = median >= limit
+                cell += " ok" if ok else " MISSED"
+                if not ok:
+                    failures.append(f"throughput {_fmt_size(p)}: {median:.2f}x {method} < {limit:g}x")
+            row.append(cell)
+        row.append(f"{decode[p] * 1e6:.1f}")
+        rows.append(row)
+    headers = [
+        "payload",
+        "msgs",
+        "raw GB/s",
+        "framed GB/s",
+        "zmq GB/s",
+        f"framed / raw (≥{TRANSFER_TARGETS['raw']:g} from {_fmt_size(RAW_TARGET_FROM)})",
+        f"framed / zmq (≥{TRANSFER_TARGETS['zmq']:g})",
+        "decode µs",
+    ]
+    return tabulate(rows, headers=headers), failures
+
+
 def rtt_table(rows: dict[str, RoundTrips], judged: str | None) -> str:
     """One row per layout: each method's best block (µs) and the framed round trip's ratios to the echo
     and to pyzmq (median of the rounds, interquartile range); targets only on the ``judged`` row."""
@@ -575,7 +653,7 @@ def rtt_table(rows: dict[str, RoundTrips], judged: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_transport", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats (< ~30 s)")
+    ap.add_argument("--quick", action="store_true", help="fewer sizes and rounds (< ~30 s)")
     args = ap.parse_args(argv)
     sizes = (
         [4 * KIB, 64 * KIB, 1 * MIB, 16 * MIB, 64 * MIB]
@@ -583,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         else [4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB, 16 * MIB, 64 * MIB]
     )
     per_trial = 32 * MIB if args.quick else 128 * MIB
-    repeats = 3 if args.quick else 5
+    rounds = 5 if args.quick else 15  # of throughput trials
     rtt_rounds = 10 if args.quick else 40
     rtt_block = 1000
     trials = [(max(1, min(4096, per_trial // p)), p) for p in sizes]
@@ -599,16 +677,16 @@ def main(argv: list[str] | None = None) -> int:
             measure(
                 {"raw": raw_port, "framed": fr_port, "echo": ec_port, "zmq": zm_port},
                 trials,
-                repeats,
+                rounds,
                 rtt_rounds,
                 rtt_block,
                 [p.pid for p in (fr_p, ec_p, zm_p) if p.pid is not None],
             )
         )
-        raw, framed, zmq_t = (res["throughput"][m] for m in ("raw", "framed", "zmq"))
+        transfers: Transfers = res["throughput"]
         rtt: dict[str, RoundTrips] = res["rtt"]
         awake: RoundTrips | None = res["rtt_awake"]
-        decode = decode_cost(sizes, repeats)
+        decode = decode_cost(sizes, 5)
         in_process = _run_loop(python_rtt(10 * rtt_block))
     finally:
         for proc, pipe in procs:
@@ -621,46 +699,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# transport benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
         f"{platform.node()} ({platform.processor() or platform.machine()}, {mp.cpu_count()} CPUs), "
-        f"Python {sys.version.split()[0]}, {loop_name()}, loopback, best of {repeats}"
+        f"Python {sys.version.split()[0]}, {loop_name()}, loopback, {rounds} rounds of transfers"
     )
-    rows = []
-    failures = []
-    for k, p in trials:
-        gbps = {name: k * p / t[p] / 1e9 for name, t in (("raw", raw), ("framed", framed), ("zmq", zmq_t))}
-        r_raw = raw[p] / framed[p]
-        r_zmq = zmq_t[p] / framed[p]
-        ok_raw = r_raw >= 0.9 or p < MIB
-        ok_zmq = r_zmq >= 1.0
-        if not ok_raw:
-            failures.append(f"throughput {_fmt_size(p)}: {r_raw:.2f}x raw < 0.9x")
-        if not ok_zmq:
-            failures.append(f"throughput {_fmt_size(p)}: {r_zmq:.2f}x zmq < 1.0x")
-        rows.append(
-            [
-                _fmt_size(p),
-                k,
-                f"{gbps['raw']:.2f}",
-                f"{gbps['framed']:.2f}",
-                f"{gbps['zmq']:.2f}",
-                f"{r_raw:.2f}" + ("" if p < MIB else (" ok" if ok_raw else " BELOW 0.9")),
-                f"{r_zmq:.2f}" + (" ok" if ok_zmq else " slower"),
-                f"{decode[p] * 1e6:.1f}",
-            ]
-        )
+    table, failures = throughput_table(transfers, trials, decode)
+    print(table)
     print(
-        tabulate(
-            rows,
-            headers=[
-                "payload",
-                "msgs",
-                "raw GB/s",
-                "framed GB/s",
-                "zmq GB/s",
-                "framed/raw (≥0.9 from 1 MiB)",
-                "framed/zmq (≥1)",
-                "decode µs",
-            ],
-        )
+        f"\n(GB/s: each method's best of {rounds} trials; ratios: framed throughput over the other's, the "
+        f"median over {rounds} rounds of the same round's trials, interquartile range in brackets)"
     )
     flat = max(decode.values()) / min(decode.values())
     print(

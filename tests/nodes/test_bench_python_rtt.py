@@ -59,6 +59,31 @@ def test_round_trip_ratios_pair_blocks_of_the_same_round() -> None:
     assert "echo MISSED" in rtt_table({"separate CPUs": rtt}, judged="separate CPUs")
 
 
+def test_throughput_ratios_pair_trials_of_the_same_round() -> None:
+    """Throughput ratios are paired by round, as the round trips' are: a round on a slow machine state
+    slows every method in it alike and moves no ratio. The raw target applies from 1 MiB up; a miss is
+    marked in the table and listed."""
+    from bench.bench_transport import MIB, Transfers, throughput_table
+
+    t = Transfers()
+    sizes = (64 * 1024, MIB)
+    for scale in (1.0, 3.0, 1.0, 3.0, 1.0):  # rounds alternating between a fast and a 3x slower state
+        for p in sizes:
+            t.add("framed", p, 1.0 * scale)  # framed throughput: 0.8x raw's, 1.2x pyzmq's
+            t.add("raw", p, 0.8 * scale)
+            t.add("zmq", p, 1.2 * scale)
+    assert t.best("raw", MIB) == pytest.approx(0.8)
+    assert t.ratio("raw", MIB) == pytest.approx((0.8, 0.8, 0.8))
+    assert t.ratio("zmq", MIB) == pytest.approx((1.2, 1.2, 1.2))
+    t.times["raw"][MIB][1] = 3.0  # one round where raw alone got slower: the median does not move
+    assert t.ratio("raw", MIB)[0] == pytest.approx(0.8)
+    table, failures = throughput_table(t, [(4, p) for p in sizes], {p: 1e-6 for p in sizes})
+    small, large = (line for line in table.splitlines() if line.startswith(("64 KiB", "1 MiB")))
+    assert "0.80 (0.80–0.80) " in small and "MISSED" not in small  # no raw target below 1 MiB
+    assert "0.80 (0.80–0.90) MISSED" in large and "1.20 (1.20–1.20) ok" in large
+    assert failures == ["throughput 1 MiB: 0.80x raw < 0.9x"]
+
+
 def test_layouts_are_only_those_this_process_may_pin() -> None:
     import os
 
