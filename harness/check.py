@@ -79,6 +79,10 @@ WORKLOAD_KEYS = (
     "samples",
     "checkpoint_sha256",
     "links",
+    # where and how it ran: batches in flight, the edge's limits and the cloud's CPUs change latencies
+    "inflight",
+    "edge_limits",
+    "cloud_cpuset",
 )
 DEFAULT_TOLERANCE = 0.10
 DEFAULT_ALPHA = 0.01

@@ -87,6 +87,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     env.add_argument("--edge-cpuset", default=None, help="edge CPU set, e.g. 0")
     env.add_argument("--edge-mem", default=None, help="edge memory limit, e.g. 256m")
     env.add_argument(
+        "--cloud-cpuset",
+        default=None,
+        help="CPUs the cloud node runs on, e.g. 2-3 (keep it off the edge's; default: any)",
+    )
+    env.add_argument(
         "--isolation",
         choices=ISOLATIONS,
         default="auto",
@@ -130,6 +135,7 @@ def run_config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfi
             "edge_cpus": args.edge_cpus,
             "edge_cpuset": args.edge_cpuset,
             "edge_mem": args.edge_mem,
+            "cloud_cpuset": args.cloud_cpuset,
             "seed": args.seed,
             "isolation": args.isolation,
             "allow_unshaped": args.allow_unshaped,

@@ -71,6 +71,7 @@ class RunConfig:
     edge_cpus: str | None = None
     edge_cpuset: str | None = None
     edge_mem: str | None = None
+    cloud_cpuset: str | None = None  # the CPUs the cloud node runs on (affinity); None: any
     seed: int = 0
     isolation: str = "auto"
     allow_unshaped: bool = False

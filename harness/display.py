@@ -104,6 +104,9 @@ def format_summary(results: Mapping[str, Any]) -> str:
     for key in ("cpus", "cpuset", "memory"):
         if limits.get(key) is not None:
             link_rows.append(["edge", key, limits[key], limits.get("mechanism") or "none"])
+    cloud_cpus = cfg.get("cloud_cpuset")
+    if cloud_cpus:
+        link_rows.append(["cloud", "cpuset", cloud_cpus["cpuset"], cloud_cpus["mechanism"]])
     lines += ["link as applied", tabulate(link_rows, headers=["link", "parameter", "value", "mechanism"])]
     for item in cfg.get("not_applied") or []:
         lines.append(f"NOT applied: {item}")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +55,7 @@ class Plan:
     edge_cloud: netem.LinkSpec
     test_edge: netem.LinkSpec | None
     edge_limits: netem.EdgeLimits | None
+    cloud_cpus: frozenset[int] | None = None  # --cloud-cpuset, checked against the CPUs we may use
 
     @property
     def node_exit(self) -> int:
@@ -154,11 +155,40 @@ def parse_limits(cfg: RunConfig) -> netem.EdgeLimits | None:
         raise ConfigError(f"bad edge limit (--edge-cpus/--edge-cpuset/--edge-mem): {exc}") from exc
 
 
+def parse_cloud_cpus(cfg: RunConfig) -> frozenset[int] | None:
+    """The cloud's CPUs (``--cloud-cpuset``), which must be CPUs this process may run on."""
+    if cfg.cloud_cpuset is None:
+        return None
+    try:
+        cpus = frozenset(netem.parse_cpuset(cfg.cloud_cpuset))
+    except (ValueError, LocalExitError) as exc:
+        raise ConfigError(f"bad --cloud-cpuset: {exc}") from exc
+    usable = os.sched_getaffinity(0)
+    if not cpus <= usable:
+        raise ConfigError(
+            f"--cloud-cpuset {cfg.cloud_cpuset} asks for CPUs this machine does not give us "
+            f"(usable: {_cpu_list(usable)})"
+        )
+    return cpus
+
+
+def _cpu_list(cpus: Iterable[int]) -> str:
+    """``{0, 1, 2, 5}`` → ``"0-2,5"``."""
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
+
+
 def prepare(cfg: RunConfig) -> Plan:
     """Resolve and check the checkpoint, the dataset, the exit and the link before anything runs."""
     edge_cloud = parse_link(cfg.edge_cloud, "edge–cloud")
     test_edge = parse_link(cfg.test_edge, "test–edge") if cfg.test_edge is not None else None
     limits = parse_limits(cfg)
+    cloud_cpus = parse_cloud_cpus(cfg)
     dataset = models.load_dataset(cfg.dataset, "test", cfg.data_dir)
     checkpoint = cfg.checkpoint or models.default_checkpoint(cfg.model, cfg.exit, cfg.dataset)
     _model, meta = models.load_checkpoint(checkpoint)
@@ -176,6 +206,7 @@ def prepare(cfg: RunConfig) -> Plan:
         edge_cloud=edge_cloud,
         test_edge=test_edge,
         edge_limits=limits,
+        cloud_cpus=cloud_cpus,
     )
 
 
@@ -298,9 +329,10 @@ NODE_ENV_DEFAULTS = {
 }
 
 
-def node_env(tb: TestbedLike, node: str) -> dict[str, str]:
+def node_env(tb: TestbedLike, node: str, cpus: frozenset[int] | None = None) -> dict[str, str]:
     """Environment of a node process: ours, plus ``NODE_ENV_DEFAULTS`` unless the user set them, plus
-    the edge's thread count under a CPU limit (what ``netem`` would set had we passed no environment).
+    the edge's thread count under a CPU limit (what ``netem`` would set had we passed no environment),
+    or the cloud's for its ``cpus`` (``--cloud-cpuset``: a thread per CPU).
 
     The test node computes nothing, so it is not bound to CPUs (see ``OMP_PROC_BIND`` above): libgomp
     pins a bound process's main thread as torch loads, and three start-ups then queued on one CPU (a
@@ -310,7 +342,7 @@ def node_env(tb: TestbedLike, node: str) -> dict[str, str]:
         if node == "test" and key == "OMP_PROC_BIND" and key not in env:
             continue
         env.setdefault(key, value)
-    threads = tb.edge_threads() if node == "edge" else None
+    threads = tb.edge_threads() if node == "edge" else len(cpus) if node == "cloud" and cpus else None
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
@@ -318,7 +350,13 @@ def node_env(tb: TestbedLike, node: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _started(
-    tb: TestbedLike, name: str, argv: list[str], workdir: Path, *, pipe_stdout: bool
+    tb: TestbedLike,
+    name: str,
+    argv: list[str],
+    workdir: Path,
+    *,
+    pipe_stdout: bool,
+    cpus: frozenset[int] | None = None,
 ) -> Iterator[NodeProcess]:
     log_path = workdir / f"{name}.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 -- NodeProcess.stop closes it
@@ -328,9 +366,10 @@ def _started(
             name,
             argv,
             stdin=subprocess.DEVNULL,
-            env=node_env(tb, name),
+            env=node_env(tb, name, cpus),
             stdout=subprocess.PIPE if pipe_stdout else log_file,
             stderr=log_file,
+            **({"cpus": cpus} if cpus is not None else {}),
         )
     except OSError as exc:
         log_file.close()
@@ -343,6 +382,24 @@ def _started(
         yield node
     finally:
         node.stop()
+
+
+def _check_cpus(node: NodeProcess, cpus: frozenset[int]) -> None:
+    """Every thread of the node may run only on ``cpus`` (read back from the kernel: a CPU set is never
+    reported that was not applied). Threads, not the process: with ``OMP_PROC_BIND`` libgomp narrows
+    each thread to one CPU of the set, the main thread to the first."""
+    pid = node.popen.pid
+    try:
+        actual: set[int] = set()
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # (a thread that ended)
+                actual |= os.sched_getaffinity(int(tid))
+    except OSError as exc:
+        raise node.failure(f"cannot read its CPU affinity: {exc.strerror or exc}") from exc
+    if not actual or not actual <= cpus:
+        raise node.failure(
+            f"runs on CPUs {_cpu_list(actual) or 'unknown'}, not within the CPU set {_cpu_list(cpus)} asked for"
+        )
 
 
 def _wait_test(tb: TestbedLike, test: NodeProcess, others: list[NodeProcess], timeout_s: float) -> None:
@@ -382,6 +439,7 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[s
                 ctx.commands.cloud(plan, tb.bind_address("cloud"), cloud_port),
                 rundir,
                 pipe_stdout=True,
+                cpus=plan.cloud_cpus,
             )
         )
         edge_to_cloud = tb.connect_address("edge", "cloud", cloud_port)
@@ -398,6 +456,8 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[s
         if direct:
             cloud.wait_ready(cfg.ready_timeout_s)
         edge.wait_ready(cfg.ready_timeout_s)
+        if plan.cloud_cpus is not None:
+            _check_cpus(cloud, plan.cloud_cpus)
         test_argv = ctx.commands.test(
             plan,
             tb.connect_address("test", "edge", edge_port),
@@ -443,7 +503,7 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
     mechanism = getattr(tb, "edge_limits_mechanism", None)
     node_envs = {}
     for node in ("edge", "cloud", "test"):
-        env = node_env(tb, node)
+        env = node_env(tb, node, plan.cloud_cpus)
         node_envs[node] = {key: env[key] for key in (*NODE_ENV_DEFAULTS, *PIN_VARIABLES) if key in env}
     return {
         "model": cfg.model,
@@ -472,6 +532,11 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
             **(limits.describe() if limits else {"cpus": None, "cpuset": None, "memory": None}),
             "mechanism": mechanism if limits else None,
         },
+        "cloud_cpuset": (
+            None
+            if plan.cloud_cpus is None
+            else {"cpuset": _cpu_list(plan.cloud_cpus), "mechanism": "sched_setaffinity"}
+        ),
         "isolation": tb.isolation,
         "node_env": node_envs,
         "request": config_to_dict(cfg),

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from models.errors import LocalExitError
 
-from .config import LOCAL_EXITS, LinkOptions, RunConfig, config_to_dict
+from .config import LOCAL_EXITS, LinkOptions, RunConfig, config_from_dict, config_to_dict
 from .errors import ConfigError, NodeFailure, ResultsError
 from .results import load_results, write_json_atomic, write_results
 
@@ -85,7 +85,12 @@ def is_done(path: Path, cfg: RunConfig) -> bool:
     except ResultsError as exc:
         logger.warning("re-running %s: %s", path.name, exc)
         return False
-    return bool(data["config"].get("request") == config_to_dict(cfg))
+    request = data["config"].get("request")
+    try:  # (read back through RunConfig, so that an option added since takes its default)
+        stored = config_to_dict(config_from_dict(request)) if isinstance(request, dict) else None
+    except ValueError:
+        return False
+    return stored == config_to_dict(cfg)
 
 
 @dataclass

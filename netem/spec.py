@@ -230,8 +230,19 @@ MIN_MEMORY_BYTES = 16 * 2**20
 """Below 16 MiB not even the Python interpreter starts; smaller limits are typos."""
 
 
+def parse_cpuset(cpuset: str) -> list[int]:
+    """``"0,2-3"`` → ``[0, 2, 3]``, or :class:`SpecError` for text that is not a CPU list."""
+    if not _CPUSET_RE.fullmatch(cpuset):
+        raise SpecError(f"cpuset {cpuset!r} must look like '0', '0-1' or '0,2-3'")
+    for part in cpuset.split(","):
+        lo, _, hi = part.partition("-")
+        if hi and int(hi) < int(lo):
+            raise SpecError(f"cpuset {cpuset!r}: range {part!r} runs backwards")
+    return cpuset_cpus(cpuset)
+
+
 def cpuset_cpus(cpuset: str) -> list[int]:
-    """``"0,2-3"`` → ``[0, 2, 3]``."""
+    """``"0,2-3"`` → ``[0, 2, 3]`` (for text already checked, see :func:`parse_cpuset`)."""
     cpus: list[int] = []
     for part in cpuset.split(","):
         lo, _, hi = part.partition("-")
@@ -251,12 +262,7 @@ class EdgeLimits:
         if self.cpus is not None and not (math.isfinite(self.cpus) and 0.01 <= self.cpus <= 1024):
             raise SpecError(f"cpus must be a number of cores in [0.01, 1024], got {self.cpus!r}")
         if self.cpuset is not None:
-            if not _CPUSET_RE.fullmatch(self.cpuset):
-                raise SpecError(f"cpuset {self.cpuset!r} must look like '0', '0-1' or '0,2-3'")
-            for part in self.cpuset.split(","):
-                lo, _, hi = part.partition("-")
-                if hi and int(hi) < int(lo):
-                    raise SpecError(f"cpuset {self.cpuset!r}: range {part!r} runs backwards")
+            parse_cpuset(self.cpuset)
         if self.memory_bytes is not None and self.memory_bytes < MIN_MEMORY_BYTES:
             raise SpecError(f"memory limit must be at least 16m, got {self.memory_bytes} bytes")
 

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -39,6 +39,13 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 ISOLATIONS = ("netns", "loopback", "auto")
+
+
+def _enter_and_pin(enter: Callable[[], None] | None, cpus: frozenset[int]) -> None:
+    """``preexec_fn``: the cgroup first (its CPU set bounds the affinity), then the CPUs."""
+    if enter is not None:
+        enter()
+    os.sched_setaffinity(0, cpus)
 
 
 @dataclass(frozen=True)
@@ -407,11 +414,15 @@ class Testbed:
             self._relays[key] = relay_port
         return LOOPBACK, self._relays[key]
 
-    def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+    def popen(
+        self, node: str, argv: Sequence[str], *, cpus: Collection[int] | None = None, **kw: Any
+    ) -> subprocess.Popen[Any]:
         """Start ``argv`` in ``node``'s namespace (the edge also in its cgroup, before it execs).
 
-        Sets ``OMP_NUM_THREADS`` for the edge to ``edge_threads()`` unless ``env`` is given.
-        The testbed stops the process (by PID) at teardown if it is still running.
+        ``cpus``: the CPUs the process (and every thread it starts) may run on, set before it execs
+        (``sched_setaffinity``; inside the edge's CPU set, if it has one). Sets ``OMP_NUM_THREADS`` for
+        the edge to ``edge_threads()`` unless ``env`` is given. The testbed stops the process (by PID) at
+        teardown if it is still running.
         """
         self._check_node(node)
         if not self._up:
@@ -421,12 +432,17 @@ class Testbed:
         args = list(argv)
         if self.isolation == "netns":
             args = ["ip", "netns", "exec", ns_name(self.config.prefix, node), *args]
+        enter = None
         if node == "edge":
             threads = self.edge_threads()
             if threads is not None and "env" not in kw:
                 kw["env"] = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
             if self._cgroup is not None:
-                kw["preexec_fn"] = self._cgroup.enter
+                enter = self._cgroup.enter
+        if cpus is not None:
+            kw["preexec_fn"] = functools.partial(_enter_and_pin, enter, frozenset(cpus))
+        elif enter is not None:
+            kw["preexec_fn"] = enter
         logger.info("popen on %s: %s", node, args)
         proc = subprocess.Popen(args, **kw)
         self._procs.append(proc)

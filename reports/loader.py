@@ -241,13 +241,15 @@ def load_results(paths: Iterable[Path | str]) -> list[ResultsFile]:
 
 
 def scenario_key(res: ResultsFile) -> tuple[str, ...]:
-    """What must agree for two results to share a figure: dataset, links, batch size, edge limits."""
+    """What must agree for two results to share a figure: dataset, links, batch size, edge limits and
+    the cloud's CPU set."""
     cfg = res.config
     return (
         str(cfg["dataset"]),
         json.dumps(cfg["links"], sort_keys=True),
         str(cfg["batch_size"]),
         json.dumps(cfg.get("edge_limits"), sort_keys=True),
+        json.dumps(cfg.get("cloud_cpuset"), sort_keys=True),
     )
 
 

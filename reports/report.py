@@ -66,6 +66,8 @@ def _config_paragraph(scn: tables.Scenario, t: float) -> Paragraph:
     parts = [f"{k} = {cfg[k]}" for k in keep if k in cfg]
     parts.append(f"links = {json.dumps(cfg.get('links'), sort_keys=True)}")
     parts.append(f"edge limits = {json.dumps(cfg.get('edge_limits'), sort_keys=True)}")
+    if cfg.get("cloud_cpuset"):
+        parts.append(f"cloud CPU set = {json.dumps(cfg['cloud_cpuset'], sort_keys=True)}")
     ts = ", ".join(f"{x:g}" for x in scn.thresholds)
     return Paragraph(
         f"Configuration: {'; '.join(parts)}. Thresholds present: {ts}; per-exit figures and tables at "

@@ -81,7 +81,9 @@ class Scenario:
             raise ValueError("a scenario needs at least one results file")
         keys = {scenario_key(r) for r in self.results}
         if len(keys) != 1:
-            raise ValueError("results of one scenario must share dataset, links, batch size and edge limits")
+            raise ValueError(
+                "results of one scenario must share dataset, links, batch size, edge limits and cloud CPUs"
+            )
         object.__setattr__(self, "by_point", {(r.kind, r.exit, r.threshold): r for r in self.results})
 
     @property
@@ -398,6 +400,10 @@ def mechanism_table(results: Sequence[ResultsFile]) -> Table:
                 if limits.get(key) is not None:
                     mech = str(limits.get("mechanism") or "none")
                     seen.setdefault(("edge", key, str(limits[key])), set()).add(mech)
+        cloud_cpus = r.config.get("cloud_cpuset")
+        if isinstance(cloud_cpus, dict) and cloud_cpus.get("cpuset") is not None:
+            mech = str(cloud_cpus.get("mechanism") or "none")
+            seen.setdefault(("cloud", "cpuset", str(cloud_cpus["cpuset"])), set()).add(mech)
         not_applied.update(str(x) for x in r.config.get("not_applied") or [])
     rows = tuple(
         (link, param, value, ", ".join(sorted(m))) for (link, param, value), m in sorted(seen.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -86,6 +87,7 @@ class FakeTestbed:
         self.entered = False
         self.exited = False
         self.popened: list[subprocess.Popen[bytes]] = []
+        self.cpus_asked: dict[str, Any] = {}
         FakeTestbed.instances.append(self)
 
     def __enter__(self) -> FakeTestbed:
@@ -101,7 +103,14 @@ class FakeTestbed:
     def connect_address(self, src: str, dst: str, port: int) -> tuple[str, int]:
         return ("127.0.0.1", port)
 
-    def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+    ignore_cpus = False  # a testbed that drops the CPU set (the harness must notice)
+
+    def popen(
+        self, node: str, argv: Sequence[str], *, cpus: Any = None, **kw: Any
+    ) -> subprocess.Popen[bytes]:
+        self.cpus_asked[node] = cpus
+        if cpus is not None and not self.ignore_cpus:
+            kw["preexec_fn"] = lambda: os.sched_setaffinity(0, cpus)
         proc = subprocess.Popen(list(argv), **kw)
         self.popened.append(proc)
         return proc

@@ -96,6 +96,14 @@ def test_noisy_large_change_is_inconclusive() -> None:
 def test_different_experiments_are_refused() -> None:
     with pytest.raises(ResultsError, match="different experiments"):
         compare(make_results(), make_results(threshold=0.5))
+    placed = make_results()
+    placed["config"]["cloud_cpuset"] = {"cpuset": "1", "mechanism": "sched_setaffinity"}
+    with pytest.raises(ResultsError, match="cloud_cpuset: None vs"):
+        compare(make_results(), placed)
+    pipelined = make_results()
+    pipelined["config"]["inflight"] = 2
+    with pytest.raises(ResultsError, match="inflight"):
+        compare(make_results(), pipelined)
 
 
 def test_regression_on_a_busy_machine_is_inconclusive() -> None:

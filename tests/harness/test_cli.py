@@ -76,6 +76,8 @@ def test_mismatched_checkpoint(capsys: pytest.CaptureFixture[str], tiny_sem3_che
         (["--model", "standard", "--exit", "3"], "only the cloud exit"),
         (["--threshold", "1.5"], "[0, 1]"),
         (["--batch-size", "0"], "positive integer"),
+        (["--cloud-cpuset", "0-x"], "bad --cloud-cpuset: cpuset '0-x' must look like"),
+        (["--cloud-cpuset", "4095"], "--cloud-cpuset 4095 asks for CPUs this machine does not give us"),
     ],
 )
 def test_bad_options(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:

@@ -7,12 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from harness.config import RunConfig
+from harness.display import format_summary
 from harness.errors import ConfigError, NodeFailure, PortInUseError, UnshapedError
 from harness.results import load_results, write_results
 from harness.runner import NODE_ENV_DEFAULTS, node_env, run_experiment
@@ -38,6 +40,97 @@ def test_complete_run_produces_valid_results(
     assert run["edge_rss_mib"]["n"] >= 0
     write_results(tmp_path / "r.json", results)
     assert load_results(tmp_path / "r.json")["runs"][0]["index"] == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_cloud_cpuset_pins_the_cloud_and_is_recorded(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], tmp_path: Path
+) -> None:
+    """--cloud-cpuset: the cloud (only) starts on those CPUs with a thread per CPU, the harness reads the
+    affinity back, and the results file records it; the reports tell such results apart."""
+    from reports.loader import load_results as load_for_report
+    from reports.loader import scenario_key
+
+    cpu = min(os.sched_getaffinity(0))
+    results = run_experiment(
+        small_config.replace(cloud_cpuset=str(cpu)), testbed_factory=fake_testbed, commands=FakeCommands()
+    )
+    tb = fake_testbed.instances[0]
+    assert tb.cpus_asked == {"cloud": frozenset({cpu}), "edge": None, "test": None}
+    assert results["config"]["cloud_cpuset"] == {"cpuset": str(cpu), "mechanism": "sched_setaffinity"}
+    assert results["config"]["request"]["cloud_cpuset"] == str(cpu)
+    assert node_env(tb, "cloud", frozenset({cpu}))["OMP_NUM_THREADS"] == "1"
+    lines = [line.split() for line in format_summary(results).splitlines()]
+    row = [words for words in lines if words[:2] == ["cloud", "cpuset"]]
+    assert row == [["cloud", "cpuset", str(cpu), "sched_setaffinity"]]
+    write_results(tmp_path / "pinned.json", results)
+    plain = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+    assert plain["config"]["cloud_cpuset"] is None
+    write_results(tmp_path / "plain.json", plain)
+    keys = {scenario_key(r) for r in load_for_report([tmp_path / "pinned.json", tmp_path / "plain.json"])}
+    assert len(keys) == 2
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_a_cloud_cpuset_that_did_not_take_fails_the_run(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed]
+) -> None:
+    fake_testbed.ignore_cpus = True
+    try:
+        cpu = min(os.sched_getaffinity(0))
+        with pytest.raises(NodeFailure, match=f"not within the CPU set {cpu} asked for"):
+            run_experiment(
+                small_config.replace(cloud_cpuset=str(cpu)),
+                testbed_factory=fake_testbed,
+                commands=FakeCommands(),
+            )
+        assert _no_fake_nodes_left(fake_testbed.instances[0])
+    finally:
+        fake_testbed.ignore_cpus = False
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_the_cpu_check_reads_every_thread(tmp_path: Path) -> None:
+    """A bound OpenMP process narrows its main thread to the first CPU of its set: still within the set.
+    A thread outside the set fails the check."""
+    from harness.processes import NodeProcess
+    from harness.runner import _check_cpus, _cpu_list
+
+    a, b = sorted(os.sched_getaffinity(0))[:2]
+    code = (
+        "import os, threading, time\n"
+        f"threading.Thread(target=lambda: (os.sched_setaffinity(0, {{{b}}}), time.sleep(30)), daemon=True).start()\n"
+        f"os.sched_setaffinity(0, {{{a}}}); time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    log = (tmp_path / "n.log").open("ab")
+    node = NodeProcess("cloud", proc, tmp_path / "n.log", log)
+
+    def masks() -> list[set[int]]:
+        return sorted((os.sched_getaffinity(int(t)) for t in os.listdir(f"/proc/{proc.pid}/task")), key=min)
+
+    try:
+        deadline = time.monotonic() + 10
+        while masks() != [{a}, {b}] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _check_cpus(node, frozenset({a, b}))  # main thread on a, the other on b: both inside
+        with pytest.raises(
+            NodeFailure, match=f"runs on CPUs {_cpu_list({a, b})}, not within the CPU set {a} asked for"
+        ):
+            _check_cpus(node, frozenset({a}))
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+@pytest.mark.parametrize(
+    ("cpuset", "message"),
+    [("x", "must look like"), ("1-0", "runs backwards"), ("4095", "does not give us")],
+)
+def test_bad_cloud_cpuset(small_config: RunConfig, cpuset: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(small_config.replace(cloud_cpuset=cpuset))
 
 
 def test_repeats_use_fresh_processes_and_aggregate(

@@ -97,3 +97,23 @@ def test_a_second_sweep_into_the_same_folder_is_refused(small_config: RunConfig,
         with pytest.raises(ConfigError, match="another sweep is writing into"):
             run_sweep(spec_for(small_config), tmp_path, lambda cfg: {}, progress=False)
     assert not (tmp_path / MANIFEST_NAME).exists()
+
+
+def test_a_point_recorded_before_an_option_existed_is_still_done(
+    small_config: RunConfig, tmp_path: Path
+) -> None:
+    """A results file whose stored request predates an option (here ``cloud_cpuset``) matches a request
+    that leaves the option at its default, so a resumed sweep does not measure it again; a different
+    value does not match."""
+    from harness.results import load_results, write_results
+    from harness.sweep import is_done
+
+    cfg = small_config
+    path = tmp_path / "p.json"
+    results = run_experiment(cfg, testbed_factory=FakeTestbed, commands=FakeCommands())
+    del results["config"]["request"]["cloud_cpuset"]
+    write_results(path, results)
+    assert "cloud_cpuset" not in load_results(path)["config"]["request"]
+    assert is_done(path, cfg)
+    assert not is_done(path, cfg.replace(cloud_cpuset="0"))
+    assert not is_done(path, cfg.replace(threshold=0.5))

@@ -3,6 +3,7 @@ list of what is not applied."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -111,6 +112,17 @@ def test_edge_limits_without_root_are_reported(tmp_path: object) -> None:
         assert proc.communicate(timeout=10)[0].strip() == "1"
         sleeper = tb.popen("cloud", ["sleep", "30"])
     assert sleeper.poll() is not None  # teardown stopped it
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_popen_runs_a_node_on_the_cpus_asked_for() -> None:
+    cpu = max(os.sched_getaffinity(0))
+    probe = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+    with make_testbed(TestbedConfig("lxlo6", LinkSpec()), isolation="loopback", caps=NO_ROOT) as tb:
+        pinned = tb.popen("cloud", probe, cpus={cpu}, stdout=subprocess.PIPE, text=True)
+        free = tb.popen("edge", probe, stdout=subprocess.PIPE, text=True)
+        assert pinned.communicate(timeout=10)[0].strip() == f"[{cpu}]"
+        assert free.communicate(timeout=10)[0].strip() == str(sorted(os.sched_getaffinity(0)))
 
 
 def test_bad_node_and_isolation() -> None:

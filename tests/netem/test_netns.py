@@ -139,6 +139,26 @@ def test_edge_cgroup_limits_cpu_and_memory() -> None:
     assert find_leftovers(prefix) == []
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
+def test_popen_pins_a_node_in_its_namespace_and_the_edge_inside_its_cgroup() -> None:
+    prefix = new_prefix()
+    cpu = max(os.sched_getaffinity(0))
+    cfg = TestbedConfig(prefix, LinkSpec(), edge_limits=EdgeLimits.parse(cpus="1"))
+    probe = [
+        sys.executable,
+        "-c",
+        "import json, os; print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)), "
+        "'cgroup': open('/proc/self/cgroup').read()}))",
+    ]
+    with make_testbed(cfg, isolation="netns") as tb:
+        cloud = tb.popen("cloud", probe, cpus={cpu}, stdout=subprocess.PIPE, text=True)
+        edge = tb.popen("edge", probe, cpus={cpu}, stdout=subprocess.PIPE, text=True)
+        c, e = (json.loads(p.communicate(timeout=15)[0]) for p in (cloud, edge))
+        assert c["cpus"] == e["cpus"] == [cpu]
+        assert f"/{prefix}-edge" in e["cgroup"] and f"/{prefix}-edge" not in c["cgroup"]
+    assert find_leftovers(prefix) == []
+
+
 def test_exception_inside_the_block_leaves_nothing() -> None:
     prefix = new_prefix()
     cfg = TestbedConfig(

@@ -154,3 +154,13 @@ def test_testbed_prefix_must_follow_the_scheme(prefix: str) -> None:
 
 def test_testbed_prefix_accepts_run_prefixes() -> None:
     assert TestbedConfig("lx3f9a1c", LinkSpec()).prefix == "lx3f9a1c"
+
+
+def test_parse_cpuset() -> None:
+    from netem import parse_cpuset
+
+    assert parse_cpuset("0") == [0]
+    assert parse_cpuset("3,0-1,1") == [0, 1, 3]
+    for bad in ("", "a", "0-", "1-0", "0,,1", " 0"):
+        with pytest.raises(SpecError):
+            parse_cpuset(bad)

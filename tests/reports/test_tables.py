@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -131,5 +132,8 @@ def test_mechanism_and_environment(scn: Scenario) -> None:
         ("edge_cloud", "rate", "10mbit", "tbf"),
     )
     assert mech.note.startswith("Isolation: netns.")
+    pinned = {**scn.results[0].config, "cloud_cpuset": {"cpuset": "2-3", "mechanism": "sched_setaffinity"}}
+    with_cloud = tables.mechanism_table([dataclasses.replace(scn.results[0], config=pinned)])
+    assert ("cloud", "cpuset", "2-3", "sched_setaffinity") in with_cloud.rows
     env: dict[str, str] = dict(tables.environment_table(scn.results).rows)  # type: ignore[arg-type]
     assert env["host"] == "testhost"
