@@ -130,11 +130,24 @@ class Scenario:
 
     def caption(self, threshold: float | None = None) -> str:
         t = "" if threshold is None else f", T = {threshold:g}"
-        return f"{self.dataset}, {self.link}, batch {self.config.get('batch_size')}{t}"
+        return f"{self.dataset}, {self.link}, batch {self.config.get('batch_size')}{self.placement}{t}"
+
+    @property
+    def placement(self) -> str:
+        """The edge's limits and the cloud's CPUs when set (``", edge cpuset 0, cloud CPUs 1"``), else ""."""
+        parts = []
+        limits = self.config.get("edge_limits")
+        if isinstance(limits, dict):
+            parts += [f"edge {key} {limits[key]}" for key in ("cpus", "cpuset", "memory") if limits.get(key)]
+        cloud = self.config.get("cloud_cpuset")
+        if isinstance(cloud, dict) and cloud.get("cpuset"):
+            parts.append(f"cloud CPUs {cloud['cpuset']}")
+        return "".join(f", {p}" for p in parts)
 
 
 def group_scenarios(results: Sequence[ResultsFile]) -> list[Scenario]:
-    """Split results by scenario (dataset, links, batch size, edge limits), in first-seen order."""
+    """Split results by scenario (dataset, links, batch size, edge limits, cloud CPUs), in first-seen
+    order."""
     groups: dict[tuple[str, ...], list[ResultsFile]] = {}
     for r in results:
         groups.setdefault(scenario_key(r), []).append(r)

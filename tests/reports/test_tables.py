@@ -135,5 +135,9 @@ def test_mechanism_and_environment(scn: Scenario) -> None:
     pinned = {**scn.results[0].config, "cloud_cpuset": {"cpuset": "2-3", "mechanism": "sched_setaffinity"}}
     with_cloud = tables.mechanism_table([dataclasses.replace(scn.results[0], config=pinned)])
     assert ("cloud", "cpuset", "2-3", "sched_setaffinity") in with_cloud.rows
+    pinned["edge_limits"] = {"cpus": "0.5", "cpuset": None, "memory": None, "mechanism": "cgroup-v1"}
+    (placed,) = tables.group_scenarios([dataclasses.replace(scn.results[0], config=pinned)])
+    assert placed.caption(0.3).endswith("batch 32, edge cpus 0.5, cloud CPUs 2-3, T = 0.3")
+    assert scn.caption(0.3).endswith("batch 32, T = 0.3")  # nothing set: nothing added
     env: dict[str, str] = dict(tables.environment_table(scn.results).rows)  # type: ignore[arg-type]
     assert env["host"] == "testhost"
