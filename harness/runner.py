@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -167,20 +167,9 @@ def parse_cloud_cpus(cfg: RunConfig) -> frozenset[int] | None:
     if not cpus <= usable:
         raise ConfigError(
             f"--cloud-cpuset {cfg.cloud_cpuset} asks for CPUs this machine does not give us "
-            f"(usable: {_cpu_list(usable)})"
+            f"(usable: {netem.format_cpuset(usable)})"
         )
     return cpus
-
-
-def _cpu_list(cpus: Iterable[int]) -> str:
-    """``{0, 1, 2, 5}`` → ``"0-2,5"``."""
-    runs: list[list[int]] = []
-    for cpu in sorted(cpus):
-        if runs and cpu == runs[-1][1] + 1:
-            runs[-1][1] = cpu
-        else:
-            runs.append([cpu, cpu])
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
 
 
 def prepare(cfg: RunConfig) -> Plan:
@@ -398,7 +387,7 @@ def _check_cpus(node: NodeProcess, cpus: frozenset[int]) -> None:
         raise node.failure(f"cannot read its CPU affinity: {exc.strerror or exc}") from exc
     if not actual or not actual <= cpus:
         raise node.failure(
-            f"runs on CPUs {_cpu_list(actual) or 'unknown'}, not within the CPU set {_cpu_list(cpus)} asked for"
+            f"runs on CPUs {netem.format_cpuset(actual) or 'unknown'}, not within the CPU set {netem.format_cpuset(cpus)} asked for"
         )
 
 
@@ -535,7 +524,7 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
         "cloud_cpuset": (
             None
             if plan.cloud_cpus is None
-            else {"cpuset": _cpu_list(plan.cloud_cpus), "mechanism": "sched_setaffinity"}
+            else {"cpuset": netem.format_cpuset(plan.cloud_cpus), "mechanism": "sched_setaffinity"}
         ),
         "isolation": tb.isolation,
         "node_env": node_envs,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from netem.errors import CapabilityError, CommandError, NetemError, SpecError
     from netem.executor import CommandResult, Executor
     from netem.probe import Capabilities, probe_capabilities
-    from netem.spec import EdgeLimits, LinkSpec, TestbedConfig, parse_cpuset
+    from netem.spec import EdgeLimits, LinkSpec, TestbedConfig, format_cpuset, parse_cpuset
     from netem.tc import (
         ShapingPlan,
         burst_bytes,
@@ -36,7 +36,7 @@ _EXPORTS = {
     "CommandResult": "netem.executor", "Executor": "netem.executor",
     "Capabilities": "netem.probe", "probe_capabilities": "netem.probe",
     "EdgeLimits": "netem.spec", "LinkSpec": "netem.spec", "TestbedConfig": "netem.spec",
-    "parse_cpuset": "netem.spec",
+    "format_cpuset": "netem.spec", "parse_cpuset": "netem.spec",
     "ShapingPlan": "netem.tc", "burst_bytes": "netem.tc", "htb_argvs": "netem.tc", "netem_argv": "netem.tc",
     "plan_link_end": "netem.tc", "qdisc_del_argv": "netem.tc", "tbf_argv": "netem.tc",
     "Testbed": "netem.testbed", "make_testbed": "netem.testbed",
@@ -60,6 +60,7 @@ __all__ = [
     "burst_bytes",
     "clean",
     "find_leftovers",
+    "format_cpuset",
     "htb_argvs",
     "make_testbed",
     "netem_argv",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from netem.errors import SpecError
@@ -239,6 +240,17 @@ def parse_cpuset(cpuset: str) -> list[int]:
         if hi and int(hi) < int(lo):
             raise SpecError(f"cpuset {cpuset!r}: range {part!r} runs backwards")
     return cpuset_cpus(cpuset)
+
+
+def format_cpuset(cpus: Iterable[int]) -> str:
+    """``{0, 1, 2, 5}`` → ``"0-2,5"`` (the inverse of :func:`cpuset_cpus`)."""
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
 
 
 def cpuset_cpus(cpuset: str) -> list[int]:

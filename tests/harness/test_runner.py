@@ -94,7 +94,8 @@ def test_the_cpu_check_reads_every_thread(tmp_path: Path) -> None:
     """A bound OpenMP process narrows its main thread to the first CPU of its set: still within the set.
     A thread outside the set fails the check."""
     from harness.processes import NodeProcess
-    from harness.runner import _check_cpus, _cpu_list
+    from harness.runner import _check_cpus
+    from netem import format_cpuset
 
     a, b = sorted(os.sched_getaffinity(0))[:2]
     code = (
@@ -115,7 +116,7 @@ def test_the_cpu_check_reads_every_thread(tmp_path: Path) -> None:
             time.sleep(0.01)
         _check_cpus(node, frozenset({a, b}))  # main thread on a, the other on b: both inside
         with pytest.raises(
-            NodeFailure, match=f"runs on CPUs {_cpu_list({a, b})}, not within the CPU set {a} asked for"
+            NodeFailure, match=f"runs on CPUs {format_cpuset({a, b})}, not within the CPU set {a} asked for"
         ):
             _check_cpus(node, frozenset({a}))
     finally:

@@ -157,8 +157,10 @@ def test_testbed_prefix_accepts_run_prefixes() -> None:
 
 
 def test_parse_cpuset() -> None:
-    from netem import parse_cpuset
+    from netem import format_cpuset, parse_cpuset
 
+    assert format_cpuset(parse_cpuset("3,0-1,5-7")) == "0-1,3,5-7"
+    assert format_cpuset({2}) == "2" and format_cpuset(set()) == ""
     assert parse_cpuset("0") == [0]
     assert parse_cpuset("3,0-1,1") == [0, 1, 3]
     for bad in ("", "a", "0-", "1-0", "0,,1", " 0"):

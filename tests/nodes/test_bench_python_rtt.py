@@ -52,11 +52,14 @@ def test_round_trip_ratios_pair_blocks_of_the_same_round() -> None:
     assert rtt.ratio("echo") == pytest.approx(1.2) and rtt.ratio("zmq") == pytest.approx(0.8)
     assert rtt.spread("echo") == pytest.approx((1.2, 1.2))
     assert rtt.best("echo") == 10e-6
-    table = rtt_table({"separate CPUs": rtt, "one CPU": rtt}, judged="separate CPUs")
+    table, failures = rtt_table({"separate CPUs": rtt, "one CPU": rtt}, judged="separate CPUs")
+    assert failures == []
     judged, shown = (line for line in table.splitlines() if "CPU" in line)
     assert "echo ok (≤1.2), zmq ok (≤1)" in judged and "ok" not in shown
     rtt.blocks["framed"][:] = [13e-6 * s for s in (1.0, 3.0, 1.0, 3.0, 1.0)]
-    assert "echo MISSED" in rtt_table({"separate CPUs": rtt}, judged="separate CPUs")
+    table, failures = rtt_table({"separate CPUs": rtt}, judged="separate CPUs")
+    assert "echo MISSED" in table
+    assert failures == ["round trip (separate CPUs) 1.30x echo > 1.2x"]
 
 
 def test_throughput_ratios_pair_trials_of_the_same_round() -> None:
