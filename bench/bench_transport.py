@@ -1,6 +1,6 @@
 """Transport benchmark: framed tensors (nodes/) vs a raw socket, a raw asyncio echo and pyzmq, on loopback.
 
-    .venv/bin/python -m bench.bench_transport [--quick]
+    .venv/bin/python -m bench.bench_transport [--quick] [--congestion-control NAME]
 
 Measured in one run, receivers in a separate process, so only ratios are reported against targets:
 
@@ -11,6 +11,14 @@ Measured in one run, receivers in a separate process, so only ratios are reporte
 - round trip: a small framed message (clock probe → clock reply) vs a raw asyncio echo of 64 bytes on the
   same event loop (target ≤ 1.2×), and vs a pyzmq PAIR ping-pong;
 - decode: time to turn a received frame into a message, per payload size (target: flat; zero-copy).
+
+Each transfer trial also counts the TCP segments the kernel sent again during it (``RetransSegs``). On
+loopback nothing is lost, but segments can arrive out of order and be taken for lost: on the build VM,
+whose default congestion control is BBR, every trial of 1 MiB or more had several such spurious
+retransmits (95 % confirmed by duplicate SACKs), and none with CUBIC. ``--congestion-control NAME``
+(root) runs the whole benchmark in a private network namespace whose connections use NAME -- the same
+for every method, pyzmq's sockets included, which no socket option could do -- and leaves the machine's
+setting alone.
 
 When run as root it also measures the round trips with idle CPUs kept out of sleep states
 (``harness.environment.cpus_kept_awake``), for comparison only: on a VM that halts idle vCPUs most of a
@@ -48,6 +56,7 @@ import platform
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -309,9 +318,20 @@ class Transfers:
     times: dict[str, dict[int, list[float]]] = field(
         default_factory=lambda: {m: {} for m in TRANSFER_METHODS}
     )
+    #: per method and size, each trial's TCP segments retransmitted (only where the kernel says)
+    retrans: dict[str, dict[int, list[int]]] = field(
+        default_factory=lambda: {m: {} for m in TRANSFER_METHODS}
+    )
 
-    def add(self, method: str, size: int, seconds: float) -> None:
+    def add(self, method: str, size: int, seconds: float, retransmitted: int | None = None) -> None:
         self.times[method].setdefault(size, []).append(seconds)
+        if retransmitted is not None:
+            self.retrans[method].setdefault(size, []).append(retransmitted)
+
+    def retransmitted(self, method: str, size: int) -> float | None:
+        """Mean TCP segments retransmitted per trial, or None where not counted."""
+        counts = self.retrans[method].get(size)
+        return statistics.mean(counts) if counts else None
 
     def best(self, method: str, size: int) -> float:
         """The fastest trial (seconds)."""
@@ -324,6 +344,38 @@ class Transfers:
     def ratio(self, method: str, size: int) -> tuple[float, float, float]:
         """Median of the per-round ratios, with the interquartile range: (median, q1, q3)."""
         return _median_iqr(self.ratios(method, size))
+
+
+_SNMP = ("/proc/net/snmp", "/proc/net/netstat")
+_CC_PATH = "/proc/sys/net/ipv4/tcp_congestion_control"
+_CC_AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+#: set by --congestion-control for the copy of this benchmark it runs in a private network namespace
+_NETNS_CC_ENV = "LOCALEXIT_BENCH_CC"
+
+
+def tcp_retransmitted() -> int | None:
+    """The kernel's count of TCP segments retransmitted (``Tcp: RetransSegs``) in this network namespace,
+    or None where there is no such count (not Linux)."""
+    try:
+        with open(_SNMP[0]) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("Tcp:") and values.startswith("Tcp:"):
+            counts = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            if "RetransSegs" in counts:
+                return int(counts["RetransSegs"])
+    return None
+
+
+def congestion_control() -> str | None:
+    """The TCP congestion control new connections get in this network namespace (Linux), else None."""
+    try:
+        with open(_CC_PATH) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 async def round_trips(
@@ -419,13 +471,15 @@ async def measure(
                     t_sent_ns=0,
                 )
                 for name in TRANSFER_METHODS if i % 2 == 0 else reversed(TRANSFER_METHODS):
+                    before = tcp_retransmitted()
                     if name == "raw":
                         t = raw_trial(raw, k, payload)
                     elif name == "framed":
                         t = await framed_trial(stream, k, msg)
                     else:
                         t = zmq_trial(zsock, k, payload)
-                    transfers.add(name, p, t)
+                    after = tcp_retransmitted()
+                    transfers.add(name, p, t, None if before is None or after is None else after - before)
         for name, (client_cpus, server_cpus) in (layouts() or {"unpinned": (set(), set())}).items():
             with contextlib.ExitStack() as stack:
                 if client_cpus:
@@ -598,6 +652,9 @@ def throughput_table(
                     failures.append(f"throughput {_fmt_size(p)}: {median:.2f}x {method} < {limit:g}x")
             row.append(cell)
         row.append(f"{decode[p] * 1e6:.1f}")
+        counted = [transfers.retransmitted(m, p) for m in TRANSFER_METHODS]
+        if any(c is not None for c in counted):
+            row.append(" · ".join("?" if c is None else f"{c:.1f}" for c in counted))
         rows.append(row)
     headers = [
         "payload",
@@ -609,6 +666,8 @@ def throughput_table(
         f"framed / zmq (≥{TRANSFER_TARGETS['zmq']:g})",
         "decode µs",
     ]
+    if any(len(row) > len(headers) for row in rows):
+        headers.append("TCP retransmits per trial (raw · framed · zmq)")
     return tabulate(rows, headers=headers), failures
 
 
@@ -657,10 +716,60 @@ def rtt_table(rows: dict[str, RoundTrips], judged: str | None) -> tuple[str, lis
     return table, failures
 
 
+def in_private_netns(cc: str, command: list[str]) -> int:
+    """Run ``command`` in a network namespace of its own (``lx<pid>-probe``, removed after; a killed
+    run's is found by ``python -m harness clean``) whose new TCP connections use the congestion control
+    ``cc``; its exit status. 2, with one line on stderr, where that cannot be done."""
+    from netem import cleanup
+
+    def refuse(why: str) -> int:
+        print(f"bench_transport: --congestion-control {cc}: {why}", file=sys.stderr)
+        return 2
+
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return refuse("needs root on Linux (it makes a network namespace)")
+    try:
+        with open(_CC_AVAILABLE) as f:
+            available = f.read().split()
+    except OSError as exc:
+        return refuse(f"cannot read the kernel's congestion controls: {exc}")
+    if cc not in available:
+        return refuse(f"this kernel has {', '.join(available)}")
+    prefix = f"{cleanup.FAMILY}{os.getpid():x}"
+    ns = cleanup.ns_name(prefix, "probe")
+    cleanup.register_owner(prefix)
+    try:
+        for cmd in (
+            ["ip", "netns", "add", ns],
+            ["ip", "-n", ns, "link", "set", "lo", "up"],
+            # (the namespace's own setting: the machine's stays as it is)
+            ["ip", "netns", "exec", ns, sys.executable, "-c", f"open({_CC_PATH!r}, 'w').write({cc!r})"],
+        ):
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if r.returncode:
+                return refuse(f"{' '.join(cmd[:4])}: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
+        env = {**os.environ, _NETNS_CC_ENV: cc}
+        return subprocess.run(["ip", "netns", "exec", ns, *command], env=env, check=False).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        cleanup.unregister_owner(prefix)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_transport", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes and rounds (< ~30 s)")
+    ap.add_argument(
+        "--congestion-control",
+        metavar="NAME",
+        help="run in a private network namespace whose TCP connections use this congestion control "
+        "(e.g. cubic, bbr; root, Linux): applies to every method alike, pyzmq's sockets included",
+    )
     args = ap.parse_args(argv)
+    if args.congestion_control and os.environ.get(_NETNS_CC_ENV) != args.congestion_control:
+        rest = sys.argv[1:] if argv is None else argv
+        return in_private_netns(
+            args.congestion_control, [sys.executable, "-m", "bench.bench_transport", *rest]
+        )
     sizes = (
         [4 * KIB, 64 * KIB, 1 * MIB, 16 * MIB, 64 * MIB]
         if args.quick
@@ -705,13 +814,21 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# transport benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
         f"{platform.node()} ({platform.processor() or platform.machine()}, {mp.cpu_count()} CPUs), "
-        f"Python {sys.version.split()[0]}, {loop_name()}, loopback, {rounds} rounds of transfers"
+        f"Python {sys.version.split()[0]}, {loop_name()}, loopback, {rounds} rounds of transfers, "
+        f"TCP congestion control {congestion_control() or 'unknown'}"
+        + (
+            " (set in a private network namespace)"
+            if args.congestion_control
+            else " (this machine's default)"
+        )
     )
     table, failures = throughput_table(transfers, trials, decode)
     print(table)
     print(
         f"\n(GB/s: each method's best of {rounds} trials; ratios: framed throughput over the other's, the "
-        f"median over {rounds} rounds of the same round's trials, interquartile range in brackets)"
+        f"median over {rounds} rounds of the same round's trials, interquartile range in brackets; "
+        "TCP retransmits: the kernel's count of segments sent again during each trial, the mean over the "
+        "trials; on loopback they are segments that arrived out of order and were taken for lost)"
     )
     flat = max(decode.values()) / min(decode.values())
     print(

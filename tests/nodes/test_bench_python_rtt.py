@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from bench.bench_transport import python_rtt
@@ -96,3 +99,67 @@ def test_layouts_are_only_those_this_process_may_pin() -> None:
     got = layouts()
     assert all(client | servers <= usable for client, servers in got.values())
     assert set(got) == {name for name, (c, s) in LAYOUTS.items() if c | s <= usable}
+
+
+def test_retransmits_are_shown_per_method_where_the_kernel_counts_them() -> None:
+    from bench.bench_transport import MIB, Transfers, throughput_table
+
+    t = Transfers()
+    for retrans in ((0, 4, 2), (0, 6, 2)):
+        for method, n in zip(("raw", "framed", "zmq"), retrans, strict=True):
+            t.add(method, MIB, 1.0, n)
+    assert t.retransmitted("framed", MIB) == pytest.approx(5.0)
+    table, _ = throughput_table(t, [(4, MIB)], {MIB: 1e-6})
+    assert "TCP retransmits per trial" in table.splitlines()[0]
+    assert table.splitlines()[-1].endswith("0.0 · 5.0 · 2.0")
+
+    uncounted = Transfers()
+    for method in ("raw", "framed", "zmq"):
+        uncounted.add(method, MIB, 1.0, None)  # (not Linux: no column rather than zeros)
+    assert uncounted.retransmitted("raw", MIB) is None
+    table, _ = throughput_table(uncounted, [(4, MIB)], {MIB: 1e-6})
+    assert "retransmits" not in table
+
+
+def test_the_retransmit_count_is_read_from_the_kernels_tcp_counters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.bench_transport as bt
+
+    snmp = tmp_path / "snmp"
+    snmp.write_text(
+        "Ip: Forwarding DefaultTTL\nIp: 1 64\n"
+        "Tcp: RtoAlgorithm ActiveOpens RetransSegs InErrs\nTcp: 1 10 4321 0\n"
+        "Udp: InDatagrams\nUdp: 3\n"
+    )
+    monkeypatch.setattr(bt, "_SNMP", (str(snmp), ""))
+    assert bt.tcp_retransmitted() == 4321
+    monkeypatch.setattr(bt, "_SNMP", (str(tmp_path / "none"), ""))
+    assert bt.tcp_retransmitted() is None
+
+
+def test_an_unusable_congestion_control_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.bench_transport import main
+
+    assert main(["--quick", "--congestion-control", "no-such-algorithm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("bench_transport: --congestion-control no-such-algorithm: ")
+    assert ("this kernel has" in err) if os.geteuid() == 0 else ("needs root" in err)
+
+
+@pytest.mark.root
+def test_the_private_namespace_gets_the_congestion_control_and_is_removed_after() -> None:
+    import subprocess
+    import sys
+
+    from bench.bench_transport import _CC_PATH, congestion_control, in_private_netns
+
+    machine = congestion_control()
+    # (reno is built into every Linux kernel)
+    check = f"import sys; sys.exit(0 if open({_CC_PATH!r}).read().strip() == 'reno' else 1)"
+    assert in_private_netns("reno", [sys.executable, "-c", check]) == 0
+    assert congestion_control() == machine  # the machine's own setting untouched
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert f"lx{os.getpid():x}-probe" not in names
+    assert not Path(f"/run/localexit/lx{os.getpid():x}.owner").exists()
