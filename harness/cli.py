@@ -92,6 +92,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="CPUs the cloud node runs on, e.g. 2-3 (keep it off the edge's; default: any)",
     )
     env.add_argument(
+        "--tcp-cc",
+        default=None,
+        metavar="NAME",
+        help="TCP congestion control of the nodes' connections, e.g. cubic or bbr, set in their "
+        "namespaces (root; default: the kernel's, recorded either way)",
+    )
+    env.add_argument(
         "--isolation",
         choices=ISOLATIONS,
         default="auto",
@@ -136,6 +143,7 @@ def run_config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfi
             "edge_cpuset": args.edge_cpuset,
             "edge_mem": args.edge_mem,
             "cloud_cpuset": args.cloud_cpuset,
+            "tcp_cc": args.tcp_cc,
             "seed": args.seed,
             "isolation": args.isolation,
             "allow_unshaped": args.allow_unshaped,

@@ -9,6 +9,7 @@ into ``ConfigError`` so the user sees one clear line. Link strings are kept in t
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class RunConfig:
     edge_cpuset: str | None = None
     edge_mem: str | None = None
     cloud_cpuset: str | None = None  # the CPUs the cloud node runs on (affinity); None: any
+    tcp_cc: str | None = None  # TCP congestion control of the nodes' connections; None: the kernel's
     seed: int = 0
     isolation: str = "auto"
     allow_unshaped: bool = False
@@ -110,6 +112,11 @@ class RunConfig:
             for port in self.ports:
                 if not 1 <= port <= 65535:
                     raise ValueError(f"port {port} is out of range 1..65535")
+        if self.tcp_cc is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,15}", self.tcp_cc):
+            raise ValueError(
+                f"--tcp-cc takes a congestion control's name as the kernel lists it (cubic, bbr, reno, ...), "
+                f"not {self.tcp_cc!r}"
+            )
         if self.ready_timeout_s <= 0 or self.run_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
 

@@ -107,6 +107,9 @@ def format_summary(results: Mapping[str, Any]) -> str:
     cloud_cpus = cfg.get("cloud_cpuset")
     if cloud_cpus:
         link_rows.append(["cloud", "cpuset", cloud_cpus["cpuset"], cloud_cpus["mechanism"]])
+    tcp = cfg.get("tcp_congestion_control")
+    if tcp and tcp.get("name"):
+        link_rows.append(["all TCP", "congestion control", tcp["name"], tcp.get("mechanism") or "none"])
     lines += ["link as applied", tabulate(link_rows, headers=["link", "parameter", "value", "mechanism"])]
     for item in cfg.get("not_applied") or []:
         lines.append(f"NOT applied: {item}")

@@ -526,6 +526,8 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
             if plan.cloud_cpus is None
             else {"cpuset": netem.format_cpuset(plan.cloud_cpus), "mechanism": "sched_setaffinity"}
         ),
+        # what the nodes' TCP connections used (a fake testbed may not say)
+        "tcp_congestion_control": dict(getattr(tb, "tcp_congestion_control", None) or {}) or None,
         "isolation": tb.isolation,
         "node_env": node_envs,
         "request": config_to_dict(cfg),
@@ -564,6 +566,7 @@ def run_experiment(
         edge_cloud=plan.edge_cloud,
         test_edge=plan.test_edge,
         edge_limits=plan.edge_limits,
+        tcp_congestion_control=cfg.tcp_cc,
     )
     runs: list[dict[str, Any]] = []
     ok = False

@@ -65,6 +65,8 @@ MAX_RATE_BPS = 100 * 10**9
 MAX_DELAY_S = 10.0
 """A one-way delay above 10 s would stall TCP's handshake timers; larger values are typos."""
 PREFIX_RE = re.compile(r"^lx[0-9a-z]{1,8}$")
+#: What the kernel names a congestion control (``tcp_available_congestion_control``): cubic, bbr, dctcp, ...
+CONGESTION_CONTROL_RE = re.compile(r"[a-z][a-z0-9_]{0,15}")
 """Per-run prefix: ``lx`` plus 1..8 of [0-9a-z]; short enough that ``<prefix>-ec-c`` fits IFNAMSIZ (15)."""
 
 
@@ -326,10 +328,17 @@ class TestbedConfig:
     edge_cloud: LinkSpec
     test_edge: LinkSpec | None = None
     edge_limits: EdgeLimits | None = None
+    #: TCP congestion control for every node's connections (e.g. ``cubic``, ``bbr``); None: the kernel's
+    tcp_congestion_control: str | None = None
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):
             raise SpecError(
                 f"prefix {self.prefix!r} must be 'lx' followed by 1 to 8 of [0-9a-z] (e.g. 'lx3f9a1c'), "
                 "so every object it names is recognisably this project's and fits an interface name"
+            )
+        cc = self.tcp_congestion_control
+        if cc is not None and not CONGESTION_CONTROL_RE.fullmatch(cc):
+            raise SpecError(
+                f"TCP congestion control {cc!r} is not a name like the kernel's (cubic, bbr, reno, ...)"
             )

@@ -94,6 +94,12 @@ class Testbed:
         self.applied: dict[str, dict[str, str]] = {"test_edge": {}, "edge_cloud": {}}
         self.not_applied: list[str] = []
         self.edge_limits_mechanism: str | None = None
+        # What the nodes' TCP connections use, read back once the testbed is up (see _up_tcp_congestion)
+        self.tcp_congestion_control: dict[str, str | None] = {
+            "name": None,
+            "mechanism": None,
+            "requested": config.tcp_congestion_control,
+        }
         self.delay_line_stats: dict[str, Any] = {}
         self._links = _links(config)
         self._plans: dict[str, tuple[ShapingPlan, ShapingPlan]] = {}
@@ -160,6 +166,7 @@ class Testbed:
                 self._up_netns()
             else:
                 self._up_loopback()
+            self._up_tcp_congestion()
             self._up_cgroup()
         except BaseException:
             with contextlib.suppress(NetemError):
@@ -364,6 +371,43 @@ class Testbed:
             return ec
         return te.then(ec)
 
+    # ---------------------------------------------------------------- TCP congestion control
+    def _up_tcp_congestion(self) -> None:
+        """Set the requested congestion control in each node's namespace (a per-namespace sysctl: the
+        machine's own stays as it is) and read back what the nodes' connections get. On loopback the
+        machine's setting is in force; one that differs from a request is listed as not applied."""
+        want = self.config.tcp_congestion_control
+        if self.isolation == "netns":
+            names = set()
+            for role in ROLES:
+                ns = ns_name(self.config.prefix, role)
+                if want is not None:
+                    r = self.ex.run(
+                        ["ip", "netns", "exec", ns, "sysctl", "-qw", f"{TCP_CC_SYSCTL}={want}"], check=False
+                    )
+                    if r.returncode != 0:
+                        raise CapabilityError(
+                            f"TCP congestion control {want!r} cannot be set ({r.stderr.strip() or 'sysctl failed'}); "
+                            f"this kernel has: {_available_congestion_controls() or 'unknown'}"
+                        )
+                r = self.ex.run(["ip", "netns", "exec", ns, "sysctl", "-n", TCP_CC_SYSCTL])
+                names.add(r.stdout.strip())
+            if len(names) != 1 or (want is not None and names != {want}):
+                raise NetemError(
+                    f"the nodes' namespaces report TCP congestion control {sorted(names)}, not {want}"
+                )
+            self.tcp_congestion_control.update(
+                name=names.pop(), mechanism="sysctl-netns" if want is not None else "kernel-default"
+            )
+            return
+        current = _machine_congestion_control()
+        self.tcp_congestion_control.update(name=current, mechanism="machine-setting" if current else None)
+        if want is not None and want != current:
+            self.not_applied.append(
+                f"TCP congestion control {want} (loopback mode: the machine's, {current or 'unknown'}, is in "
+                "force; run as root for namespaces of the nodes' own)"
+            )
+
     # ---------------------------------------------------------------- cgroup
     def _up_cgroup(self) -> None:
         limits = self.config.edge_limits
@@ -482,7 +526,29 @@ class Testbed:
                 **(limits.describe() if limits else {"cpus": None, "cpuset": None, "memory": None}),
                 "mechanism": self.edge_limits_mechanism,
             },
+            "tcp_congestion_control": dict(self.tcp_congestion_control),
         }
+
+
+TCP_CC_SYSCTL = "net.ipv4.tcp_congestion_control"
+_TCP_CC_PROC = "/proc/sys/net/ipv4/tcp_congestion_control"
+
+
+def _machine_congestion_control() -> str | None:
+    """The congestion control new TCP connections get in this process's network namespace (Linux)."""
+    try:
+        with open(_TCP_CC_PROC) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _available_congestion_controls() -> str:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+            return ", ".join(f.read().split())
+    except OSError:
+        return ""
 
 
 def make_testbed(

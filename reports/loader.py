@@ -241,8 +241,8 @@ def load_results(paths: Iterable[Path | str]) -> list[ResultsFile]:
 
 
 def scenario_key(res: ResultsFile) -> tuple[str, ...]:
-    """What must agree for two results to share a figure: dataset, links, batch size, edge limits and
-    the cloud's CPU set."""
+    """What must agree for two results to share a figure: dataset, links, batch size, edge limits, the
+    cloud's CPU set and the TCP congestion control in force (where recorded)."""
     cfg = res.config
     return (
         str(cfg["dataset"]),
@@ -250,7 +250,16 @@ def scenario_key(res: ResultsFile) -> tuple[str, ...]:
         str(cfg["batch_size"]),
         json.dumps(cfg.get("edge_limits"), sort_keys=True),
         json.dumps(cfg.get("cloud_cpuset"), sort_keys=True),
+        str(congestion_control(cfg)),
     )
+
+
+def congestion_control(cfg: Mapping[str, Any]) -> str | None:
+    """The TCP congestion control the nodes' connections used, or None where not recorded (before
+    2026-11-27)."""
+    tcp = cfg.get("tcp_congestion_control")
+    name = tcp.get("name") if isinstance(tcp, dict) else None
+    return name if isinstance(name, str) else None
 
 
 @dataclass(frozen=True)

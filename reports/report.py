@@ -68,6 +68,8 @@ def _config_paragraph(scn: tables.Scenario, t: float) -> Paragraph:
     parts.append(f"edge limits = {json.dumps(cfg.get('edge_limits'), sort_keys=True)}")
     if cfg.get("cloud_cpuset"):
         parts.append(f"cloud CPU set = {json.dumps(cfg['cloud_cpuset'], sort_keys=True)}")
+    if cfg.get("tcp_congestion_control"):
+        parts.append(f"TCP congestion control = {json.dumps(cfg['tcp_congestion_control'], sort_keys=True)}")
     ts = ", ".join(f"{x:g}" for x in scn.thresholds)
     return Paragraph(
         f"Configuration: {'; '.join(parts)}. Thresholds present: {ts}; per-exit figures and tables at "

@@ -142,12 +142,15 @@ class Scenario:
         cloud = self.config.get("cloud_cpuset")
         if isinstance(cloud, dict) and cloud.get("cpuset"):
             parts.append(f"cloud CPUs {cloud['cpuset']}")
+        tcp = self.config.get("tcp_congestion_control")
+        if isinstance(tcp, dict) and tcp.get("requested"):  # (the kernel's default is in the table below)
+            parts.append(f"TCP {tcp.get('name') or tcp['requested']}")
         return "".join(f", {p}" for p in parts)
 
 
 def group_scenarios(results: Sequence[ResultsFile]) -> list[Scenario]:
-    """Split results by scenario (dataset, links, batch size, edge limits, cloud CPUs), in first-seen
-    order."""
+    """Split results by scenario (dataset, links, batch size, edge limits, cloud CPUs, TCP congestion
+    control), in first-seen order."""
     groups: dict[tuple[str, ...], list[ResultsFile]] = {}
     for r in results:
         groups.setdefault(scenario_key(r), []).append(r)
@@ -417,6 +420,10 @@ def mechanism_table(results: Sequence[ResultsFile]) -> Table:
         if isinstance(cloud_cpus, dict) and cloud_cpus.get("cpuset") is not None:
             mech = str(cloud_cpus.get("mechanism") or "none")
             seen.setdefault(("cloud", "cpuset", str(cloud_cpus["cpuset"])), set()).add(mech)
+        tcp = r.config.get("tcp_congestion_control")
+        if isinstance(tcp, dict) and tcp.get("name"):
+            mech = str(tcp.get("mechanism") or "none")
+            seen.setdefault(("all TCP", "congestion control", str(tcp["name"])), set()).add(mech)
         not_applied.update(str(x) for x in r.config.get("not_applied") or [])
     rows = tuple(
         (link, param, value, ", ".join(sorted(m))) for (link, param, value), m in sorted(seen.items())

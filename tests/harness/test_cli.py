@@ -78,6 +78,7 @@ def test_mismatched_checkpoint(capsys: pytest.CaptureFixture[str], tiny_sem3_che
         (["--batch-size", "0"], "positive integer"),
         (["--cloud-cpuset", "0-x"], "bad --cloud-cpuset: cpuset '0-x' must look like"),
         (["--cloud-cpuset", "4095"], "--cloud-cpuset 4095 asks for CPUs this machine does not give us"),
+        (["--tcp-cc", "Cubic!"], "--tcp-cc takes a congestion control's name as the kernel lists it"),
     ],
 )
 def test_bad_options(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:

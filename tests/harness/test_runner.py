@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -68,6 +69,51 @@ def test_cloud_cpuset_pins_the_cloud_and_is_recorded(
     assert plain["config"]["cloud_cpuset"] is None
     write_results(tmp_path / "plain.json", plain)
     keys = {scenario_key(r) for r in load_for_report([tmp_path / "pinned.json", tmp_path / "plain.json"])}
+    assert len(keys) == 2
+
+
+def test_the_congestion_control_is_asked_of_the_testbed_recorded_shown_and_kept_apart(
+    small_config: RunConfig, fake_testbed: type[FakeTestbed], tmp_path: Path
+) -> None:
+    """--tcp-cc reaches the testbed's config; what the testbed reports the connections used is recorded,
+    shown, keeps reports' scenarios apart, and stops ``check`` comparing across it."""
+    from harness.check import check_compatible
+    from harness.errors import ResultsError
+    from reports.loader import load_results as load_for_report
+    from reports.loader import scenario_key
+
+    class Reporting(fake_testbed):  # type: ignore[valid-type,misc]
+        def __init__(self, config: Any, **kw: Any) -> None:
+            super().__init__(config, **kw)
+            want = config.tcp_congestion_control
+            self.tcp_congestion_control = {
+                "name": want or "bbr",
+                "mechanism": "fake-sysctl" if want else "kernel-default",
+                "requested": want,
+            }
+
+    chosen = run_experiment(
+        small_config.replace(tcp_cc="cubic"), testbed_factory=Reporting, commands=FakeCommands()
+    )
+    assert fake_testbed.instances[0].config.tcp_congestion_control == "cubic"
+    assert chosen["config"]["tcp_congestion_control"] == {
+        "name": "cubic",
+        "mechanism": "fake-sysctl",
+        "requested": "cubic",
+    }
+    assert chosen["config"]["request"]["tcp_cc"] == "cubic"
+    rows = [line.split() for line in format_summary(chosen).splitlines() if line.startswith("all TCP")]
+    assert rows == [["all", "TCP", "congestion", "control", "cubic", "fake-sysctl"]]
+    default = run_experiment(small_config, testbed_factory=Reporting, commands=FakeCommands())
+    assert default["config"]["tcp_congestion_control"]["name"] == "bbr"
+    with pytest.raises(ResultsError, match="TCP congestion control: 'bbr' vs 'cubic'"):
+        check_compatible(default, chosen)
+    unrecorded = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
+    assert unrecorded["config"]["tcp_congestion_control"] is None  # (a testbed that does not say)
+    check_compatible(unrecorded, chosen)  # a file without it says nothing either way
+    write_results(tmp_path / "cubic.json", chosen)
+    write_results(tmp_path / "bbr.json", default)
+    keys = {scenario_key(r) for r in load_for_report([tmp_path / "cubic.json", tmp_path / "bbr.json"])}
     assert len(keys) == 2
 
 

@@ -135,3 +135,32 @@ def test_bad_node_and_isolation() -> None:
         pytest.raises(ValueError, match="node"),
     ):
         tb.bind_address("router")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/sys/net/ipv4/tcp_congestion_control"), reason="Linux only")
+def test_loopback_records_the_machines_congestion_control_and_lists_another_as_not_applied() -> None:
+    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+        machine = f.read().strip()
+    with make_testbed(TestbedConfig("lxlo7", LinkSpec()), isolation="loopback", caps=NO_ROOT) as tb:
+        assert tb.tcp_congestion_control == {
+            "name": machine,
+            "mechanism": "machine-setting",
+            "requested": None,
+        }
+        assert tb.not_applied == []
+    same = TestbedConfig("lxlo7", LinkSpec(), tcp_congestion_control=machine)
+    with make_testbed(same, isolation="loopback", caps=NO_ROOT) as tb:
+        assert tb.tcp_congestion_control["name"] == machine and tb.not_applied == []
+    other = "reno" if machine != "reno" else "cubic"
+    asked = TestbedConfig("lxlo7", LinkSpec(), tcp_congestion_control=other)
+    with make_testbed(asked, isolation="loopback", caps=NO_ROOT) as tb:
+        assert tb.tcp_congestion_control == {
+            "name": machine,
+            "mechanism": "machine-setting",
+            "requested": other,
+        }
+        assert tb.not_applied == [
+            f"TCP congestion control {other} (loopback mode: the machine's, {machine}, is in force; run as "
+            "root for namespaces of the nodes' own)"
+        ]
+        assert tb.describe()["tcp_congestion_control"]["name"] == machine

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from netem import EdgeLimits, LinkSpec, Testbed, TestbedConfig, clean, find_leftovers, make_testbed
+from netem.errors import CapabilityError
 
 pytestmark = pytest.mark.root
 
@@ -222,3 +223,42 @@ def test_killed_run_is_cleaned_by_prefix() -> None:
     assert any(r.startswith("process") for r in removed)  # the sleeps in the namespaces
     assert find_leftovers(prefix) == []
     assert not any(Path(p).name.startswith(prefix) for p in os.listdir("/sys/fs/cgroup/cpu"))
+
+
+def _namespace_cc(prefix: str, role: str) -> str:
+    out = subprocess.run(
+        ["ip", "netns", "exec", f"{prefix}-{role}", "sysctl", "-n", "net.ipv4.tcp_congestion_control"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_congestion_control_is_set_in_every_node_namespace_and_nowhere_else() -> None:
+    machine = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    prefix = new_prefix()
+    # (reno is built into every kernel; if it is the machine's too, the test still shows it was read back)
+    with make_testbed(
+        TestbedConfig(prefix, LinkSpec(), tcp_congestion_control="reno"), isolation="netns"
+    ) as tb:
+        assert [_namespace_cc(prefix, role) for role in ("test", "edge", "cloud")] == ["reno"] * 3
+        assert tb.tcp_congestion_control == {"name": "reno", "mechanism": "sysctl-netns", "requested": "reno"}
+        assert Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip() == machine
+    with make_testbed(TestbedConfig(new_prefix(), LinkSpec()), isolation="netns") as tb:
+        assert tb.tcp_congestion_control == {
+            "name": machine,
+            "mechanism": "kernel-default",
+            "requested": None,
+        }
+
+
+def test_an_unknown_congestion_control_is_refused_and_leaves_nothing() -> None:
+    prefix = new_prefix()
+    cfg = TestbedConfig(prefix, LinkSpec(), tcp_congestion_control="nosuchcc")
+    with (
+        pytest.raises(CapabilityError, match=r"'nosuchcc' cannot be set.*this kernel has: .*reno"),
+        make_testbed(cfg, isolation="netns"),
+    ):
+        pass
+    assert find_leftovers(prefix) == []

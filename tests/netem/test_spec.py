@@ -166,3 +166,10 @@ def test_parse_cpuset() -> None:
     for bad in ("", "a", "0-", "1-0", "0,,1", " 0"):
         with pytest.raises(SpecError):
             parse_cpuset(bad)
+
+
+def test_testbed_congestion_control_must_be_a_kernel_name() -> None:
+    assert TestbedConfig("lxab", LinkSpec(), tcp_congestion_control="cubic").tcp_congestion_control == "cubic"
+    for bad in ("CUBIC", "cubic; reboot", "", "a" * 17):
+        with pytest.raises(SpecError, match="congestion control"):
+            TestbedConfig("lxab", LinkSpec(), tcp_congestion_control=bad)

@@ -139,5 +139,21 @@ def test_mechanism_and_environment(scn: Scenario) -> None:
     (placed,) = tables.group_scenarios([dataclasses.replace(scn.results[0], config=pinned)])
     assert placed.caption(0.3).endswith("batch 32, edge cpus 0.5, cloud CPUs 2-3, T = 0.3")
     assert scn.caption(0.3).endswith("batch 32, T = 0.3")  # nothing set: nothing added
+    chosen = {
+        **scn.results[0].config,
+        "tcp_congestion_control": {"name": "cubic", "mechanism": "sysctl-netns", "requested": "cubic"},
+    }
+    with_tcp = tables.mechanism_table([dataclasses.replace(scn.results[0], config=chosen)])
+    assert ("all TCP", "congestion control", "cubic", "sysctl-netns") in with_tcp.rows
+    (chosen_scn,) = tables.group_scenarios([dataclasses.replace(scn.results[0], config=chosen)])
+    assert chosen_scn.caption(0.3).endswith("batch 32, TCP cubic, T = 0.3")
+    kernels = {
+        **chosen,
+        "tcp_congestion_control": {"name": "bbr", "mechanism": "kernel-default", "requested": None},
+    }
+    (default_scn,) = tables.group_scenarios([dataclasses.replace(scn.results[0], config=kernels)])
+    assert default_scn.caption(0.3).endswith(
+        "batch 32, T = 0.3"
+    )  # the kernel's: in the table, not the caption
     env: dict[str, str] = dict(tables.environment_table(scn.results).rows)  # type: ignore[arg-type]
     assert env["host"] == "testhost"
