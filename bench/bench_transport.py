@@ -745,13 +745,17 @@ def in_private_netns(cc: str, command: list[str]) -> int:
             # (the namespace's own setting: the machine's stays as it is)
             ["ip", "netns", "exec", ns, sys.executable, "-c", f"open({_CC_PATH!r}, 'w').write({cc!r})"],
         ):
-            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            except OSError as exc:  # (no iproute2)
+                return refuse(f"cannot run {cmd[0]}: {exc.strerror or exc}")
             if r.returncode:
                 return refuse(f"{' '.join(cmd[:4])}: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
         env = {**os.environ, _NETNS_CC_ENV: cc}
         return subprocess.run(["ip", "netns", "exec", ns, *command], env=env, check=False).returncode
     finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         cleanup.unregister_owner(prefix)
 
 

@@ -163,3 +163,18 @@ def test_the_private_namespace_gets_the_congestion_control_and_is_removed_after(
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert f"lx{os.getpid():x}-probe" not in names
     assert not Path(f"/run/localexit/lx{os.getpid():x}.owner").exists()
+
+
+@pytest.mark.root
+def test_without_iproute2_the_private_namespace_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from bench.bench_transport import in_private_netns
+
+    monkeypatch.setenv("PATH", "")  # (no `ip` to be found)
+    assert in_private_netns("reno", [sys.executable, "-c", "pass"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench_transport: --congestion-control reno: cannot run ip: ")
+    assert not Path(f"/run/localexit/lx{os.getpid():x}.owner").exists()
