@@ -69,6 +69,7 @@ import numpy as np
 from tabulate import tabulate
 
 from harness.environment import cpus_kept_awake
+from netem.probe import TCP_CC_PROC, available_congestion_controls, congestion_control
 from nodes import Batch, ClockProbe, ClockReply, FrameDecoder, FramedStream, Listener, open_stream
 from nodes.codec import BodyDecoder, FrameEncoder
 from nodes.errors import PeerError
@@ -346,9 +347,7 @@ class Transfers:
         return _median_iqr(self.ratios(method, size))
 
 
-_SNMP = ("/proc/net/snmp", "/proc/net/netstat")
-_CC_PATH = "/proc/sys/net/ipv4/tcp_congestion_control"
-_CC_AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+_SNMP = "/proc/net/snmp"
 #: set by --congestion-control for the copy of this benchmark it runs in a private network namespace
 _NETNS_CC_ENV = "LOCALEXIT_BENCH_CC"
 
@@ -357,7 +356,7 @@ def tcp_retransmitted() -> int | None:
     """The kernel's count of TCP segments retransmitted (``Tcp: RetransSegs``) in this network namespace,
     or None where there is no such count (not Linux)."""
     try:
-        with open(_SNMP[0]) as f:
+        with open(_SNMP) as f:
             lines = f.read().splitlines()
     except OSError:
         return None
@@ -367,15 +366,6 @@ def tcp_retransmitted() -> int | None:
             if "RetransSegs" in counts:
                 return int(counts["RetransSegs"])
     return None
-
-
-def congestion_control() -> str | None:
-    """The TCP congestion control new connections get in this network namespace (Linux), else None."""
-    try:
-        with open(_CC_PATH) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
 
 
 async def round_trips(
@@ -728,11 +718,9 @@ def in_private_netns(cc: str, command: list[str]) -> int:
 
     if sys.platform != "linux" or os.geteuid() != 0:
         return refuse("needs root on Linux (it makes a network namespace)")
-    try:
-        with open(_CC_AVAILABLE) as f:
-            available = f.read().split()
-    except OSError as exc:
-        return refuse(f"cannot read the kernel's congestion controls: {exc}")
+    available = available_congestion_controls()
+    if not available:
+        return refuse("cannot read the kernel's congestion controls")
     if cc not in available:
         return refuse(f"this kernel has {', '.join(available)}")
     prefix = f"{cleanup.FAMILY}{os.getpid():x}"
@@ -743,7 +731,7 @@ def in_private_netns(cc: str, command: list[str]) -> int:
             ["ip", "netns", "add", ns],
             ["ip", "-n", ns, "link", "set", "lo", "up"],
             # (the namespace's own setting: the machine's stays as it is)
-            ["ip", "netns", "exec", ns, sys.executable, "-c", f"open({_CC_PATH!r}, 'w').write({cc!r})"],
+            ["ip", "netns", "exec", ns, sys.executable, "-c", f"open({TCP_CC_PROC!r}, 'w').write({cc!r})"],
         ):
             try:
                 r = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -58,6 +58,7 @@ from typing import Any
 from tabulate import tabulate
 
 from reports import stats
+from reports.loader import congestion_control
 
 from .errors import ResultsError
 from .results import PROCEDURES
@@ -227,7 +228,7 @@ def check_compatible(baseline: Mapping[str, Any], current: Mapping[str, Any]) ->
     ]
     # The congestion control the nodes' connections used (recorded since 2026-11-27; a file without it
     # says nothing either way): with loss on the link, CUBIC against BBR more than doubled procedure 3-2.
-    ccs = [_congestion_control(r) for r in (baseline, current)]
+    ccs = [congestion_control(r["config"]) for r in (baseline, current)]
     if None not in ccs and ccs[0] != ccs[1]:
         diffs.append(f"TCP congestion control: {ccs[0]!r} vs {ccs[1]!r}")
     if diffs:
@@ -236,12 +237,6 @@ def check_compatible(baseline: Mapping[str, Any], current: Mapping[str, Any]) ->
             + "; ".join(diffs)
             + "); record a new baseline with `python -m harness record-baseline`"
         )
-
-
-def _congestion_control(results: Mapping[str, Any]) -> str | None:
-    tcp = results["config"].get("tcp_congestion_control")
-    name = tcp.get("name") if isinstance(tcp, dict) else None
-    return name if isinstance(name, str) else None
 
 
 def compare(

@@ -9,10 +9,11 @@ into ``ConfigError`` so the user sees one clear line. Link strings are kept in t
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from netem.spec import CONGESTION_CONTROL_RE
 
 MODEL_KINDS = ("standard", "sem", "mem")
 LOCAL_EXITS = tuple(range(1, 9))  # the paper's network has local exits after blocks 1..8
@@ -112,7 +113,7 @@ class RunConfig:
             for port in self.ports:
                 if not 1 <= port <= 65535:
                     raise ValueError(f"port {port} is out of range 1..65535")
-        if self.tcp_cc is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,15}", self.tcp_cc):
+        if self.tcp_cc is not None and not CONGESTION_CONTROL_RE.fullmatch(self.tcp_cc):
             raise ValueError(
                 f"--tcp-cc takes a congestion control's name as the kernel lists it (cubic, bbr, reno, ...), "
                 f"not {self.tcp_cc!r}"

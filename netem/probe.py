@@ -115,3 +115,26 @@ def probe_capabilities() -> Capabilities:
     )
     logger.info("capabilities: %s", caps.describe())
     return caps
+
+
+TCP_CC_PROC = "/proc/sys/net/ipv4/tcp_congestion_control"
+_TCP_CC_AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+
+
+def congestion_control() -> str | None:
+    """The TCP congestion control new connections get in this process's network namespace (Linux), or
+    None where there is no such setting."""
+    try:
+        with open(TCP_CC_PROC) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def available_congestion_controls() -> list[str]:
+    """The congestion controls this kernel has (``tcp_available_congestion_control``); [] where unknown."""
+    try:
+        with open(_TCP_CC_AVAILABLE) as f:
+            return f.read().split()
+    except OSError:
+        return []

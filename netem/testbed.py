@@ -31,7 +31,7 @@ from netem.cgroups import EdgeCgroup
 from netem.cleanup import ROLES, cgroup_name, dev_name, ns_name, register_owner, unregister_owner
 from netem.errors import CapabilityError, CommandError, NetemError
 from netem.executor import Executor
-from netem.probe import Capabilities, probe_capabilities
+from netem.probe import Capabilities, available_congestion_controls, congestion_control, probe_capabilities
 from netem.spec import LinkSpec, TestbedConfig
 from netem.tc import ShapingPlan, plan_link_end, qdisc_del_argv
 
@@ -388,7 +388,7 @@ class Testbed:
                     if r.returncode != 0:
                         raise CapabilityError(
                             f"TCP congestion control {want!r} cannot be set ({r.stderr.strip() or 'sysctl failed'}); "
-                            f"this kernel has: {_available_congestion_controls() or 'unknown'}"
+                            f"this kernel has: {', '.join(available_congestion_controls()) or 'unknown'}"
                         )
                 r = self.ex.run(["ip", "netns", "exec", ns, "sysctl", "-n", TCP_CC_SYSCTL])
                 names.add(r.stdout.strip())
@@ -400,7 +400,7 @@ class Testbed:
                 name=names.pop(), mechanism="sysctl-netns" if want is not None else "kernel-default"
             )
             return
-        current = _machine_congestion_control()
+        current = congestion_control()
         self.tcp_congestion_control.update(name=current, mechanism="machine-setting" if current else None)
         if want is not None and want != current:
             self.not_applied.append(
@@ -531,24 +531,6 @@ class Testbed:
 
 
 TCP_CC_SYSCTL = "net.ipv4.tcp_congestion_control"
-_TCP_CC_PROC = "/proc/sys/net/ipv4/tcp_congestion_control"
-
-
-def _machine_congestion_control() -> str | None:
-    """The congestion control new TCP connections get in this process's network namespace (Linux)."""
-    try:
-        with open(_TCP_CC_PROC) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
-def _available_congestion_controls() -> str:
-    try:
-        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
-            return ", ".join(f.read().split())
-    except OSError:
-        return ""
 
 
 def make_testbed(

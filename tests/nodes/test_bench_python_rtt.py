@@ -132,9 +132,9 @@ def test_the_retransmit_count_is_read_from_the_kernels_tcp_counters(
         "Tcp: RtoAlgorithm ActiveOpens RetransSegs InErrs\nTcp: 1 10 4321 0\n"
         "Udp: InDatagrams\nUdp: 3\n"
     )
-    monkeypatch.setattr(bt, "_SNMP", (str(snmp), ""))
+    monkeypatch.setattr(bt, "_SNMP", str(snmp))
     assert bt.tcp_retransmitted() == 4321
-    monkeypatch.setattr(bt, "_SNMP", (str(tmp_path / "none"), ""))
+    monkeypatch.setattr(bt, "_SNMP", str(tmp_path / "none"))
     assert bt.tcp_retransmitted() is None
 
 
@@ -153,11 +153,12 @@ def test_the_private_namespace_gets_the_congestion_control_and_is_removed_after(
     import subprocess
     import sys
 
-    from bench.bench_transport import _CC_PATH, congestion_control, in_private_netns
+    from bench.bench_transport import in_private_netns
+    from netem.probe import TCP_CC_PROC, congestion_control
 
     machine = congestion_control()
     # (reno is built into every Linux kernel)
-    check = f"import sys; sys.exit(0 if open({_CC_PATH!r}).read().strip() == 'reno' else 1)"
+    check = f"import sys; sys.exit(0 if open({TCP_CC_PROC!r}).read().strip() == 'reno' else 1)"
     assert in_private_netns("reno", [sys.executable, "-c", check]) == 0
     assert congestion_control() == machine  # the machine's own setting untouched
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
