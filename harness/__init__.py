@@ -5,6 +5,7 @@ from harness._pins import PIN_VARIABLES, USER_PINS  # (first: before anything im
 from harness.check import CheckReport, Comparison, compare
 from harness.config import LinkOptions, RunConfig, config_from_dict, config_to_dict
 from harness.errors import (
+    ComponentFailure,
     ConfigError,
     HarnessError,
     NodeFailure,
@@ -27,6 +28,7 @@ __all__ = [
     "USER_PINS",
     "CheckReport",
     "Comparison",
+    "ComponentFailure",
     "ConfigError",
     "HarnessError",
     "LinkOptions",

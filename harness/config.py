@@ -9,11 +9,14 @@ into ``ConfigError`` so the user sees one clear line. Link strings are kept in t
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netem.spec import CONGESTION_CONTROL_RE
+from netem.spec import CONGESTION_CONTROL_RE, parse_cpuset
+
+from .errors import ConfigError
 
 MODEL_KINDS = ("standard", "sem", "mem")
 LOCAL_EXITS = tuple(range(1, 9))  # the paper's network has local exits after blocks 1..8
@@ -104,7 +107,7 @@ class RunConfig:
         if self.samples is not None:
             _positive("--samples", self.samples)
         if self.warmup_batches < 0:
-            raise ValueError(f"--warmup must be 0 or more batches, got {self.warmup_batches}")
+            raise ValueError(f"--warmup-batches must be 0 or more, got {self.warmup_batches}")
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"--isolation must be one of {', '.join(ISOLATIONS)}, not {self.isolation!r}")
         if self.ports is not None:
@@ -138,6 +141,40 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied (and validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_edge_cpus(cfg: RunConfig, usable: int | None = None) -> None:
+    """Refuse (``ConfigError``) an edge CPU quota above the CPUs there are to give it.
+
+    The quota sets the edge's torch thread count, so ``--edge-cpus 99`` on two CPUs would run 99
+    threads fighting over two CPUs and measure that contention, not the model. ``usable`` is the number
+    of CPUs this process may run on (default: its affinity mask, which a container or ``taskset``
+    narrows). This is checked before a run and not in ``RunConfig`` itself, because a configuration
+    recorded on a bigger machine must still load here (``check``, ``reports``). A quota that is not a
+    number is left to ``netem.EdgeLimits.parse``, which says what it should look like.
+    """
+    if cfg.edge_cpus is None:
+        return
+    try:
+        cpus = float(cfg.edge_cpus)
+    except ValueError:
+        return
+    have = len(os.sched_getaffinity(0)) if usable is None else usable
+    if cpus > have:
+        raise ConfigError(
+            f"--edge-cpus {cfg.edge_cpus} is more CPUs than this machine gives us ({have}): "
+            f"use at most {have}"
+        )
+    if cfg.edge_cpuset is not None:
+        try:
+            in_set = len(parse_cpuset(cfg.edge_cpuset))
+        except ValueError:
+            return
+        if cpus > in_set:
+            raise ConfigError(
+                f"--edge-cpus {cfg.edge_cpus} is more CPUs than --edge-cpuset {cfg.edge_cpuset} holds "
+                f"({in_set}): use at most {in_set}, or a larger CPU set"
+            )
 
 
 def _positive(option: str, value: int) -> None:

@@ -12,9 +12,18 @@ from reports import stats
 
 from .results import PROCEDURES, unstable_figures
 
+#: What each latency of the summary is (paper §4.1; the procedures are those of the table below it).
+EDGE_LATENCY_IS = "mean per sample: its batch sent → its prediction back (1→2→3-1)"
+CLOUD_LATENCY_IS = "mean per sample: its batch sent → its prediction back (1→2→3-2→4→5)"
+OVERALL_LATENCY_IS = "(last prediction back − first batch sent) ÷ samples"
+
 
 def _num(value: Any, fmt: str = ".3f") -> str:
     return "–" if value is None else format(value, fmt)
+
+
+def _ms(value: Any, fmt: str = ".3f", per: str = "") -> str:
+    return "–" if value is None else f"{format(value, fmt)} ms{per}"
 
 
 def _pct(value: Any) -> str:
@@ -51,16 +60,24 @@ def format_summary(results: Mapping[str, Any]) -> str:
     )
     lines = [head, ""]
 
+    # The three latencies are different figures: the edge and cloud ones are means of each sample's own
+    # latency, the overall one is the run's wall time divided by its samples (a batch's samples share
+    # one trip, so it is about a batch-size-th of the others), so each row says which it is and its unit.
     rows = [
         ["edge (local exit)", _num(_figure(results, "local_exits"), ".0f"), _pct(_figure(results, "edge_accuracy")),
-         _num(_figure(results, "edge_latency_ms")), _spread(results, "edge_latency_ms")],
+         _ms(_figure(results, "edge_latency_ms")), _spread(results, "edge_latency_ms"), EDGE_LATENCY_IS],
         ["cloud", _num(_figure(results, "cloud_exits"), ".0f"), _pct(_figure(results, "cloud_accuracy")),
-         _num(_figure(results, "cloud_latency_ms")), _spread(results, "cloud_latency_ms")],
+         _ms(_figure(results, "cloud_latency_ms")), _spread(results, "cloud_latency_ms"), CLOUD_LATENCY_IS],
         ["overall", _num(_figure(results, "samples"), ".0f"), _pct(_figure(results, "overall_accuracy")),
-         _num(_figure(results, "overall_latency_ms"), ".4f"), _spread(results, "overall_latency_ms", ".4f")],
+         _ms(_figure(results, "overall_latency_ms"), ".4f", "/sample"), _spread(results, "overall_latency_ms", ".4f"),
+         OVERALL_LATENCY_IS],
     ]  # fmt: skip
-    headers = ["exit", "samples", "accuracy", "latency ms"] + (["± MAD [min, max]"] if many else [])
-    lines.append(tabulate([r if many else r[:4] for r in rows], headers=headers, tablefmt="simple"))
+    headers = ["exit", "samples", "accuracy", "latency", "± MAD [min, max]", "latency is"]
+    if not many:
+        rows = [r[:4] + r[5:] for r in rows]
+        headers = headers[:4] + headers[5:]
+    align = ("left", "right", "right", "right") + (("right",) if many else ()) + ("left",)
+    lines.append(tabulate(rows, headers=headers, tablefmt="simple", colalign=align))
     lines.append("")
 
     pooled: dict[str, list[float]] = {p: [] for p in PROCEDURES}

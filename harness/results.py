@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 from models import atomic
 from reports import stats
 
-from .errors import ResultsError
+from .errors import ConfigError, ResultsError
 
 SCHEMA = "localexit/1"
 RECORDS_SCHEMA = "localexit-records/1"
@@ -38,6 +41,12 @@ SUMMARY_KEYS = (
 )
 CONFIG_KEYS = ("model", "exit", "threshold", "batch_size", "dataset", "samples", "links", "link_backend")
 RUN_KEYS = ("index", "summary", "procedures_ms", "edge_cpu_percent", "edge_rss_mib", "per_batch_ms")
+#: Free space an output location needs before a run starts. A results file keeps every batch's timings:
+#: a few hundred KiB per repeat for the whole Fashion-MNIST test set, so a few MiB leave room for it and
+#: its temporary copy (the atomic write), and refuse a disk that is full.
+MIN_FREE_BYTES = 8 * 2**20
+#: Trees of the kernel's own files: writing a results file there fails (or does something else entirely).
+SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 def _records_error(why: str) -> ResultsError:
@@ -272,3 +281,79 @@ def write_results(path: Path, results: Mapping[str, Any]) -> None:
         write_json_atomic(path, results)
     except OSError as exc:
         raise ResultsError(f"cannot write results file {path}: {exc.strerror or exc}") from exc
+
+
+def check_output_path(path: Path, option: str = "--out") -> None:
+    """Refuse (``ConfigError``), before anything runs, a results file that could not be written.
+
+    Checked: not inside ``/proc``, ``/sys`` or ``/dev``; not an existing directory; the nearest existing
+    folder on the way is a folder we can create files in (tried, not guessed from permission bits, which
+    root ignores and a read-only mount overrides); and ``MIN_FREE_BYTES`` are free there. Folders that do
+    not exist yet are created by the write.
+    """
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        raise ConfigError(f"{option} {path} is a directory: give a file name, e.g. {path}/results.json")
+    _check_location(target.parent, f"{option} {path}")
+
+
+def check_output_dir(path: Path, option: str = "--out-dir") -> None:
+    """As :func:`check_output_path`, for a folder that will hold results files (a sweep's)."""
+    target = Path(os.path.abspath(path))
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a directory")
+    _check_location(target, f"{option} {path}")
+
+
+def _check_location(folder: Path, shown: str) -> None:
+    resolved = folder.resolve()
+    for tree in SYSTEM_TREES:
+        if resolved == tree or tree in resolved.parents:
+            raise ConfigError(f"{shown} is under {tree}, the kernel's own files: choose a path elsewhere")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{shown} cannot be written: {existing} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".localexit-probe-")
+    except OSError as exc:
+        raise ConfigError(
+            f"{shown} cannot be written ({exc.strerror or exc} in {existing}): choose a writable location"
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"{shown}: only {free / 2**20:.1f} MiB free in {existing}, and a results file needs up to "
+            f"{MIN_FREE_BYTES // 2**20} MiB: free some space or choose another location"
+        )
+
+
+def write_results_fallback(failed: Path, results: Mapping[str, Any]) -> Path | None:
+    """Save results that could not be written to ``failed`` somewhere else; returns where, or None.
+
+    Tried in order: the current directory, then the temporary directory, under ``failed``'s file name
+    (``results.json`` if it has none that ends in ``.json``) when no file of that name is there yet, and
+    last under a fresh unique name in the temporary directory. A run's results are never lost to a
+    typo in ``--out`` or a disk that filled up during the run.
+    """
+    validate_results(results)
+    name = failed.name if failed.suffix == ".json" else "results.json"
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        candidate = folder / name
+        if candidate.exists() or candidate.resolve() == Path(os.path.abspath(failed)).resolve():
+            continue
+        try:
+            write_json_atomic(candidate, results)
+        except OSError:
+            continue
+        return candidate
+    try:
+        fd, unique = tempfile.mkstemp(prefix="localexit-results-", suffix=".json")
+        os.close(fd)
+        write_json_atomic(Path(unique), results)
+    except OSError:
+        return None
+    return Path(unique)

@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from typing import Any, Protocol
 import models
 import netem
 from models.errors import LocalExitError
+from netem._proc import signals_deferred
+from netem.cleanup import make_log_dir
 
 from . import results as results_mod
 from ._pins import PIN_VARIABLES, USER_PINS
@@ -36,7 +37,7 @@ from .calibration import calibrate
 from .config import NETNS_PORTS, LinkOptions, RunConfig, config_to_dict
 from .environment import collect_environment
 from .errors import ConfigError, NodeFailure, PortInUseError, UnshapedError
-from .processes import POLL_S, NodeProcess, ResourceSampler
+from .processes import NodeProcess, ResourceSampler, wait_for_test
 
 logger = logging.getLogger(__name__)
 
@@ -350,27 +351,29 @@ def _started(
     log_path = workdir / f"{name}.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 -- NodeProcess.stop closes it
     logger.info("starting %s node: %s", name, " ".join(argv))
+    node: NodeProcess | None = None
     try:
-        popen = tb.popen(
-            name,
-            argv,
-            stdin=subprocess.DEVNULL,
-            env=node_env(tb, name, cpus),
-            stdout=subprocess.PIPE if pipe_stdout else log_file,
-            stderr=log_file,
-            **({"cpus": cpus} if cpus is not None else {}),
-        )
-    except OSError as exc:
-        log_file.close()
-        raise NodeFailure(name, f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-    except BaseException:
-        log_file.close()
-        raise
-    node = NodeProcess(name, popen, log_path, log_file)
-    try:
+        # A Ctrl-C during the start unwinds only once the node is in hand, so the `finally` stops it.
+        with signals_deferred():
+            try:
+                popen = tb.popen(
+                    name,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    env=node_env(tb, name, cpus),
+                    stdout=subprocess.PIPE if pipe_stdout else log_file,
+                    stderr=log_file,
+                    **({"cpus": cpus} if cpus is not None else {}),
+                )
+            except OSError as exc:
+                raise NodeFailure(name, f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+            node = NodeProcess(name, popen, log_path, log_file)
         yield node
     finally:
-        node.stop()
+        if node is not None:
+            node.stop()
+        else:
+            log_file.close()
 
 
 def _check_cpus(node: NodeProcess, cpus: frozenset[int]) -> None:
@@ -392,23 +395,15 @@ def _check_cpus(node: NodeProcess, cpus: frozenset[int]) -> None:
 
 
 def _wait_test(tb: TestbedLike, test: NodeProcess, others: list[NodeProcess], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    link_check = getattr(tb, "check", None)  # netem.Testbed: raises if a delay line or relay died
-    while True:
-        if link_check is not None:
-            link_check()
-        code = test.popen.poll()
-        if code is not None:
-            if code != 0:
-                raise test.failure(f"exited with code {code}")
-            return
-        for node in others:
-            other_code = node.popen.poll()
-            if other_code is not None:
-                raise node.failure(f"exited with code {other_code} during the run")
-        if time.monotonic() > deadline:
-            raise test.failure(f"did not finish within {timeout_s:g} s (--run-timeout)")
-        time.sleep(POLL_S)
+    """Wait for the test node; when a process of the run dies first, raise for the one that died first."""
+    helper_pids = getattr(tb, "helper_pids", None)  # netem.Testbed: its delay lines and relays
+    wait_for_test(
+        test,
+        others,
+        timeout_s,
+        helper_pids=helper_pids() if helper_pids is not None else None,
+        link_check=getattr(tb, "check", None),  # netem.Testbed: raises HelperExited if one of them died
+    )
 
 
 def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[str, Any]:
@@ -551,26 +546,32 @@ def run_experiment(
     """Run ``cfg.repeat`` runs and return the validated results object (not yet written).
 
     ``notify`` receives notices meant for the user (isolation fallback, what is not applied).
-    Logs of the nodes go to ``workdir`` (a temporary directory by default, removed after a complete
-    run and kept, with its path in the error, after a failed one).
+    Logs of the nodes go to ``workdir`` (a temporary directory by default, removed after a complete or
+    interrupted run and kept, with its path in the error, after a failed one).
     """
     plan = prepare(cfg)
     environment = collect_environment()
     factory = testbed_factory or netem.make_testbed
     own_workdir = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="localexit-")) if workdir is None else workdir
-    work.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(workdir=work, commands=commands or NodeCommands())
-    tb_config = netem.TestbedConfig(
-        prefix=new_prefix(),
-        edge_cloud=plan.edge_cloud,
-        test_edge=plan.test_edge,
-        edge_limits=plan.edge_limits,
-        tcp_congestion_control=cfg.tcp_cc,
-    )
-    runs: list[dict[str, Any]] = []
-    ok = False
+    work = workdir
+    ok = interrupted = False
     try:
+        if work is None:
+            # (marked with our PID, so that `harness clean` can tell a killed run's logs from a running
+            # one's; made with Ctrl-C held, so that it never exists without the `finally` that removes it)
+            with signals_deferred():
+                work = make_log_dir()
+        work.mkdir(parents=True, exist_ok=True)
+        ctx = RunContext(workdir=work, commands=commands or NodeCommands())
+        tb_config = netem.TestbedConfig(
+            prefix=new_prefix(),
+            edge_cloud=plan.edge_cloud,
+            test_edge=plan.test_edge,
+            edge_limits=plan.edge_limits,
+            tcp_congestion_control=cfg.tcp_cc,
+            log_dir=work,  # the delay lines' and relays' logs, kept with the nodes' after a failed run
+        )
+        runs: list[dict[str, Any]] = []
         with factory(tb_config, isolation=cfg.isolation) as tb:
             for notice in check_applied(cfg, tb):
                 if notify:
@@ -586,8 +587,12 @@ def run_experiment(
         results = results_mod.build_results(config, environment, runs)
         ok = True
         return results
+    except KeyboardInterrupt:
+        interrupted = True  # (stopped by the user: the run's logs go with the rest of it)
+        raise
     finally:
-        if own_workdir and (ok or not any(work.rglob("*.log"))):
-            shutil.rmtree(work, ignore_errors=True)
-        elif own_workdir:
-            logger.warning("node logs kept in %s", work)
+        if own_workdir and work is not None:
+            if ok or interrupted or not any(work.rglob("*.log")):
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                logger.warning("node logs kept in %s", work)

@@ -203,7 +203,8 @@ def _run_points(
                 write_results(point_path(out_dir, cfg), results)
                 status[label] = "done"
                 outcome.done += 1
-            except NodeFailure as exc:
+            except NodeFailure as exc:  # (a ComponentFailure too: a delay line or relay that died)
+                # a runtime failure of this point alone: record it, and the other points still run
                 status[label] = "failed"
                 errors[label] = str(exc)
                 outcome.failed += 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,14 +67,15 @@ def load_checkpoint(path: str | Path) -> tuple[MultiExitCNN, CheckpointMeta]:
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
     try:
-        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # (torch warns about the pickle protocol of files it then refuses: the refusal says enough)
+            warnings.simplefilter("ignore")
+            payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(
-            f"{path} is not a loadable checkpoint (corrupt, or not one of ours): {exc}"
-        ) from exc
+        raise _invalid(path, _load_failure(blob, exc)) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {got!r})")
+        raise _invalid(path, f"its format is {got!r}, not {CHECKPOINT_FORMAT!r}")
     try:
         config = ModelConfig.from_dict(payload["config"])
         model = build_model(config)
@@ -88,6 +91,37 @@ def load_checkpoint(path: str | Path) -> tuple[MultiExitCNN, CheckpointMeta]:
         extra=dict(payload.get("extra") or {}),
     )
     return model, meta
+
+
+def _invalid(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is not a valid localexit checkpoint ({reason}); use one written by "
+        "`python -m harness train`, or omit --checkpoint to use the shipped one"
+    )
+
+
+#: Python objects a ``weights_only`` load refuses are named in torch's message as ``GLOBAL module.name``.
+_REFUSED_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _load_failure(blob: bytes, exc: BaseException) -> str:
+    """A short reason for a failed load, in our words.
+
+    Deliberately not torch's message: for a refused file that advises loading it again with
+    ``weights_only=False``, which would run whatever code the file holds.
+    """
+    if not blob:
+        return "the file is empty"
+    if isinstance(exc, EOFError):
+        return "the file ends early: truncated?"
+    if isinstance(exc, pickle.UnpicklingError):
+        found = _REFUSED_GLOBAL_RE.search(str(exc))
+        if found:
+            return f"it holds Python objects ({found.group(1)}), which a checkpoint of plain data never does"
+        return "not a file written by torch.save"
+    if isinstance(exc, (RuntimeError, zipfile.BadZipFile)):
+        return "its archive is damaged or truncated"
+    return f"unreadable: {type(exc).__name__}"
 
 
 def zoo_name(kind: str, exit: int | None) -> str:

@@ -299,3 +299,63 @@ def synthetic_dataset(
     noise = rng.normal(0.0, 24.0, size=(n, channels, image_size, image_size))
     images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
     return ImageDataset("synthetic", split, images, labels.astype(np.int64), num_classes)
+
+
+# --- validation split ----------------------------------------------------------------------------------
+
+VALIDATION_SPLIT = "validation"
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """A deterministic hold-out of the training split: ``fraction`` of it, picked by a seeded permutation.
+
+    Exit thresholds and temperatures are fitted on it, never on the test split: tuning on the samples
+    the results are measured on would flatter them. For an honest fit the model must not have trained
+    on these samples either (train on the first part of :meth:`split`).
+    """
+
+    fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"the validation fraction must be in (0, 1), got {self.fraction!r}")
+
+    def indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted (train, validation) indices into a training split of ``n`` samples; both non-empty."""
+        if n < 2:
+            raise DatasetError(f"a training split of {n} sample(s) cannot give up a validation split")
+        k = min(n - 1, max(1, round(n * self.fraction)))
+        perm = np.random.default_rng(self.seed).permutation(n)
+        return np.sort(perm[k:]), np.sort(perm[:k])
+
+    def split(self, data: ImageDataset) -> tuple[ImageDataset, ImageDataset]:
+        """``data`` (the training split) as (what is left to train on, the validation split)."""
+        if data.split != "train":
+            raise DatasetError(
+                f"a validation split is held out of the training split, never the {data.split} split"
+            )
+        train_idx, val_idx = self.indices(len(data))
+        return (
+            ImageDataset(
+                data.name, "train", data.images[train_idx], data.labels[train_idx], data.num_classes
+            ),
+            ImageDataset(
+                data.name, VALIDATION_SPLIT, data.images[val_idx], data.labels[val_idx], data.num_classes
+            ),
+        )
+
+    def describe(self, data: ImageDataset) -> dict[str, Any]:
+        """The split's definition for a results or calibration file; the indices' hash shows that a
+        later numpy still draws the same permutation from the seed."""
+        _, val_idx = self.indices(len(data))
+        return {
+            "dataset": data.name,
+            "from_split": data.split,
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "of_samples": len(data),
+            "samples": len(val_idx),
+            "indices_sha256": hashlib.sha256(val_idx.astype("<i8").tobytes()).hexdigest(),
+        }

@@ -279,19 +279,41 @@ def build_parser(prog: str = "python -m harness train") -> argparse.ArgumentPars
     p.add_argument("--model", choices=MODEL_KINDS, help="model family")
     p.add_argument("--exit", type=int, help="the local exit of a sem model (1..8)")
     p.add_argument("--all", action="store_true", help="train standard, sem-1..8 and mem one after another")
-    p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    p.add_argument(
+        "--dataset", choices=DATASETS, default="fashion-mnist", help="training data (default fashion-mnist)"
+    )
     p.add_argument("--data-dir", type=Path, help="dataset folder (default: the Debian package's folder)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir first")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=TrainConfig.epochs,
+        help=f"passes over the training set (default {TrainConfig.epochs})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=TrainConfig.batch_size,
+        help=f"images per SGD step (default {TrainConfig.batch_size})",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=TrainConfig.lr,
+        help=f"SGD learning rate (default {TrainConfig.lr:g}, momentum {TrainConfig.momentum:g})",
+    )
     p.add_argument(
         "--loss-weights",
         default="equal",
         help=f"{', '.join(WEIGHT_SCHEMES)}, or EXIT:W,... e.g. '1:0.3,cloud:1' (default: equal, as the paper)",
     )
     p.add_argument("--no-augment", action="store_true", help="no random horizontal flips")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the weights' initialisation and the shuffling (default 0)",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--max-train-samples", type=int, help="train on the first N shuffled samples per epoch")
     p.add_argument(

@@ -6,13 +6,14 @@ The plan (which directories, which files get which values) is pure data built by
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from netem._proc import kill_and_reap
 from netem.errors import CapabilityError, NetemError
 from netem.spec import EdgeLimits, cpuset_cpus
 
@@ -151,25 +152,34 @@ class EdgeCgroup:
         return sorted(out)
 
     def remove(self, grace_s: float = 2.0) -> None:
-        """Kill what is still inside (all of it was started by this testbed), then remove the directories."""
+        """Kill what is still inside and wait until it is gone, then remove the directories.
+
+        All of it was started by this testbed. The nodes are stopped before this, so what is found here
+        is a child whose start was cut short before it was registered anywhere: killed and reaped here,
+        as a zombie still holds the cgroup.
+        """
         deadline = time.monotonic() + grace_s
-        while True:
-            pids = [p for d in self._created for p in _pids_of(d)]
-            if not pids or time.monotonic() > deadline:
-                break
-            for p in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, 9)
-            time.sleep(0.02)
+        pids = sorted({p for d in self._created for p in _pids_of(d)})
+        if pids:
+            logger.info("killing %s, still in the edge's cgroup", pids)
+            kill_and_reap(pids, grace_s)
         errors = []
         for d in reversed(self._created):
-            try:
-                d.rmdir()
-                logger.info("rmdir %s", d)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                errors.append(f"{d}: {exc.strerror}")
+            while True:
+                try:
+                    d.rmdir()
+                    logger.info("rmdir %s", d)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    inside = _pids_of(d)
+                    if exc.errno == errno.EBUSY and time.monotonic() < deadline:
+                        # (a task still exiting, or one that entered after the look above)
+                        kill_and_reap(inside, max(0.0, deadline - time.monotonic()))
+                        time.sleep(0.01)
+                        continue
+                    errors.append(f"{d}: {exc.strerror}" + (f", processes {inside} inside" if inside else ""))
+                break
         self._created.clear()
         if errors:
             raise NetemError("could not remove cgroup(s): " + "; ".join(errors))

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from netem import _proc
@@ -59,6 +62,71 @@ def live_prefixes(owner_dir: Path = OWNER_DIR) -> set[str]:
             continue
         live.add(path.name.removesuffix(".owner"))
     return live
+
+
+LOG_DIR_PREFIX = "localexit-"
+LOG_OWNER_FILE = ".owner"
+"""Each run's folder of node logs is ``<tmp>/localexit-XXXXXXXX`` holding ``.owner``: the PID of the
+process that runs it, as in the owner files above, so that ``clean`` removes the folders of killed runs
+and leaves those of runs in progress."""
+
+
+def make_log_dir(parent: Path | None = None) -> Path:
+    """A new folder for one invocation's node logs, marked with this process as its owner."""
+    path = Path(tempfile.mkdtemp(prefix=LOG_DIR_PREFIX, dir=parent))
+    (path / LOG_OWNER_FILE).write_text(f"{os.getpid()}\n")
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (someone else's process: alive all the same)
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LogDirCleanup:
+    """What :func:`clean_log_dirs` did: folders removed, kept (nothing says whose), and not removable."""
+
+    removed: tuple[Path, ...] = ()
+    unowned: tuple[Path, ...] = ()
+    failed: tuple[str, ...] = ()
+
+
+def clean_log_dirs(parent: Path | None = None, *, force: bool = False) -> LogDirCleanup:
+    """Remove the node-log folders of runs whose owning process is gone (``force``: of every run).
+
+    ``parent`` is where they are (default: the temporary directory). A folder without ``.owner`` (made
+    by an older version, or not ours) is kept and reported, for the caller to name to the user. Without
+    root, other users' folders are left alone: a shared temporary directory would refuse anyway.
+    """
+    folder = Path(tempfile.gettempdir()) if parent is None else parent
+    uid = os.geteuid()
+    removed: list[Path] = []
+    unowned: list[Path] = []
+    failed: list[str] = []
+    for path in sorted(folder.glob(f"{LOG_DIR_PREFIX}*")):
+        if not path.is_dir() or path.is_symlink() or (uid != 0 and path.stat().st_uid != uid):
+            continue
+        try:
+            pid = int((path / LOG_OWNER_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            unowned.append(path)
+            continue
+        if not force and _pid_alive(pid):
+            logger.info("leaving %s alone: the run that owns it (pid %d) is still in progress", path, pid)
+            continue
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            failed.append(f"log folder {path}: {exc.strerror or exc}")
+            continue
+        removed.append(path)
+    return LogDirCleanup(tuple(removed), tuple(unowned), tuple(failed))
 
 
 def _run_prefix(name: str) -> str:

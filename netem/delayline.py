@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 from netem import _proc
 
 if TYPE_CHECKING:  # the child process must not import netem.spec: it pulls in models (torch)
+    from pathlib import Path
+
     from netem.spec import LinkSpec
 
 TUNSETIFF = 0x400454CA
@@ -184,12 +186,20 @@ def run(fd_a: int, fd_b: int, params: DelayLineParams, stats: Stats, on_ready: C
 
 
 def start(
-    fd_a: int, fd_b: int, params: DelayLineParams, *, label: str, timeout_s: float = 10.0
+    fd_a: int,
+    fd_b: int,
+    params: DelayLineParams,
+    *,
+    label: str,
+    log: Path | None = None,
+    timeout_s: float = 10.0,
 ) -> subprocess.Popen[str]:
     """Start the delay line as an owned child holding ``fd_a``/``fd_b``; returns once it is forwarding.
 
     The child dies with its parent (PDEATHSIG), and with it the TUN devices, so a killed harness leaves
-    no delay line behind. ``label`` (e.g. ``lx1a2b3c-ec``) tags the command line for ``clean``.
+    no delay line behind. ``label`` (e.g. ``lx1a2b3c-ec``) tags the command line for ``clean``. ``log``:
+    the file its stderr is appended to (kept, so that a line that dies later can show why); without it,
+    the child writes to our stderr.
     """
     argv = [
         sys.executable,
@@ -212,14 +222,17 @@ def start(
     ]
     if params.reorder:
         argv.append("--reorder")
-    proc = subprocess.Popen(
-        argv,
-        pass_fds=(fd_a, fd_b),
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
-    )
-    _proc.wait_ready(proc, f"delay line {label}", timeout_s)
+    with open(log, "ab") if log is not None else contextlib.nullcontext() as stderr:
+        # (the child has its own copy of the log's descriptor; ours closes once it is started)
+        proc = subprocess.Popen(
+            argv,
+            pass_fds=(fd_a, fd_b),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
+        )
+    _proc.wait_ready(proc, f"delay line {label}", timeout_s, log)
     return proc
 
 
@@ -259,5 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.fd_a, args.fd_b, params, stats, ready)
     finally:
-        print(json.dumps({"stats": asdict(stats)}), flush=True)
+        _report(stats)
     return 0
+
+
+def _report(stats: Stats) -> None:
+    """Print the counters for the owner, which reads them at teardown. An owner that is gone (killed:
+    PDEATHSIG stopped the line) reads nothing, and that is no failure of the line to put in its log."""
+    try:
+        print(json.dumps({"stats": asdict(stats)}), flush=True)
+    except BrokenPipeError:
+        # (else the interpreter's last flush of stdout fails the same way, and says so on stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -41,7 +41,17 @@ class Executor:
         logger.info("run: %s", shlex.join(args))
         self.history.append(args)
         try:
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+            # In a session of its own, a command is out of reach of the terminal's Ctrl-C, which would
+            # kill it part-way (a namespace made but not recorded, or not removed); the caller gets the
+            # signal and tears down in order.
+            proc = subprocess.run(
+                args,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+                check=False,
+                start_new_session=True,
+            )
         except FileNotFoundError as exc:
             raise CommandError(args, None, "", f"{args[0]} not found (install iproute2?)") from exc
         except subprocess.TimeoutExpired as exc:

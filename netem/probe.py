@@ -75,6 +75,7 @@ def _probe_qdiscs(executor: Executor, notes: list[str]) -> frozenset[str]:
         executor.run(["ip", "netns", "add", ns])
     except CommandError as exc:
         notes.append(f"cannot create a network namespace: {exc.stderr.strip() or exc}")
+        executor.run(["ip", "netns", "del", ns], check=False)  # (`ip` killed part-way may have made it)
         return frozenset()
     try:
         for kind, args in PROBED_QDISCS.items():

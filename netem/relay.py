@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 from netem import _proc
 
 if TYPE_CHECKING:  # the child process must not import netem.spec: it pulls in models (torch)
+    from pathlib import Path
+
     from netem.spec import LinkSpec
 
 HEADER_BYTES = 52
@@ -174,9 +176,16 @@ async def serve(params: RelayParams, target: tuple[str, int], port: int = 0) -> 
 
 
 def start(
-    params: RelayParams, target: tuple[str, int], *, label: str, timeout_s: float = 10.0
+    params: RelayParams,
+    target: tuple[str, int],
+    *,
+    label: str,
+    log: Path | None = None,
+    timeout_s: float = 10.0,
 ) -> tuple[subprocess.Popen[str], int]:
-    """Start an owned relay child (dies with its parent); returns it and the port it listens on."""
+    """Start an owned relay child (dies with its parent); returns it and the port it listens on.
+
+    ``log``: the file its stderr is appended to; without it, the child writes to our stderr."""
     argv = [
         sys.executable,
         "-m",
@@ -194,13 +203,16 @@ def start(
     ]
     if params.rate_bps is not None:
         argv += ["--rate-bps", str(params.rate_bps)]
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
-    )
-    port = int(_proc.wait_ready(proc, f"relay {label}", timeout_s))
+    with open(log, "ab") if log is not None else contextlib.nullcontext() as stderr:
+        # (the child has its own copy of the log's descriptor; ours closes once it is started)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            preexec_fn=_proc.die_with_parent,  # noqa: PLW1509 - see die_with_parent
+        )
+    port = int(_proc.wait_ready(proc, f"relay {label}", timeout_s, log))
     return proc, port
 
 

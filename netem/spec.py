@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from netem.errors import SpecError
 
@@ -330,6 +331,9 @@ class TestbedConfig:
     edge_limits: EdgeLimits | None = None
     #: TCP congestion control for every node's connections (e.g. ``cubic``, ``bbr``); None: the kernel's
     tcp_congestion_control: str | None = None
+    #: Where the testbed's own processes (delay lines, relays) append their stderr, a file each, kept for
+    #: the user and shown (the tail) when one dies; None: they write to the stderr of the testbed's owner
+    log_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):

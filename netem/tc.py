@@ -11,9 +11,10 @@ A shaped link end gets, on its egress:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from netem.errors import CapabilityError
+from netem.errors import CapabilityError, SpecError
 from netem.spec import LinkSpec
 
 Argv = list[str]
@@ -27,6 +28,8 @@ BURST_SECONDS = 0.004
 QUEUE_SECONDS = 0.1
 """Default queue: 100 ms at the rate, like a modest router buffer."""
 MIN_LIMIT_BYTES = 16 * MTU_FRAME
+RATE_UNDER_NETEM = ("1:1", "10:")
+"""(parent, handle) of the rate limiter when netem sits at the root above it."""
 
 
 def burst_bytes(rate_bps: int) -> int:
@@ -216,7 +219,7 @@ def plan_link_end(
             )
         )
         applied.update({p: "netem" for p in wanted})
-        rate_parent, rate_handle = "1:1", "10:"
+        rate_parent, rate_handle = RATE_UNDER_NETEM
     if spec.rate_bps is not None:
         lim = limit_bytes(spec)
         if "tbf" in qdiscs:
@@ -235,3 +238,140 @@ def plan_link_end(
                 "(modprobe sch_tbf or sch_htb, or leave the rate out)"
             )
     return ShapingPlan(commands, applied, () if use_netem else tuple(wanted))
+
+
+# --- changing a live link ------------------------------------------------------------------------------
+# A schedule changes a link that is up: ``tc ... change`` keeps the qdisc and its queued packets and
+# swaps the parameters, so a change does not flush what is in flight (``del`` + ``add`` would).
+
+
+def _as_change(argv: Argv, netns: str | None) -> Argv:
+    """The same command with ``add`` turned into ``change``: one definition of each qdisc's parameters."""
+    verb = len(_tc(netns)) + 1  # tc [-n NS] qdisc|class VERB
+    if argv[verb] != "add":
+        raise ValueError(f"not an add command: {argv}")
+    return [*argv[:verb], "change", *argv[verb + 1 :]]
+
+
+def tbf_change_argv(
+    dev: str,
+    rate_bps: int,
+    *,
+    burst: int | None = None,
+    limit: int | None = None,
+    netns: str | None = None,
+    parent: str = "root",
+    handle: str = "1:",
+) -> Argv:
+    """``tc qdisc change ... tbf rate R burst B limit L``: new rate, bucket and queue on a live tbf."""
+    add = tbf_argv(dev, rate_bps, burst=burst, limit=limit, netns=netns, parent=parent, handle=handle)
+    return _as_change(add, netns)
+
+
+def htb_change_argvs(
+    dev: str,
+    rate_bps: int,
+    *,
+    burst: int | None = None,
+    limit: int | None = None,
+    netns: str | None = None,
+    parent: str = "root",
+    handle: str = "1:",
+) -> list[Argv]:
+    """``tc class change`` of the htb class's rate and ``tc qdisc change`` of the FIFO's limit under it.
+
+    The htb qdisc itself holds nothing that depends on the rate, so it is left alone.
+    """
+    adds = htb_argvs(dev, rate_bps, burst=burst, limit=limit, netns=netns, parent=parent, handle=handle)
+    return [_as_change(argv, netns) for argv in adds[1:]]
+
+
+def netem_change_argv(
+    dev: str,
+    *,
+    delay_s: float = 0.0,
+    jitter_s: float = 0.0,
+    loss: float = 0.0,
+    limit_packets: int = 1000,
+    netns: str | None = None,
+    parent: str = "root",
+    handle: str = "1:",
+) -> Argv:
+    """``tc qdisc change ... netem ...``. netem resets every parameter a change leaves out, so a change to
+    no delay and no loss is still a valid command (``netem limit N``) that clears both."""
+    add = netem_argv(
+        dev,
+        delay_s=delay_s,
+        jitter_s=jitter_s,
+        loss=loss,
+        limit_packets=limit_packets,
+        netns=netns,
+        parent=parent,
+        handle=handle,
+    )
+    return _as_change(add, netns)
+
+
+def plan_link_change(
+    dev: str, spec: LinkSpec, applied: Mapping[str, str], *, netns: str | None = None
+) -> ShapingPlan:
+    """Commands that turn a live link end into ``spec``, given what its bring-up applied.
+
+    ``applied`` is the bring-up's parameter → mechanism map (a :class:`ShapingPlan`'s ``applied``, or
+    the testbed's, which adds ``tun-delay-line``): it tells which qdiscs exist, in the layout
+    :func:`plan_link_end` builds. The commands are those :func:`plan_link_end` would give for ``spec``,
+    with ``change`` for ``add``. Delay, jitter and loss on a link whose delay stage is the user-space delay
+    line come back in ``userspace`` for the caller to hand to it.
+
+    Raises :class:`SpecError` for what the live layout cannot do: add or remove the rate limiter, or set
+    delay, jitter or loss on a link brought up with no delay stage (bring it up with the schedule's
+    layout: a rate from the first step if any step has one, a delay stage if any step needs one).
+    """
+    mechanisms = set(applied.values())
+    has_netem = "netem" in mechanisms
+    has_delay_line = "tun-delay-line" in mechanisms
+    rate_mechanism = applied.get("rate")
+    if spec.rate_bps is not None and rate_mechanism is None:
+        raise SpecError(
+            f"{dev}: the link was brought up without a rate limiter, so its rate cannot be changed to "
+            f"{spec.describe()['rate']}; give the schedule's first step a rate"
+        )
+    if spec.rate_bps is None and rate_mechanism is not None:
+        raise SpecError(
+            f"{dev}: a live link's rate limiter ({rate_mechanism}) cannot be removed; give a rate"
+        )
+    if spec.needs_delay_line and not (has_netem or has_delay_line):
+        raise SpecError(
+            f"{dev}: the link was brought up without a delay stage (netem or the delay line), so delay, "
+            "jitter and loss cannot be set now; bring it up with a delay stage"
+        )
+    commands: list[Argv] = []
+    kernel: dict[str, str] = {}
+    stage = ("delay", "jitter", "loss")
+    if has_netem:
+        commands.append(
+            netem_change_argv(
+                dev,
+                delay_s=spec.delay_s,
+                jitter_s=spec.jitter_s,
+                loss=spec.loss,
+                limit_packets=netem_limit_packets(spec),
+                netns=netns,
+            )
+        )
+        kernel.update(dict.fromkeys(stage, "netem"))
+    if spec.rate_bps is not None:
+        parent, handle = RATE_UNDER_NETEM if has_netem else ("root", "1:")
+        lim = limit_bytes(spec)
+        if rate_mechanism == "tbf":
+            commands.append(
+                tbf_change_argv(dev, spec.rate_bps, limit=lim, netns=netns, parent=parent, handle=handle)
+            )
+        elif rate_mechanism == "htb":
+            commands.extend(
+                htb_change_argvs(dev, spec.rate_bps, limit=lim, netns=netns, parent=parent, handle=handle)
+            )
+        else:
+            raise ValueError(f"{dev}: unknown rate mechanism {rate_mechanism!r} in {dict(applied)}")
+        kernel["rate"] = rate_mechanism
+    return ShapingPlan(commands, kernel, () if has_netem or not has_delay_line else stage)

@@ -20,16 +20,26 @@ import json
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from netem import delayline, relay
-from netem._proc import stop_process
+from netem._proc import (
+    arm_fork_signal,
+    child_signal_point,
+    kill_and_reap,
+    log_tail,
+    signal_point,
+    signals_deferred,
+    stop_process,
+)
 from netem.cgroups import EdgeCgroup
 from netem.cleanup import ROLES, cgroup_name, dev_name, ns_name, register_owner, unregister_owner
-from netem.errors import CapabilityError, CommandError, NetemError
+from netem.errors import CapabilityError, CommandError, HelperExited, NetemError
 from netem.executor import Executor
 from netem.probe import Capabilities, available_congestion_controls, congestion_control, probe_capabilities
 from netem.spec import LinkSpec, TestbedConfig
@@ -39,6 +49,23 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 ISOLATIONS = ("netns", "loopback", "auto")
+#: How long teardown waits for the processes it kills by namespace or cgroup to be gone.
+KILL_WAIT_S = 2.0
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Attach ``text`` to the exception in flight, for whoever reports it (``add_note`` on 3.11+,
+    whose tracebacks show it; the same ``__notes__`` list by hand on 3.10)."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(text)
+    else:
+        exc.__dict__.setdefault("__notes__", []).append(text)
+
+
+def _run_steps(steps: tuple[Callable[[], object], ...]) -> None:
+    """``preexec_fn`` of several steps, in order."""
+    for step in steps:
+        step()
 
 
 def _enter_and_pin(enter: Callable[[], None] | None, cpus: frozenset[int]) -> None:
@@ -107,6 +134,7 @@ class Testbed:
         self._procs: list[subprocess.Popen[Any]] = []
         self._owned: dict[str, subprocess.Popen[str]] = {}  # delay lines and relays, by label
         self._relays: dict[tuple[str, str, int], int] = {}
+        self._helper_logs: dict[str, tuple[str, Path | None]] = {}  # by label in _owned: what, its log
         self._cgroup: EdgeCgroup | None = None
         self._up = False
         if isolation == "netns":
@@ -149,10 +177,12 @@ class Testbed:
     ) -> None:
         try:
             self.close()
-        except NetemError:
+        except NetemError as err:
             if exc is None:
                 raise
-            logger.exception("teardown failed while handling another error")
+            # The error in flight (Ctrl-C, a failed node) is what the caller reports; it must also say
+            # what is left, which no log line of ours would say as part of that report.
+            _note(exc, str(err))
 
     def up(self) -> None:
         if self._up:
@@ -160,17 +190,20 @@ class Testbed:
         self._up = True
         try:
             if os.geteuid() == 0:  # lets `harness clean` tell this live run from a killed one's leftovers
-                register_owner(self.config.prefix)
-                self._push("unregister owner", functools.partial(unregister_owner, self.config.prefix))
+                with signals_deferred():  # (each thing created here is recorded before a Ctrl-C unwinds)
+                    register_owner(self.config.prefix)
+                    self._push("unregister owner", functools.partial(unregister_owner, self.config.prefix))
             if self.isolation == "netns":
                 self._up_netns()
             else:
                 self._up_loopback()
             self._up_tcp_congestion()
             self._up_cgroup()
-        except BaseException:
-            with contextlib.suppress(NetemError):
+        except BaseException as exc:
+            try:
                 self.close()
+            except NetemError as err:
+                _note(exc, str(err))
             raise
         logger.info(
             "testbed %s up (%s): applied=%s not_applied=%s",
@@ -201,7 +234,8 @@ class Testbed:
         if interrupted is not None:
             raise interrupted
         if errors:
-            raise NetemError("teardown incomplete (run `python -m harness clean`): " + "; ".join(errors))
+            left = "; ".join(errors)
+            raise NetemError(f"teardown incomplete: {left}; `python -m harness clean` removes what is left")
 
     def _stop_procs(self) -> None:
         for proc in reversed(self._procs):
@@ -213,8 +247,17 @@ class Testbed:
         p, ex = self.config.prefix, self.ex
         for role in ROLES:
             ns = ns_name(p, role)
-            ex.run(["ip", "netns", "add", ns])
-            self._push(f"delete netns {ns}", functools.partial(self.ex.run, ["ip", "netns", "del", ns]))
+            with signals_deferred():
+                try:
+                    ex.run(["ip", "netns", "add", ns])
+                except CommandError as exc:
+                    # `ip` killed part-way (a terminal's Ctrl-C reaches it as well, or its timeout) may
+                    # have made the namespace: its removal is recorded all the same
+                    if exc.returncode is None or exc.returncode < 0:
+                        self._push(f"delete netns {ns}", functools.partial(self._del_netns, ns))
+                    raise
+                signal_point("netns")
+                self._push(f"delete netns {ns}", functools.partial(self._del_netns, ns))
             ex.run(["ip", "-n", ns, "link", "set", "lo", "up"])
             ex.run(
                 [
@@ -264,7 +307,8 @@ class Testbed:
         dev_a, dev_b = dev_name(p, link.short, link.a[0]), dev_name(p, link.short, link.b[0])
         plan_a, plan_b = self._plans[link.name]
         if plan_a.userspace:
-            self._up_tun_pair(link, ns_a, ns_b, dev_a, dev_b)
+            with signals_deferred():  # the delay line is recorded before a Ctrl-C unwinds
+                self._up_tun_pair(link, ns_a, ns_b, dev_a, dev_b)
         else:
             ex.run(
                 [
@@ -315,11 +359,14 @@ class Testbed:
             self.ex.run(["ip", "link", "set", dev_b, "netns", ns_b])
             seed = int(hashlib.sha256(label.encode()).hexdigest()[:8], 16)
             params = delayline.DelayLineParams.from_spec(link.spec, seed=seed)
-            proc = delayline.start(fd_a, fd_b, params, label=label)
+            log = self._helper_log(f"delay-line-{link.short}.log")
+            proc = delayline.start(fd_a, fd_b, params, label=label, log=log)
         finally:
             os.close(fd_a)
             os.close(fd_b)
         self._owned[label] = proc
+        what = f"the delay line of the {link.name.replace('_', '–')} link ({label})"
+        self._helper_logs[label] = (what, log)
         self._push(f"stop delay line {label}", lambda: self._stop_delay_line(link.name, label))
 
     def _stop_delay_line(self, link_name: str, label: str) -> None:
@@ -329,6 +376,19 @@ class Testbed:
         for line in out.splitlines():
             with contextlib.suppress(ValueError):
                 self.delay_line_stats[link_name] = json.loads(line)["stats"]
+
+    def _del_netns(self, ns: str) -> None:
+        """Delete a namespace, after killing whatever still runs in it: ``ip netns del`` only unnames it,
+        and its processes would live on (a node whose start was cut short is in no ``_procs``)."""
+        pids = [int(p) for p in self.ex.run(["ip", "netns", "pids", ns], check=False).stdout.split()]
+        if pids:
+            logger.info("killing %s, still in %s", pids, ns)
+            left = kill_and_reap(pids, KILL_WAIT_S)
+            if left:
+                raise NetemError(f"processes {left} in {ns} survived SIGKILL")
+        r = self.ex.run(["ip", "netns", "del", ns], check=False)
+        if r.returncode != 0 and "No such file" not in r.stderr:  # (never made: see _up_netns)
+            raise CommandError(r.argv, r.returncode, r.stderr)
 
     def _del_link(self, ns: str, dev: str) -> None:
         r = self.ex.run(["ip", "-n", ns, "link", "del", dev], check=False)
@@ -418,10 +478,11 @@ class Testbed:
                 f"edge limits {limits.describe()}: need root and cgroups; the edge runs without them"
             )
             return
-        self._cgroup = EdgeCgroup.create(cgroup_name(self.config.prefix), limits, self.caps.cgroup)
+        with signals_deferred():
+            cg = self._cgroup = EdgeCgroup.create(cgroup_name(self.config.prefix), limits, self.caps.cgroup)
+            signal_point("cgroup")
+            self._push("remove edge cgroup", cg.remove)
         self.edge_limits_mechanism = f"cgroup-{self.caps.cgroup}"
-        cg = self._cgroup
-        self._push("remove edge cgroup", cg.remove)
 
     # ---------------------------------------------------------------- the API nodes use
     def _check_node(self, node: str) -> None:
@@ -452,9 +513,15 @@ class Testbed:
             if not self._up:
                 raise NetemError("the testbed is not up")
             label = f"{self.config.prefix}-rl"
-            proc, relay_port = relay.start(relay.RelayParams.from_spec(spec), (LOOPBACK, port), label=label)
-            self._owned[f"{label}{len(self._relays)}"] = proc
-            self._push(f"stop relay {src}->{dst}", functools.partial(stop_process, proc))
+            log = self._helper_log(f"relay-{src}-{dst}-{port}.log")
+            with signals_deferred():  # the relay is recorded before a Ctrl-C unwinds
+                proc, relay_port = relay.start(
+                    relay.RelayParams.from_spec(spec), (LOOPBACK, port), label=label, log=log
+                )
+                owned = f"{label}{len(self._relays)}"
+                self._owned[owned] = proc
+                self._push(f"stop relay {src}->{dst}", functools.partial(stop_process, proc))
+            self._helper_logs[owned] = (f"the relay from the {src} to the {dst} node ({owned})", log)
             self._relays[key] = relay_port
         return LOOPBACK, self._relays[key]
 
@@ -487,9 +554,20 @@ class Testbed:
             kw["preexec_fn"] = functools.partial(_enter_and_pin, enter, frozenset(cpus))
         elif enter is not None:
             kw["preexec_fn"] = enter
+        hook = child_signal_point(f"{node}.preexec")  # (a test hook: see netem._proc.SIGNAL_AT_ENV)
+        if hook is not None:
+            setup = kw.get("preexec_fn")
+            kw["preexec_fn"] = hook if setup is None else functools.partial(_run_steps, (setup, hook))
         logger.info("popen on %s: %s", node, args)
-        proc = subprocess.Popen(args, **kw)
-        self._procs.append(proc)
+        signal_point(f"{node}.popen")
+        # A Ctrl-C during the start waits until the child is in _procs: teardown then stops it, and
+        # one in the fork's hooks is not dropped (see signals_deferred).
+        with signals_deferred():
+            if "preexec_fn" in kw:
+                arm_fork_signal(f"{node}.fork")
+            proc = subprocess.Popen(args, **kw)
+            signal_point(f"{node}.spawned")
+            self._procs.append(proc)
         return proc
 
     def edge_threads(self) -> int | None:
@@ -501,11 +579,22 @@ class Testbed:
         """PIDs of the testbed's own helpers (delay lines ``<prefix>-te``/``-ec``, relays), e.g. for CPU cost."""
         return {label: proc.pid for label, proc in self._owned.items() if proc.poll() is None}
 
+    def _helper_log(self, name: str) -> Path | None:
+        """The file in ``config.log_dir`` a delay line or relay appends its stderr to; None without a
+        log directory (the helper then writes to our stderr)."""
+        if self.config.log_dir is None:
+            return None
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        return self.config.log_dir / name
+
     def check(self) -> None:
-        """Raise ``NetemError`` if one of our delay lines or relays has died (the link would be down)."""
+        """Raise ``HelperExited`` if one of our delay lines or relays has died (the link it carries is
+        down), with its exit status and the tail of its log."""
         for label, proc in self._owned.items():
             if proc.poll() is not None:
-                raise NetemError(f"{label} exited with status {proc.returncode}; the link is down")
+                what, log = self._helper_logs.get(label, (label, None))
+                tail = log_tail(log) if log is not None else ""
+                raise HelperExited(label, what, proc.returncode, tail, str(log) if log else None)
 
     def describe(self) -> dict[str, Any]:
         """For the results file: isolation, link specs, mechanisms, what was not applied, edge limits."""
@@ -543,12 +632,15 @@ def make_testbed(
     """
     if isolation not in ISOLATIONS:
         raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
-    caps = caps or probe_capabilities()
+    if caps is None:
+        with signals_deferred():  # the probe's scratch namespace is removed before a Ctrl-C unwinds
+            caps = probe_capabilities()
     can_netns = caps.root and caps.iproute2 and caps.netns
     if isolation == "auto":
         isolation = "netns" if can_netns else "loopback"
         if isolation == "loopback":
-            logger.warning("no namespaces (%s): nodes run on loopback", "; ".join(caps.notes) or "unknown")
+            # (info, not a warning: the caller tells the user, or refuses what loopback cannot apply)
+            logger.info("no namespaces (%s): nodes run on loopback", "; ".join(caps.notes) or "unknown")
     elif isolation == "netns" and not can_netns:
         raise CapabilityError(
             "network namespaces unavailable: "

@@ -71,8 +71,14 @@ _unpack_head = HEADER_LENGTH.unpack_from
 # A batch tensor has at most 4 dimensions (N, C, H, W); 8 leaves room and bounds descriptor parsing.
 MAX_NDIM = 8
 
-# Reading a length prefix into a scratch buffer of this size lets one recv pick up many small frames.
-_SCRATCH_SIZE = 256 * 1024
+# Bytes are read into a scratch buffer (length prefixes, small frames) unless a body is being received
+# in place. It starts at _SCRATCH_MIN -- a hello, a clock probe or a batch's predictions fit, and an
+# idle connection, or a stranger's that never completes the handshake, holds no more -- and doubles each
+# time one read fills it, up to _SCRATCH_MAX, so that a peer streaming small frames is read many frames
+# per recv. (A full-size buffer from the start would make a few hundred idle connections cost tens of
+# MiB, which the heap then keeps after they close.) :meth:`FrameDecoder.release_buffers` shrinks it back.
+_SCRATCH_MIN = 4 * 1024
+_SCRATCH_MAX = 256 * 1024
 
 # After a frame at least this large, the next read takes only the next length prefix, so that the next
 # body -- large ones tend to follow each other -- is received in place, as the transport promises,
@@ -382,15 +388,14 @@ class FrameDecoder:
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         self._max_frame_size = 0
+        self._scratch_limit = 0
         self.max_frame_size = max_frame_size
         self._buf = bytearray()  # bytes of the length prefix and of small frames still incomplete
         self._body: np.ndarray | None = None  # preallocated body of the frame being received
         self._spares: list[np.ndarray] = []  # large body buffers recycled across frames
         self._filled = 0
         self._frames: deque[np.ndarray | bytearray] = deque()
-        self._scratch = bytearray(_SCRATCH_SIZE)
-        self._scratch_view = memoryview(self._scratch)  # (never resized, so one view serves every read)
-        self._prefix_view = self._scratch_view[: LENGTH_PREFIX.size]
+        self._set_scratch(_SCRATCH_MIN)
         self._prefix_only = False  # the last frame was large: read just the next prefix (see above)
         self._eof = False
         self._error: RemoteProtocolError | None = None
@@ -406,6 +411,32 @@ class FrameDecoder:
                 f"max_frame_size must be an int in [{HEADER_LENGTH.size}, 2**32-1], got {value!r}"
             )
         self._max_frame_size = value
+        # The scratch buffer grows to one frame of the limit in force at most: before the handshake
+        # that keeps a stranger's at the handshake's small limit; after it, the limit is far larger.
+        self._scratch_limit = max(_SCRATCH_MIN, min(_SCRATCH_MAX, value + _PREFIX_SIZE))
+
+    def _set_scratch(self, size: int) -> None:
+        # (replaced, never resized: a bytearray with a view on it cannot be, and one view serves every
+        # read until the next change)
+        self._scratch = bytearray(size)
+        self._scratch_size = size  # (compared with every read's length)
+        self._scratch_view = memoryview(self._scratch)
+        self._prefix_view = self._scratch_view[:_PREFIX_SIZE]
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes of buffers kept for the next frames (scratch buffer, recycled bodies), excluding the
+        frame being received and frames not yet taken."""
+        return len(self._scratch) + sum(len(b) for b in self._spares)
+
+    def release_buffers(self) -> None:
+        """Give back what was kept for speed: shrink the scratch buffer to its initial size and drop the
+        recycled body buffers (those a caller still views stay alive through the caller). For a
+        connection that has gone quiet; receiving goes on correctly afterwards, the buffers simply grow
+        again. Must not be called between :meth:`get_buffer` and its :meth:`buffer_updated`."""
+        self._spares.clear()
+        if self._scratch_size > _SCRATCH_MIN:
+            self._set_scratch(_SCRATCH_MIN)
 
     @property
     def eof(self) -> bool:
@@ -459,9 +490,20 @@ class FrameDecoder:
             if length == nbytes - _PREFIX_SIZE and _HEAD_SIZE <= length <= self._max_frame_size:
                 self._frames.append(self._scratch[_PREFIX_SIZE:nbytes])
                 self._prefix_only = length >= _PREFIX_ONLY_AFTER
+                if nbytes == self._scratch_size:
+                    self._grow_scratch()
                 return len(self._frames)
         self._feed(self._scratch_view[:nbytes])
+        if nbytes == self._scratch_size:
+            self._grow_scratch()
         return len(self._frames)
+
+    def _grow_scratch(self) -> None:
+        # A read filled the scratch buffer (its bytes are all taken out by now): the peer sends faster
+        # than we read, so read more at once.
+        size = min(self._scratch_size * 2, self._scratch_limit)
+        if size > self._scratch_size:
+            self._set_scratch(size)
 
     def next_frame(self) -> np.ndarray | bytearray | None:
         """The next complete frame body, or ``None`` if more bytes are needed (or the stream ended).

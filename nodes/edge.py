@@ -148,7 +148,9 @@ class EdgeNode:
                         )
                         return
                 elif not isinstance(msg, ClockReply):
-                    raise RemoteProtocolError(f"the cloud node sent the edge a {type(msg).__name__.lower()}")
+                    raise RemoteProtocolError(
+                        f"the cloud node sent the edge an unexpected {type(msg).__name__.lower()} message"
+                    )
         except asyncio.CancelledError:
             raise
         except NodeError as exc:

@@ -60,7 +60,12 @@ def check_hello(
             node,
         )
     if hello.role not in accept_roles:
-        return Error("role", f"the {node} node does not accept connections from a {hello.role} node", node)
+        return Error(
+            "role",
+            f"the {node} node does not accept connections from {hello.role} nodes, "
+            f"only from {' and '.join(accept_roles)} nodes",
+            node,
+        )
     mismatch = (
         (hello.model is not None and hello.model != model)
         or (hello.exit is not None and hello.exit != exit)

@@ -52,9 +52,25 @@ class Connection:
         self._next_frame = self._decoder.next_frame
         self._decode = self._bodies.decode
         self._send_closed = False
+        self._handshaken = not handshake_limit
 
     def handshake_done(self) -> None:
         self._decoder.max_frame_size = self._max_frame_size
+        self._handshaken = True
+
+    @property
+    def handshaken(self) -> bool:
+        """True once :meth:`handshake_done` was called (or the connection started without the limit)."""
+        return self._handshaken
+
+    def release_buffers(self) -> None:
+        """Give back the receive buffers kept for speed (see :meth:`FrameDecoder.release_buffers`)."""
+        self._decoder.release_buffers()
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes of receive buffers kept for the next frames (see :attr:`FrameDecoder.retained_bytes`)."""
+        return self._decoder.retained_bytes
 
     @property
     def max_frame_size(self) -> int:

@@ -359,24 +359,51 @@ async def run_test_client(cfg: ClientConfig, dataset: ImageDataset | None = None
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nodes.test", description=__doc__.split("\n\n")[0])
-    p.add_argument("--edge", type=cli.hostport_arg, required=True, metavar="HOST:PORT")
-    p.add_argument("--cloud", type=cli.hostport_arg, required=True, metavar="HOST:PORT")
+    p.add_argument(
+        "--edge",
+        type=cli.hostport_arg,
+        required=True,
+        metavar="HOST:PORT",
+        help="the edge node's address: batches go there (procedure 1)",
+    )
+    p.add_argument(
+        "--cloud",
+        type=cli.hostport_arg,
+        required=True,
+        metavar="HOST:PORT",
+        help="the cloud node's address: the predictions of cloud-exited samples come from there (5)",
+    )
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 or synthetic")
-    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="dataset folder (default for fashion-mnist: /usr/share/datasets/fashion-mnist)",
+    )
     p.add_argument("--samples", type=cli.positive_int, default=None, help="first N samples (default: all)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    p.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per batch (default 32)")
     p.add_argument(
         "--inflight",
         type=cli.positive_int,
         default=1,
         help="batches outstanding at once (1 = closed loop, the paper's setting)",
     )
-    p.add_argument("--warmup-batches", type=cli.nonneg_int, default=2)
+    p.add_argument(
+        "--warmup-batches",
+        type=cli.nonneg_int,
+        default=2,
+        help="batches sent first and left out of the records (default 2)",
+    )
     p.add_argument("--model", default=None, help="expected model kind (checked in hello)")
     p.add_argument("--exit", type=cli.nonneg_int, default=None, help="expected local exit (checked in hello)")
     p.add_argument("--threshold", type=cli.threshold_arg, default=None, help="expected threshold (checked)")
     p.add_argument("--seed", type=int, default=None, help="shuffle the samples with this seed")
-    p.add_argument("--clock-probes", type=cli.positive_int, default=5)
+    p.add_argument(
+        "--clock-probes",
+        type=cli.positive_int,
+        default=5,
+        help="round trips to each node before the run, to measure its clock's offset (default 5)",
+    )
     p.add_argument("--out", type=Path, required=True, help="records file to write (JSON)")
     cli.add_common_args(p)
     return p

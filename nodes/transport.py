@@ -56,6 +56,21 @@ _JOIN_MAX = 64 * 1024
 _CORK_WINDOW_S = 50e-6
 _CORK_MAX = 64 * 1024
 
+# A connection whose reader has waited this long with no byte arriving gives back the receive buffers
+# kept for speed (the grown scratch buffer, recycled large bodies: up to 32 MiB on a node receiving
+# features). Longer than the gaps between a run's batches, so a busy connection keeps them; a node idle
+# between runs, or holding many quiet connections, does not. (Where batches are further apart -- a link
+# shaped to seconds of delay -- re-growing costs a few ms of page faults per batch, next to seconds.)
+# Checked by the read timer, which fires at most once a period per waiting connection.
+IDLE_RELEASE_S = 5.0
+
+# At most this many accepted connections may be waiting to complete the handshake at once; one more is
+# closed as soon as it is accepted. A run has one edge and a few test nodes, each of which sends hello
+# the moment it has connected, so even a harness starting many clients at once stays well below; what
+# the cap bounds is what strangers (no token shown yet) can make a node hold: 64 x (a frame body and a
+# receive buffer of at most HANDSHAKE_MAX_FRAME_SIZE = 64 KiB each, and about 12 KiB of objects) < 9 MiB.
+MAX_PENDING_HANDSHAKES = 64
+
 
 async def with_timeout(aw: Awaitable[T], timeout: float, node: str, what: str) -> T:
     """Await ``aw`` for at most ``timeout`` seconds; :class:`NodeTimeout` naming ``node`` otherwise."""
@@ -98,6 +113,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self.write_paused = False
         self.read_paused = False
         self.fed_eof = False  # the connection has been told the stream ended
+        self.received = False  # bytes arrived since the read timer last looked (IDLE_RELEASE_S)
+        self.handshake_timer: asyncio.TimerHandle | None = None  # (set by Listener)
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,6 +133,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._on_made(self)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.received = True
         try:
             pending = self._buffer_updated(nbytes)
         except ProtocolError as exc:
@@ -148,6 +166,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
         self.closed_event.set()
         self.lost = exc
         self.fed_eof = True
@@ -210,7 +231,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         fut: asyncio.Future[bool] = self.loop.create_future()
         self._read_waiter = fut
         self._read_deadline = deadline
-        if self._read_timer is None or self._read_timer_when > deadline:
+        if self._read_timer is None:
+            self._arm_read_timer(min(deadline, self.loop.time() + IDLE_RELEASE_S))
+        elif self._read_timer_when > deadline:
             self._arm_read_timer(deadline)
         return fut
 
@@ -225,10 +248,15 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         fut = self._read_waiter
         if fut is None or fut.done():
             return  # nobody waits; the next wait arms the timer again
-        if self.loop.time() + _TIMER_SLACK_S >= self._read_deadline:
+        now = self.loop.time()
+        if now + _TIMER_SLACK_S >= self._read_deadline:
             fut.set_result(False)
-        else:
-            self._arm_read_timer(self._read_deadline)
+            return
+        if self.received:
+            self.received = False
+        else:  # a whole period of waiting and not a byte: the connection is idle
+            self.conn.release_buffers()
+        self._arm_read_timer(min(self._read_deadline, now + IDLE_RELEASE_S))
 
     async def wait_drained(self, timeout: float) -> bool:
         """Wait until the transport accepts more writes; False on timeout."""
@@ -268,6 +296,7 @@ class FramedStream:
         self._p = protocol
         self.node = node
         self.timeout = timeout
+        self.error_sent = False  # a fatal Error went out (send_error): the peer knows why we close
         transport = protocol.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -358,6 +387,7 @@ class FramedStream:
 
     async def send_error(self, err: Error) -> None:
         """Best effort: tell the peer what went wrong before we close (never raises)."""
+        self.error_sent = self.error_sent or err.fatal
         try:
             await self.send(err, timeout=min(self.timeout, 2.0))
         except Exception as exc:  # the peer may already be gone; we are closing anyway
@@ -414,8 +444,11 @@ class Listener:
     """A listening socket that runs ``handler(stream)`` for each connection.
 
     The stream is closed when the handler returns or raises; the handler's errors are logged and never
-    propagated, so one bad connection cannot stop the node. :meth:`close` stops listening, cancels the
-    handlers and waits for them.
+    propagated, so one bad connection cannot stop the node. A connection must complete the handshake
+    (its handler calls ``stream.conn.handshake_done()``) within ``handshake_timeout`` seconds (default:
+    ``timeout``), and at most ``max_pending_handshakes`` may be waiting to at once; the listener closes
+    one that is too slow, and one over that number as soon as it is accepted. :meth:`close` stops
+    listening, cancels the handlers and waits for them.
     """
 
     def __init__(
@@ -426,12 +459,22 @@ class Listener:
         peer_node: str = "peer",
         timeout: float = DEFAULT_TIMEOUT_S,
         max_frame_size: int | None = None,
+        handshake_timeout: float | None = None,
+        max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
     ) -> None:
+        if max_pending_handshakes < 1:
+            raise ValueError(f"max_pending_handshakes must be >= 1, got {max_pending_handshakes}")
         self._handler = handler
         self._node = node
         self._peer_node = peer_node
         self._timeout = timeout
         self._max_frame_size = max_frame_size
+        self._handshake_timeout = timeout if handshake_timeout is None else handshake_timeout
+        if not self._handshake_timeout > 0:
+            raise ValueError(f"handshake_timeout must be > 0, got {self._handshake_timeout}")
+        self._max_pending = max_pending_handshakes
+        self._pending: set[FramedStream] = set()  # accepted, handshake not (yet known to be) done
+        self._refused = 0  # connections refused since the pending ones were last below the cap
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -450,10 +493,49 @@ class Listener:
         return _FrameProtocol(conn, on_made=self._on_connection)
 
     def _on_connection(self, proto: _FrameProtocol) -> None:
+        loop = asyncio.get_running_loop()
         stream = FramedStream(proto, self._peer_node, self._timeout)
-        task = asyncio.get_running_loop().create_task(self._serve_one(stream))
+        pending = self._pending
+        if len(pending) >= self._max_pending:
+            pending.difference_update([s for s in pending if s.conn.handshaken])
+        if len(pending) >= self._max_pending:
+            self._refuse(stream)
+            return
+        if self._refused:
+            log.warning(
+                "refused %d connection(s) while %d were waiting to complete the handshake",
+                self._refused,
+                self._max_pending,
+            )
+            self._refused = 0
+        pending.add(stream)
+        proto.handshake_timer = loop.call_later(self._handshake_timeout, self._handshake_expired, stream)
+        task = loop.create_task(self._serve_one(stream))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _refuse(self, stream: FramedStream) -> None:
+        # (One line per flood, not per connection: the count follows once the pending ones drop.)
+        if not self._refused:
+            log.warning(
+                "refusing connections: %d are waiting to complete the handshake, the most allowed "
+                "(closed %s; further refusals are counted)",
+                len(self._pending),
+                stream.peer,
+            )
+        else:
+            log.debug("refused connection from %s (handshake queue full)", stream.peer)
+        self._refused += 1
+        stream.abort()
+
+    def _handshake_expired(self, stream: FramedStream) -> None:
+        if stream.conn.handshaken or stream.closed:
+            return
+        log.warning(
+            "closing connection from %s: no handshake within %g s", stream.peer, self._handshake_timeout
+        )
+        self._pending.discard(stream)
+        stream.abort()
 
     async def _serve_one(self, stream: FramedStream) -> None:
         try:
@@ -462,12 +544,14 @@ class Listener:
             raise
         except ProtocolError as exc:
             log.error("closing connection from %s: %s", stream.peer, exc)
-            await stream.send_error(Error("protocol", str(exc), self._node))
+            if not stream.error_sent:  # (the handler told the peer already, e.g. bad-input: one error)
+                await stream.send_error(Error("protocol", str(exc), self._node))
         except PeerError as exc:
             log.warning("connection from %s ended: %s", stream.peer, exc)
         except Exception:
             log.exception("unexpected error serving %s; closing that connection", stream.peer)
         finally:
+            self._pending.discard(stream)
             await stream.close()
 
     @property

@@ -1,7 +1,8 @@
 """Turn results files and training logs into tables, figures and a Markdown/HTML report.
 
-``stats`` holds the statistics shared with ``harness/``; ``build_report`` is the one entry point the
-reproduction command calls.
+``stats`` holds the statistics shared with ``harness/`` (per-batch descriptions of one run) and the
+run-level ones every comparison rests on; ``build_report`` is the one entry point the reproduction
+command calls.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports import stats
-from reports.claims import Claim, claims_table, evaluate_claims, sem_vs_mem_table
+from reports.claims import Claim, Comparison, claims_table, compare, evaluate_claims, sem_vs_mem_table
+from reports.control import Control, ControlPair, control_table, scenario_control
 from reports.errors import ReportError
 from reports.loader import (
     RESULTS_SCHEMA,
     TRAINLOG_SCHEMA,
     ResultsFile,
+    RunSeries,
     TrainLog,
     load_results,
     load_train_logs,
 )
+from reports.paper import fidelity_table
+from reports.stats import Estimate
 from reports.tables import TABLE_FORMATS, Scenario, Table, TableFormat, group_scenarios, render
 
 __all__ = [
@@ -27,19 +32,28 @@ __all__ = [
     "TABLE_FORMATS",
     "TRAINLOG_SCHEMA",
     "Claim",
+    "Comparison",
+    "Control",
+    "ControlPair",
+    "Estimate",
     "ReportError",
     "ResultsFile",
+    "RunSeries",
     "Scenario",
     "Table",
     "TableFormat",
     "TrainLog",
     "build_report",
     "claims_table",
+    "compare",
+    "control_table",
     "evaluate_claims",
+    "fidelity_table",
     "group_scenarios",
     "load_results",
     "load_train_logs",
     "render",
+    "scenario_control",
     "sem_vs_mem_table",
     "stats",
 ]

@@ -11,10 +11,12 @@ from pathlib import Path
 from models.errors import LocalExitError
 from reports import claims, tables
 from reports.loader import load_results
-from reports.report import build_report
 from reports.tables import TABLE_FORMATS
 
 logger = logging.getLogger(__name__)
+
+#: The modules the `report` extra brings.
+REPORT_EXTRA = ("matplotlib", "scipy")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +67,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
     args = _parser().parse_args(argv)
+    try:
+        # Here, not at the top: matplotlib (figures) and scipy (intervals) come with the `report` extra,
+        # and --help must work without them. scipy is imported only where an interval is drawn, so it is
+        # asked for here, before any output is written.
+        import scipy.stats  # noqa: F401
+
+        from reports.report import build_report, noise_headline
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in REPORT_EXTRA:
+            raise
+        print(
+            f"error: the report needs {exc.name} (figures: matplotlib, intervals: scipy): "
+            "pip install 'localexit[report]'",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -78,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             table_formats=args.formats,
         )
         if not args.quiet:
-            for scn in tables.group_scenarios(load_results(args.results)):
+            scenarios = tables.group_scenarios(load_results(args.results))
+            print(noise_headline(scenarios)[1])
+            print()
+            for scn in scenarios:
                 t = scn.primary_threshold() if args.threshold is None else args.threshold
                 table = claims.claims_table(scn, t)
                 print(table.title)

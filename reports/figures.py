@@ -6,16 +6,22 @@ global figure registry, no GUI backend, whatever MPLBACKEND says.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reports.loader import LOCAL_EXITS, PROCEDURES, TrainLog
+from reports import stats
+from reports.claims import compare
+from reports.control import TOLERANCE, scenario_control
+from reports.loader import LOCAL_EXITS, PROCEDURES, ResultsFile, RunSeries, TrainLog
+from reports.stats import Estimate
 from reports.tables import Scenario
 
 KINDS = (("sem", "SEM"), ("mem", "MEM"))
@@ -27,6 +33,8 @@ _COLORS = {
 }
 _PROC_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 _DPI = 110
+#: Said in every caption whose figure has error bars.
+_BARS = "error bars: 95 % interval over runs (none with fewer than 3 runs)"
 
 
 @dataclass(frozen=True)
@@ -86,21 +94,63 @@ def _no_data(ax: Axes, what: str, message: str = "no {} results") -> None:
     ax.set_yticks([])
 
 
+def _error_kw(color: str = "0.15") -> dict[str, Any]:
+    """How error bars (95 % intervals) are drawn; the gid marks them in the SVG."""
+    return {"ecolor": color, "elinewidth": 1.0, "capsize": 3, "gid": "interval"}
+
+
+def _yerr(estimates: Sequence[Estimate | None]) -> npt.NDArray[np.float64]:
+    """Asymmetric error bars (2 × n: below, above) from run-level intervals; NaN where there is none."""
+    out = np.full((2, len(estimates)), np.nan)
+    for i, est in enumerate(estimates):
+        if est is not None and est.interval is not None:
+            low, high = est.interval
+            out[:, i] = max(0.0, est.value - low), max(0.0, high - est.value)
+    return out
+
+
+def _values(estimates: Sequence[Estimate | None]) -> list[float]:
+    return [np.nan if est is None else est.value for est in estimates]
+
+
 def _grouped_bars(
     ax: Axes,
     exits: Sequence[int],
-    series: Sequence[tuple[str, str, Sequence[float | None]]],
+    series: Sequence[tuple[str, str, Sequence[Estimate | None]]],
     ylabel: str,
 ) -> None:
     width = 0.8 / len(series)
     x = np.arange(len(exits), dtype=float)
-    for i, (label, color, values) in enumerate(series):
-        ys = [np.nan if v is None else v for v in values]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=label, color=color)
+    for i, (label, color, estimates) in enumerate(series):
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            _values(estimates),
+            width,
+            yerr=_yerr(estimates),
+            error_kw=_error_kw(),
+            label=label,
+            color=color,
+        )
     ax.set_xticks(x, [str(e) for e in exits])
     ax.set_xlabel("exit point")
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
+
+
+def _estimate(r: ResultsFile | None, metric: str, scale: float = 1.0) -> Estimate | None:
+    """A point's figure: median over runs with its interval (None when no run has it)."""
+    vals = [] if r is None else r.values(metric)
+    return stats.median_ci([v * scale for v in vals]) if vals else None
+
+
+def _series_estimate(r: ResultsFile | None, series: Callable[[ResultsFile], RunSeries]) -> Estimate | None:
+    vals = () if r is None else series(r).values
+    return stats.median_ci(vals) if vals else None
+
+
+def _resource_estimate(r: ResultsFile | None, field: str) -> Estimate | None:
+    vals = () if r is None else r.resource_series(field, "mean").values
+    return stats.median_ci(vals) if vals else None
 
 
 def _metric_series(
@@ -110,13 +160,8 @@ def _metric_series(
     exits: Sequence[int],
     metric: str,
     scale: float = 1.0,
-) -> list[float | None]:
-    out: list[float | None] = []
-    for e in exits:
-        r = scn.get(kind, e, t)
-        v = None if r is None else r.metric(metric)
-        out.append(None if v is None else v * scale)
-    return out
+) -> list[Estimate | None]:
+    return [_estimate(scn.get(kind, e, t), metric, scale) for e in exits]
 
 
 def _kind_exits(scn: Scenario, kind: str, t: float) -> list[int]:
@@ -147,9 +192,8 @@ def _per_exit_figure(
         if ylim:
             ax.set_ylim(*ylim)
     _figure_legend(fig, axes)
-    caption = f"{title} — {scn.caption(t)}"
-    fig.suptitle(caption)
-    return _save(fig, out_dir, name, caption)
+    fig.suptitle(f"{title} — {scn.caption(t)}")
+    return _save(fig, out_dir, name, f"{title} — {scn.caption(t)}; {_BARS}")
 
 
 def exits_figure(scn: Scenario, t: float, out_dir: Path) -> FigureFile:
@@ -224,16 +268,26 @@ def threshold_figure(scn: Scenario, kind: str, out_dir: Path) -> FigureFile | No
     for ax, (metric, ylabel, scale) in zip(axes.flat, _THRESHOLD_PANELS, strict=True):
         for i, t in enumerate(ts):
             exits = _kind_exits(scn, kind, t)
-            ys = [np.nan if v is None else v for v in _metric_series(scn, kind, t, exits, metric, scale)]
-            ax.plot(exits, ys, marker="o", color=cmap[i % 10], label=f"T = {t:g}")
+            ests = _metric_series(scn, kind, t, exits, metric, scale)
+            dodge = (i - (len(ts) - 1) / 2) * 0.08  # so that the thresholds' error bars do not overlap
+            ax.errorbar(
+                [e + dodge for e in exits],
+                _values(ests),
+                yerr=_yerr(ests),
+                marker="o",
+                color=cmap[i % 10],
+                label=f"T = {t:g}",
+                **_error_kw(cmap[i % 10]),
+            )
         ax.set_xlabel("exit point")
         ax.set_ylabel(ylabel)
         ax.set_xticks(list(LOCAL_EXITS))
         ax.grid(alpha=0.3)
     _figure_legend(fig, axes, "exit threshold")
-    caption = f"{label} against the exit threshold T — {scn.caption()}"
-    fig.suptitle(caption)
-    return _save(fig, out_dir, f"threshold_{kind}", caption)
+    fig.suptitle(f"{label} against the exit threshold T — {scn.caption()}")
+    return _save(
+        fig, out_dir, f"threshold_{kind}", f"{label} against the exit threshold T — {scn.caption()}; {_BARS}"
+    )
 
 
 def procedures_figure(scn: Scenario, t: float, out_dir: Path) -> FigureFile:
@@ -257,7 +311,11 @@ def procedures_figure(scn: Scenario, t: float, out_dir: Path) -> FigureFile:
             )
             ax.bar([str(e) for e in exits], vals, 0.7, bottom=bottom, label=f"({proc})", color=color)
             bottom += vals
-        top = max(top, float(bottom.max()))
+        # The stack's uncertainty: the interval of each run's total, drawn around the stack's top.
+        totals = [_series_estimate(scn.get(kind, e, t), lambda r: r.procedures_total_series()) for e in exits]
+        yerr = _yerr(totals)
+        ax.errorbar([str(e) for e in exits], bottom, yerr=yerr, fmt="none", **_error_kw())
+        top = max(top, float(np.nanmax(np.append(bottom + np.nan_to_num(yerr[1]), 0.0))))
         ax.set_title(label)
         ax.set_xlabel("exit point")
         ax.set_ylabel("time per batch (ms)")
@@ -266,9 +324,9 @@ def procedures_figure(scn: Scenario, t: float, out_dir: Path) -> FigureFile:
         if ax.has_data():
             ax.set_ylim(0, top * 1.08 if top > 0 else 1)
     _figure_legend(fig, axes, "procedure (paper Fig. 4)")
-    caption = f"Per-procedure time (mean per batch, stacked) — {scn.caption(t)}"
-    fig.suptitle(caption)
-    return _save(fig, out_dir, "procedures", caption)
+    title = f"Per-procedure time (mean per batch, stacked) — {scn.caption(t)}"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "procedures", f"{title}; error bars: 95 % interval of each run's total")
 
 
 def resources_figure(scn: Scenario, t: float, out_dir: Path) -> FigureFile:
@@ -284,11 +342,19 @@ def resources_figure(scn: Scenario, t: float, out_dir: Path) -> FigureFile:
         drawn = False
         for i, (kind, label) in enumerate(KINDS):
             found = [scn.get(kind, e, t) for e in exits]
-            means = [_nan(None if r is None else r.resource(field, "mean")) for r in found]
-            drawn = drawn or not all(np.isnan(means))
+            means = [_resource_estimate(r, field) for r in found]
+            drawn = drawn or any(m is not None for m in means)
             maxes = [_nan(None if r is None else r.resource(field, "max")) for r in found]
             xs = x + (i - 0.5) * 0.38
-            ax.bar(xs, means, 0.38, label=f"{label} mean", color=f"C{i}")
+            ax.bar(
+                xs,
+                _values(means),
+                0.38,
+                yerr=_yerr(means),
+                error_kw=_error_kw(),
+                label=f"{label} mean",
+                color=f"C{i}",
+            )
             ax.plot(xs, maxes, "v", color="k", markersize=5, label="max" if i == 0 else None)
         ax.set_xticks(x, [str(e) for e in exits])
         ax.set_xlabel("exit point")
@@ -298,9 +364,62 @@ def resources_figure(scn: Scenario, t: float, out_dir: Path) -> FigureFile:
             ax.cla()
             _no_data(ax, ylabel, "{}: not sampled")
     _figure_legend(fig, axes)
-    caption = f"Edge resources while running — {scn.caption(t)}"
-    fig.suptitle(caption)
-    return _save(fig, out_dir, "resources", caption)
+    title = f"Edge resources while running — {scn.caption(t)}"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "resources", f"{title}; {_BARS}")
+
+
+def _ratio_panel(
+    ax: Axes, points: Sequence[tuple[float, int, Estimate | None]], ylabel: str, band: float | None
+) -> None:
+    """Ratios with their intervals against the exit point, one series per threshold, around 1.0."""
+    ts = sorted({t for t, _, _ in points})
+    step = 0.6 / max(1, len(ts))
+    for i, t in enumerate(ts):
+        mine = [(e, est) for tt, e, est in points if tt == t]
+        xs = [e + (i - (len(ts) - 1) / 2) * step for e, _ in mine]
+        ests = [est for _, est in mine]
+        ax.errorbar(
+            xs,
+            _values(ests),
+            yerr=_yerr(ests),
+            fmt="o",
+            color=f"C{i % 10}",
+            label=f"T = {t:g}",
+            **_error_kw(f"C{i % 10}"),
+        )
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    if band is not None:
+        ax.axhspan(1.0 - band, 1.0 + band, color="0.85", zorder=0, label=f"1.0 ± {100 * band:g} %")
+    ax.set_xticks(list(LOCAL_EXITS))
+    ax.set_xlabel("exit point")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def ratios_figure(scn: Scenario, out_dir: Path) -> FigureFile | None:
+    """Left: the A/A control (procedure (2), SEM-k / MEM@k, should read 1.0). Right: SEM/MEM overall
+    latency. Both as median per-block ratios with their 95 % intervals over blocks."""
+    control = [(p.threshold, p.exit, p.estimate) for p in scenario_control(scn).pairs]
+    if not control:
+        return None
+    latency = []
+    for t in scn.thresholds:
+        for e in scn.exits(t):
+            s, m = scn.get("sem", e, t), scn.get("mem", e, t)
+            if s is not None and m is not None:
+                latency.append(
+                    (t, e, compare(s.series("overall_latency_ms"), m.series("overall_latency_ms"), "ratio"))
+                )
+    fig, axes = _new(1, 2, (12, 4.4))
+    _ratio_panel(axes[0, 0], control, "procedure (2) time, SEM-k / MEM@k", TOLERANCE)
+    axes[0, 0].set_title("A/A control: identical edge layers (should read 1.0)")
+    _ratio_panel(axes[0, 1], latency, "overall latency, SEM / MEM", None)
+    axes[0, 1].set_title("SEM against MEM (below 1.0: SEM faster)")
+    _figure_legend(fig, axes, "exit threshold")
+    title = f"Paired ratios — {scn.caption()}"
+    fig.suptitle(title)
+    return _save(fig, out_dir, "ratios", f"{title}; error bars: 95 % interval over blocks")
 
 
 def training_curves_figure(logs: Sequence[TrainLog], out_dir: Path) -> FigureFile | None:
@@ -381,5 +500,6 @@ def scenario_figures(scn: Scenario, t: float, out_dir: Path) -> list[FigureFile]
         threshold_figure(scn, "mem", out_dir),
         procedures_figure(scn, t, out_dir),
         resources_figure(scn, t, out_dir),
+        ratios_figure(scn, out_dir),
     ]
     return [f for f in figs if f is not None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,52 @@ class ResultsFile:
         """One summary figure across runs, leaving out runs where it is null."""
         return [float(run["summary"][metric]) for run in self.runs if run["summary"][metric] is not None]
 
+    @property
+    def blocked(self) -> bool:
+        """Whether the runs carry the block they ran in (a blocked study); older files do not."""
+        return "block" in self.runs[0]
+
+    def _series(self, value: Callable[[Mapping[str, Any]], float | None]) -> RunSeries:
+        kept = [(run, v) for run in self.runs if (v := value(run)) is not None]
+        return RunSeries(
+            tuple(v for _, v in kept),
+            tuple(int(run["block"]) for run, _ in kept) if self.blocked else None,
+        )
+
+    def series(self, metric: str) -> RunSeries:
+        """One summary figure per run (runs where it is null left out), with each run's block."""
+        return self._series(
+            lambda run: None if run["summary"][metric] is None else float(run["summary"][metric])
+        )
+
+    def procedure_series(self, name: str) -> RunSeries:
+        """Each run's mean per-batch time of procedure ``name`` (ms), with each run's block; runs where
+        no batch went through it are left out."""
+
+        def mean_of(run: Mapping[str, Any]) -> float | None:
+            proc = run["procedures_ms"].get(name)
+            return float(proc["mean"]) if isinstance(proc, Mapping) and _is_number(proc.get("mean")) else None
+
+        return self._series(mean_of)
+
+    def procedures_total_series(self) -> RunSeries:
+        """Each run's sum of the mean per-batch times of the procedures it had (ms): the height of its
+        stacked procedure bar."""
+
+        def total(run: Mapping[str, Any]) -> float | None:
+            means = [
+                float(p["mean"])
+                for name in PROCEDURES
+                if isinstance(p := run["procedures_ms"].get(name), Mapping) and _is_number(p.get("mean"))
+            ]
+            return sum(means) if means else None
+
+        return self._series(total)
+
+    def resource_series(self, field: str, which: str) -> RunSeries:
+        """Each run's ``edge_cpu_percent``/``edge_rss_mib`` ``mean`` or ``max``; unsampled runs left out."""
+        return self._series(lambda run: None if run[field][which] is None else float(run[field][which]))
+
     def metric(self, metric: str) -> float | None:
         """Median of a summary figure across runs (None when no run has it, e.g. no local exit)."""
         vals = self.values(metric)
@@ -141,19 +187,46 @@ class ResultsFile:
         vals = [float(run[field][which]) for run in self.runs if run[field][which] is not None]
         return stats.median(vals) if vals else None
 
-    def batch_latencies(self) -> list[float]:
-        """Per-batch latencies (ms) pooled across runs; empty when the harness did not store them."""
-        out: list[float] = []
+    def batch_latencies_by_run(self) -> list[list[float]]:
+        """Per-batch latencies (ms) of each run that stored them. Kept per run: batches of one run share
+        its machine state, so they describe that run and are never pooled into one sample."""
+        out: list[list[float]] = []
         for run in self.runs:
             per_batch = run.get("per_batch_ms")
             if isinstance(per_batch, Mapping) and isinstance(per_batch.get("latency"), list):
-                out.extend(float(v) for v in per_batch["latency"] if _is_number(v))
+                values = [float(v) for v in per_batch["latency"] if _is_number(v)]
+                if values:
+                    out.append(values)
         return out
+
+
+@dataclass(frozen=True)
+class RunSeries:
+    """One figure of one point, one value per run, with the block each run ran in.
+
+    ``blocks`` is None for files whose runs carry no block index (written before studies ran points in
+    blocks); such runs cannot be paired with another point's.
+    """
+
+    values: tuple[float, ...]
+    blocks: tuple[int, ...] | None
+
+    def __post_init__(self) -> None:
+        if self.blocks is not None and len(self.blocks) != len(self.values):
+            raise ValueError(f"{len(self.values)} values but {len(self.blocks)} blocks")
+
+    def by_block(self) -> dict[int, float]:
+        """``{block: value}``; empty when the runs carry no block."""
+        return {} if self.blocks is None else dict(zip(self.blocks, self.values, strict=True))
 
 
 def _validate_run(path: Path, index: int, run: object) -> Mapping[str, Any]:
     where = f"runs[{index}]"
     run = _need_mapping(path, run, where)
+    if "block" in run:
+        block = run["block"]
+        if not isinstance(block, int) or isinstance(block, bool) or block < 0:
+            raise ReportError(f"{path}: {where}.block must be a block index (an integer ≥ 0), got {block!r}")
     summary = _need_mapping(path, _need(path, run, "summary", f"{where}."), f"{where}.summary")
     for field in SUMMARY_FIELDS:
         value = _need(path, summary, field, f"{where}.summary.")
@@ -177,6 +250,23 @@ def _validate_run(path: Path, index: int, run: object) -> Mapping[str, Any]:
     return run
 
 
+def _check_blocks(path: Path, runs: tuple[Mapping[str, Any], ...]) -> None:
+    """A blocked study runs every point once per block: all runs carry a block, each a different one."""
+    with_block = [i for i, run in enumerate(runs) if "block" in run]
+    if with_block and len(with_block) != len(runs):
+        missing = next(i for i in range(len(runs)) if i not in with_block)
+        raise ReportError(f"{path}: runs[{missing}] has no block while other runs have one")
+    seen: dict[int, int] = {}
+    for i in with_block:
+        block = int(runs[i]["block"])
+        if block in seen:
+            raise ReportError(
+                f"{path}: runs[{seen[block]}] and runs[{i}] both ran in block {block}; a study runs each "
+                "point once per block"
+            )
+        seen[block] = i
+
+
 def parse_results(path: Path, data: object) -> ResultsFile:
     """Validate the decoded JSON of one results file."""
     data = _need_mapping(path, data, "the top level")
@@ -197,6 +287,7 @@ def parse_results(path: Path, data: object) -> ResultsFile:
     if not isinstance(runs, list) or not runs:
         raise ReportError(f"{path}: 'runs' must be a non-empty list of runs")
     checked = tuple(_validate_run(path, i, run) for i, run in enumerate(runs))
+    _check_blocks(path, checked)
     aggregate = _need_mapping(path, _need(path, data, "aggregate", ""), "aggregate")
     return ResultsFile(path=path, config=config, environment=environment, runs=checked, aggregate=aggregate)
 
@@ -255,8 +346,8 @@ def scenario_key(res: ResultsFile) -> tuple[str, ...]:
 
 
 def congestion_control(cfg: Mapping[str, Any]) -> str | None:
-    """The TCP congestion control the nodes' connections used, or None where not recorded (before
-    2026-11-27)."""
+    """The TCP congestion control the nodes' connections used, or None where not recorded (files
+    written before the harness recorded it)."""
     tcp = cfg.get("tcp_congestion_control")
     name = tcp.get("name") if isinstance(tcp, dict) else None
     return name if isinstance(name, str) else None

@@ -20,7 +20,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from models.atomic import atomic_open
-from reports import claims, figures, tables
+from reports import claims, control, figures, paper, tables
 from reports.errors import ReportError
 from reports.loader import ResultsFile, TrainLog, load_results, load_train_logs
 from reports.tables import TABLE_FORMATS, Table, TableFormat
@@ -39,6 +39,8 @@ class Heading:
 @dataclass(frozen=True)
 class Paragraph:
     text: str
+    #: Set on what a reader must not miss (the noise control when it is off).
+    strong: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,24 @@ def _config_paragraph(scn: tables.Scenario, t: float) -> Paragraph:
     )
 
 
-def _scenario_blocks(scn: tables.Scenario, t: float, fig_dir: Path, prefix: str) -> list[Block]:
+def _scenario_blocks(
+    scn: tables.Scenario, t: float, fig_dir: Path, prefix: str, judged: list[claims.Claim]
+) -> list[Block]:
     figs = {f.name: f for f in figures.scenario_figures(scn, t, fig_dir)}
     blocks: list[Block] = [
         _config_paragraph(scn, t),
+        Heading(3, "Noise control (A/A)"),
+        TableBlock(f"{prefix}control", control.control_table(scn)),
+    ]
+    if "ratios" in figs:
+        blocks.append(FigureBlock(figs["ratios"]))
+    blocks += [
         Heading(3, "The paper's claims"),
-        TableBlock(f"{prefix}claims", claims.claims_table(scn, t)),
+        TableBlock(f"{prefix}claims", claims.claims_table(scn, t, judged)),
         TableBlock(f"{prefix}sem_vs_mem", claims.sem_vs_mem_table(scn, t)),
+        Heading(3, "Fidelity to the paper"),
+        Paragraph(paper.fidelity_paragraph(scn, t)),
+        TableBlock(f"{prefix}fidelity", paper.fidelity_table(scn, t, judged)),
         Heading(3, "Per exit point (paper Fig. 5 and 6)"),
         FigureBlock(figs["exits"]),
         TableBlock(f"{prefix}exits", tables.exits_table(scn, t)),
@@ -111,6 +124,28 @@ def _scenario_blocks(scn: tables.Scenario, t: float, fig_dir: Path, prefix: str)
     return blocks
 
 
+def _threshold(scn: tables.Scenario, threshold: float | None) -> float:
+    if threshold is None:
+        return scn.primary_threshold()
+    if threshold not in scn.thresholds:
+        raise ReportError(
+            f"no results at T = {threshold:g} for {scn.caption()}; present: "
+            f"{', '.join(f'{x:g}' for x in scn.thresholds)}"
+        )
+    return threshold
+
+
+def noise_headline(scenarios: Sequence[tables.Scenario]) -> tuple[bool, str]:
+    """``(off, text)`` of the A/A control over every scenario: the line at the top of the report."""
+    multi = len(scenarios) > 1
+    return control.headline(
+        [
+            control.scenario_control(scn, f"scenario {i}, " if multi else "")
+            for i, scn in enumerate(scenarios, start=1)
+        ]
+    )
+
+
 def build_blocks(
     results: Sequence[ResultsFile],
     logs: Sequence[TrainLog],
@@ -120,24 +155,22 @@ def build_blocks(
 ) -> list[Block]:
     """The report's blocks; writes the figures under ``out_dir/figures`` as it goes."""
     scenarios = tables.group_scenarios(results)
+    ts = [_threshold(scn, threshold) for scn in scenarios]
+    off, headline = noise_headline(scenarios)
     blocks: list[Block] = [
         Heading(1, title),
+        Paragraph(headline, strong=off),
         Paragraph(
             f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} on {platform.node()} from "
             f"{len(results)} results file(s) and {len(logs)} training log(s)."
         ),
     ]
-    for i, scn in enumerate(scenarios, start=1):
-        t = scn.primary_threshold() if threshold is None else threshold
-        if threshold is not None and threshold not in scn.thresholds:
-            raise ReportError(
-                f"no results at T = {threshold:g} for {scn.caption()}; present: "
-                f"{', '.join(f'{x:g}' for x in scn.thresholds)}"
-            )
+    for i, (scn, t) in enumerate(zip(scenarios, ts, strict=True), start=1):
         multi = len(scenarios) > 1
         blocks.append(Heading(2, f"Scenario {i}: {scn.caption()}" if multi else f"Results: {scn.caption()}"))
         fig_dir = out_dir / "figures" / (f"s{i}" if multi else "")
-        blocks += _scenario_blocks(scn, t, fig_dir, f"s{i}_" if multi else "")
+        judged = claims.evaluate_claims(scn, t)
+        blocks += _scenario_blocks(scn, t, fig_dir, f"s{i}_" if multi else "", judged)
     if logs:
         fig_dir = out_dir / "figures"
         blocks.append(Heading(2, "Training (paper Fig. 9 and 10)"))
@@ -169,7 +202,7 @@ def to_markdown(blocks: Sequence[Block], base: Path) -> str:
         if isinstance(b, Heading):
             out.append("#" * b.level + " " + b.text)
         elif isinstance(b, Paragraph):
-            out.append(b.text)
+            out.append(f"**{b.text}**" if b.strong else b.text)
         elif isinstance(b, TableBlock):
             out.append(f"**{b.table.title}**\n\n{tables.render(b.table, 'github')}")
             if b.table.note:
@@ -184,7 +217,8 @@ def to_markdown(blocks: Sequence[Block], base: Path) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .5em}
 th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}img{max-width:100%}
-figcaption,.note{color:#555;font-size:.9em;font-style:italic}"""
+figcaption,.note{color:#555;font-size:.9em;font-style:italic}
+.warning{border-left:4px solid #c00;background:#fff3f3;padding:.5em 1em}"""
 
 
 def to_html(blocks: Sequence[Block]) -> str:
@@ -198,7 +232,8 @@ def to_html(blocks: Sequence[Block]) -> str:
         if isinstance(b, Heading):
             out.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
         elif isinstance(b, Paragraph):
-            out.append(f"<p>{html.escape(b.text)}</p>")
+            text = html.escape(b.text)
+            out.append(f'<p class="warning"><strong>{text}</strong></p>' if b.strong else f"<p>{text}</p>")
         elif isinstance(b, TableBlock):
             t = b.table
             body = tabulate(

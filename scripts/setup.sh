@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything localexit needs on a fresh Debian machine of this kind, idempotently:
 #   - as root with apt: iproute2 (ip, tc: namespaces and shaping) and dataset-fashion-mnist (the default data);
-#   - a virtual environment at .venv with Python 3.11, the project and its test tools installed in it.
-# torch is pinned (pyproject.toml) so that Python 3.11 takes the local CPU wheel, never a CUDA build.
+#   - a virtual environment at .venv with Python 3.11, the project with every extra (report, bench, test,
+#     dev) installed in it.
+# Installs go through constraints.txt: its exact torch keeps Python 3.11 on the local CPU wheel, never a
+# CUDA build. The install is redone when pyproject.toml or constraints.txt changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,12 +39,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
   "$py" -m venv .venv
 fi
 stamp=.venv/.localexit-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(sha256sum pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing the project and its dependencies into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip </dev/null
-  .venv/bin/python -m pip install -q --disable-pip-version-check 'torch==2.13.0' </dev/null
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' </dev/null
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,dev]' </dev/null
   echo "$want" > "$stamp"
 fi
 log "ready: $(.venv/bin/python --version), torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"

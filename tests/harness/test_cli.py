@@ -46,10 +46,25 @@ def test_missing_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 
 
 def test_corrupt_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """One line in our words; never torch's advice to load the file with ``weights_only=False``."""
+    import torch
+
+    class Code:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (print, ("ran code from a checkpoint",))
+
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    code, _, err = run_cli(capsys, "--dataset", "synthetic", "--checkpoint", str(bad))
-    assert code == 2 and "not a loadable checkpoint" in err
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "localexit-checkpoint/1", "x": Code()}, evil)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(evil.read_bytes()[:100])
+    for path in (bad, evil, truncated):
+        code, out, err = run_cli(capsys, "--dataset", "synthetic", "--checkpoint", str(path))
+        assert code == 2 and "ran code" not in out
+        assert err.startswith(f"error: checkpoint {path} is not a valid localexit checkpoint (")
+        assert err.count("\n") == 1, err
+        assert "weights_only" not in err
 
 
 def test_mismatched_checkpoint(capsys: pytest.CaptureFixture[str], tiny_sem3_checkpoint: Path) -> None:
@@ -112,7 +127,8 @@ def test_bad_ports_syntax(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["--ports", "70000"])
     assert info.value.code == 2
-    assert "CLOUD,EDGE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --ports: --ports needs CLOUD,EDGE") and err.count("\n") == 2
 
 
 def test_keyboard_interrupt_exits_130(
@@ -193,3 +209,34 @@ def test_check_confirms_a_regression_with_a_fresh_run(
     assert (code, calls) == (1, 1) and "confirmation" not in out
     code, _, err = run_cli(capsys, "check", "--baseline", str(tmp_path / "base.json"), "--confirm", "-1")
     assert code == 2 and "--confirm" in err
+
+
+def test_a_refusal_without_root_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    """Not root: the loopback fallback is said once, in the refusal, not also in a WARNING before it."""
+    import os
+
+    import netem.testbed
+    from netem.probe import Capabilities
+
+    not_root = Capabilities(
+        root=False,
+        iproute2=True,
+        netns=False,
+        qdiscs=frozenset(),
+        tun=False,
+        cgroup=None,
+        notes=("not root: no namespaces, tc or cgroups",),
+    )
+    monkeypatch.setattr(netem.testbed, "probe_capabilities", lambda: not_root)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    out_file = str(tmp_path / "r.json")
+    code, out, err = run_cli(capsys, *base_args(tiny_checkpoint), "--loss", "1%", "--out", out_file)
+    assert code == 2 and out == ""
+    assert err.startswith("error: not running as root") and err.count("\n") == 1, err
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []

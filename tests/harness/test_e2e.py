@@ -14,7 +14,8 @@ import pytest
 
 from harness.results import load_results, write_results
 
-SMALL = ["--dataset", "synthetic", "--exit", "2", "--samples", "96", "--batch-size", "8", "--warmup", "1"]
+SMALL = ["--dataset", "synthetic", "--exit", "2", "--samples", "96", "--batch-size", "8",
+         "--warmup-batches", "1"]  # fmt: skip
 # The no-change check: per-batch samples of one run share that run's conditions, and a tiny model's
 # compute moves by ~30 % between fresh node processes here, so the baseline holds five runs (the check
 # then knows the run-to-run spread, and re-runs as many) of 40 batches after 4 warm-up batches. With
@@ -22,7 +23,7 @@ SMALL = ["--dataset", "synthetic", "--exit", "2", "--samples", "96", "--batch-si
 # spread); with five, once more (2.25 -> 3.05 ms, all five runs of each side shifted together: a slow
 # stretch of the machine), which the check's confirmation re-run (on by default) now tells from a
 # regression.
-CHECKED = ["--dataset", "synthetic", "--exit", "2", "--samples", "320", "--batch-size", "8", "--warmup", "4",
+CHECKED = ["--dataset", "synthetic", "--exit", "2", "--samples", "320", "--batch-size", "8", "--warmup-batches", "4",
            "--repeat", "5"]  # fmt: skip
 
 
@@ -193,7 +194,8 @@ def _run_as_nobody(prefix: list[str], tiny_checkpoint: Path, tmp_path: Path) -> 
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "not running as root" in proc.stderr and "loopback" in proc.stderr
+    assert proc.stderr.startswith("error: not running as root") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "loopback" in proc.stderr
     assert "--allow-unshaped" in proc.stderr
     assert not (tmp_path / "r.json").exists()
 

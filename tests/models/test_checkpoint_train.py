@@ -43,11 +43,11 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 100)
-    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a valid localexit checkpoint"):
         load_checkpoint(garbage)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(CheckpointError, match="is not a localexit-checkpoint/1"):
+    with pytest.raises(CheckpointError, match="its format is None, not 'localexit-checkpoint/1'"):
         load_checkpoint(other)
     path = save_checkpoint(
         build_model(ModelConfig(kind="mem", **TINY)), tmp_path / "m.pt", dataset="synthetic"
@@ -59,7 +59,7 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
         load_checkpoint(path)
     truncated = tmp_path / "t.pt"
     truncated.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="not a loadable"):
+    with pytest.raises(CheckpointError, match="not a valid localexit checkpoint"):
         load_checkpoint(truncated)
 
 
@@ -70,7 +70,7 @@ def test_code_in_checkpoint_is_refused(tmp_path: Path) -> None:
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "localexit-checkpoint/1", "x": Evil()}, path)
-    with pytest.raises(CheckpointError, match="not a loadable"):
+    with pytest.raises(CheckpointError, match="not a valid localexit checkpoint"):
         load_checkpoint(path)
 
 

@@ -43,7 +43,7 @@ def echo_port() -> Iterator[int]:
     srv.close()
 
 
-def _rtt_ms(addr: tuple[str, int], n: int = 8) -> float:
+def _rtts_ms(addr: tuple[str, int], n: int = 8) -> list[float]:
     with socket.create_connection(addr, timeout=5) as c:
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.settimeout(5)
@@ -53,7 +53,7 @@ def _rtt_ms(addr: tuple[str, int], n: int = 8) -> float:
             c.sendall(b"ping")
             assert c.recv(16) == b"ping"
             out.append((time.perf_counter() - t) * 1000)
-    return sorted(out)[n // 2]
+    return out
 
 
 def test_unshaped_loopback_is_direct(echo_port: int) -> None:
@@ -70,7 +70,10 @@ def test_relay_applies_delay_and_reports_what_it_cannot(echo_port: int) -> None:
         addr = tb.connect_address("edge", "cloud", echo_port)
         assert addr[1] != echo_port
         assert tb.connect_address("edge", "cloud", echo_port) == addr  # one relay per listener
-        assert 29.0 <= _rtt_ms(addr) < 45.0  # data delayed 15 ms each way
+        # Data delayed 15 ms each way: every echo takes 30 ms or more, and the fastest less than twice
+        # that (the delay applied twice would put every one past 60 ms); in between is the scheduler's.
+        rtts = _rtts_ms(addr)
+        assert 29.0 <= min(rtts) < 60.0, rtts
         assert tb.applied["edge_cloud"] == {"delay": "tcp-relay"}
         assert any("packet loss 1%" in s for s in tb.not_applied)
         assert any("handshake" in s for s in tb.not_applied)

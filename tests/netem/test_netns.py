@@ -58,6 +58,14 @@ def expected_mechanisms(tb: Testbed, params: list[str]) -> dict[str, str]:
     return {p: line for p in params}
 
 
+def assert_delayed_once(rtts: list[float], rtt_ms: float) -> None:
+    """Every echo took the configured round trip (less timer rounding), and the fastest took less than
+    twice it: a delay applied twice would put every echo at or past twice. What lies between is the
+    scheduler's on a loaded machine, where the delay line waits for a CPU to forward each packet."""
+    assert min(rtts) >= rtt_ms - 0.5, rtts
+    assert min(rtts) < 2 * rtt_ms, rtts
+
+
 def test_delay_and_rate_are_what_tcp_sees() -> None:
     prefix = new_prefix()
     cfg = TestbedConfig(prefix, LinkSpec.parse(rate="10mbit", delay="20ms"))
@@ -67,7 +75,7 @@ def test_delay_and_rate_are_what_tcp_sees() -> None:
         _, port = server(tb, "cloud", "echo")
         r = client(tb, "edge", "cloud", port, "ping", "--count", "10")
         assert r["connect_ms"] >= 39.5  # the handshake crosses the delay too
-        assert 39.5 <= statistics.median(r["rtt_ms"]) < 46
+        assert_delayed_once(r["rtt_ms"], 40)
         sink, port = server(tb, "cloud", "sink", "--warmup", "0.7")
         client(tb, "edge", "cloud", port, "send", "--seconds", "2.5")
         out, _ = sink.communicate(timeout=10)
@@ -85,10 +93,10 @@ def test_test_reaches_cloud_through_the_edge() -> None:
         assert tb.applied == {"test_edge": expected_mechanisms(tb, ["delay"]), "edge_cloud": {"rate": "tbf"}}
         _, port = server(tb, "cloud", "echo")
         r = client(tb, "test", "cloud", port, "ping", "--count", "10")
-        assert 9.9 <= statistics.median(r["rtt_ms"]) < 15  # 2 × 5 ms on test–edge, nothing on edge–cloud
+        assert_delayed_once(r["rtt_ms"], 10)  # 2 × 5 ms on test–edge, nothing on edge–cloud
         _, port = server(tb, "edge", "echo")
         r = client(tb, "cloud", "edge", port, "ping", "--count", "5")
-        assert statistics.median(r["rtt_ms"]) < 4  # cloud–edge does not cross the delayed link
+        assert min(r["rtt_ms"]) < 10, r  # cloud–edge does not cross the delayed link (2 × 5 ms)
     assert find_leftovers(prefix) == []
 
 
@@ -104,8 +112,10 @@ def test_loss_and_jitter() -> None:
     loss = 1 - r["received"] / 250
     assert 0.03 < loss < 0.17  # 10 % ± 3.6σ
     owd = sorted(r["owd_ms"])
-    assert owd[0] >= 6.9
-    assert owd[len(owd) // 2] == pytest.approx(10, abs=1.5)
+    # Uniform over 7-13 ms: none earlier than 7 ms, and the fastest of ~225 within a millisecond of it
+    # (a delay or jitter range shifted up fails this). The upper side is left alone: a loaded machine's
+    # scheduler adds to it.
+    assert 6.9 <= owd[0] < 8.0, owd
     assert statistics.pstdev(owd) > 1.0  # uniform ±3 ms: σ ≈ 1.7 ms
 
 

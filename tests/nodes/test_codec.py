@@ -174,7 +174,7 @@ def test_after_a_large_frame_only_the_next_prefix_is_read_so_the_next_body_lands
     small = encode_frame_bytes({"t": np.ones(10, dtype=np.uint8)})
     dec = FrameDecoder()
     _feed_through_get_buffer(dec, small, 1 << 30)
-    assert len(dec.get_buffer(-1)) > 64 * 1024  # after small frames: one read picks up many
+    assert len(dec.get_buffer(-1)) > 1024  # after small frames: a read may pick up several
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -19,6 +19,7 @@ from nodes import (
     ClockProbe,
     Connection,
     Error,
+    Features,
     HandshakeError,
     Hello,
     PeerError,
@@ -279,8 +280,43 @@ async def test_tensor_that_does_not_fit_the_model(testbed: Bed) -> None:
     msgs = await _read_until_closed(reader)
     writer.close()
     errors = [m for m in msgs if isinstance(m, Error)]
-    assert errors and errors[0].code == "bad-input" and "(N, 1, 28, 28)" in errors[0].message
+    # exactly one error frame: the bad-input that says what is wrong (no "protocol" error after it)
+    assert [e.code for e in errors] == ["bad-input"] and "(N, 1, 28, 28)" in errors[0].message
+    assert errors[0].batch_id == 0 and errors[0].node == "edge"
     assert len((await run_test_client(testbed.client(), dataset=synthetic_dataset(n=8))).samples) == 8
+
+
+async def test_features_that_do_not_fit_the_model_get_one_error_from_the_cloud(testbed: Bed) -> None:
+    reader, writer = await _raw(testbed.cloud_addr)
+    writer.write(b"".join(Connection().send(Hello(role="edge"))))
+    conn = Connection()
+    conn.receive_data(await asyncio.wait_for(reader.read(65536), 5))
+    assert isinstance(conn.next_event(), Ready)
+    bad = Features(
+        session="nosuch",
+        batch_id=5,
+        sample_ids=np.arange(2),
+        features=np.zeros((2, 1, 2, 2), np.float32),
+        entropy=np.zeros(2, np.float32),
+        t_edge_recv_ns=0,
+        t_edge_done_ns=0,
+    )
+    writer.write(b"".join(Connection().send(bad)))
+    msgs = await _read_until_closed(reader)
+    writer.close()
+    errors = [m for m in msgs if isinstance(m, Error)]
+    assert [(e.code, e.batch_id, e.node) for e in errors] == [("bad-input", 5, "cloud")]
+    assert len((await run_test_client(testbed.client(), dataset=synthetic_dataset(n=8))).samples) == 8
+
+
+async def test_a_node_of_the_wrong_role_is_refused_in_plain_words(testbed: Bed) -> None:
+    reader, writer = await _raw(testbed.edge_addr)
+    writer.write(b"".join(Connection().send(Hello(role="edge"))))
+    msgs = await _read_until_closed(reader)
+    writer.close()
+    assert [(m.code, m.message) for m in msgs if isinstance(m, Error)] == [
+        ("role", "the edge node does not accept connections from edge nodes, only from test nodes")
+    ]
 
 
 async def test_clock_probe_and_shutdown_on_a_raw_connection(testbed: Bed) -> None:

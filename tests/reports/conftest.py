@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+
+from reports.loader import parse_results
+from reports.tables import Scenario, group_scenarios
 
 PROCS = ("1", "2", "3-1", "3-2", "4", "5")
 
@@ -42,6 +48,7 @@ def run(
     cpu: tuple[float, float] = (50.0, 90.0),
     rss: tuple[float, float] = (300.0, 310.0),
     batch_latency: list[float] | None = None,
+    block: int | None = None,
 ) -> dict[str, Any]:
     procs = procs if procs is not None else {p: 1.0 for p in PROCS}
     out: dict[str, Any] = {
@@ -55,6 +62,8 @@ def run(
     }
     if batch_latency is not None:
         out["per_batch_ms"] = {"latency": batch_latency}
+    if block is not None:
+        out["block"] = block
     return out
 
 
@@ -244,3 +253,103 @@ def paper_like_logs() -> dict[str, dict[str, Any]]:
     logs = {f"sem{e}.json": train_log("sem", e, epochs=10, base=0.45) for e in range(1, 9)}
     logs["mem.json"] = train_log("mem", None, epochs=10, base=0.45)
     return logs
+
+
+@dataclass(frozen=True)
+class Study:
+    """A synthetic blocked study: every point runs once per block, and a block's load (other work on the
+    machine) slows every point in it alike — which pairing by block cancels and pooling does not.
+
+    Times are lognormal: each run's overall latency and procedure (2) time are the point's base time ×
+    the block's load × the run's own noise. ``sem_speed`` multiplies SEM's overall latency (0.8: SEM 20 %
+    faster in every block); ``aa_bias`` multiplies SEM's procedure (2), which should equal MEM's at the
+    same exit (1.0: the A/A control holds). Counts and accuracies are exact, as a fixed test set gives.
+    """
+
+    blocks: int = 6
+    seed: int = 0
+    exits: tuple[int, ...] = (1, 2, 3)
+    thresholds: tuple[float, ...] = (0.3,)
+    sem_speed: float = 1.0
+    aa_bias: float = 1.0
+    block_load: float = 0.4
+    run_noise: float = 0.03
+    proc2_noise: float = 0.01
+    with_blocks: bool = True
+    samples: int = 1000
+    edge_accuracy: Mapping[int, float] | None = None  # by exit; default rises with the exit
+    edge_t_slope: float = -0.1  # change of edge accuracy per unit of T (the paper: it falls as T rises)
+    sem_burst: Mapping[int, float] | None = None  # block -> extra slowdown of SEM's runs in that block only
+
+    def docs(self) -> dict[str, dict[str, Any]]:
+        rng = np.random.default_rng(self.seed)
+        points = [(k, e, t) for k in ("sem", "mem") for e in self.exits for t in self.thresholds]
+        runs: dict[tuple[str, int, float], list[dict[str, Any]]] = {p: [] for p in points}
+        for b in range(self.blocks):
+            load = math.exp(rng.normal(0.0, self.block_load))
+            for p in points:
+                runs[p].append(self._run(p, b, load, rng))
+        return {f"{k}{e}_T{t}.json": results_doc(k, e, t, runs[(k, e, t)]) for k, e, t in points}
+
+    def _run(
+        self, point: tuple[str, int, float], block: int, load: float, rng: np.random.Generator
+    ) -> dict[str, Any]:
+        kind, e, t = point
+        mem = kind == "mem"
+        local = round(self.samples * min(0.95, 0.2 + 0.1 * e + 0.3 * t - (0.05 if mem else 0.0)))
+        cloud = self.samples - local
+        edge_acc = (
+            (self.edge_accuracy or {}).get(e, 0.80 + 0.02 * e)
+            + self.edge_t_slope * t
+            - (0.03 if mem else 0.0)
+        )
+        cloud_acc = 0.9 - 0.04 * e - 0.05 * t
+        overall_acc = (local * edge_acc + cloud * cloud_acc) / self.samples
+        slow = load * math.exp(rng.normal(0.0, self.run_noise))
+        if not mem:
+            slow *= (self.sem_burst or {}).get(block, 1.0)
+        overall = (1.0 + 0.1 * e) * (1.0 + 0.5 * (1 - t)) * (1.0 if mem else self.sem_speed) * slow
+        proc2 = (
+            (0.5 + 0.2 * e)
+            * (1.0 if mem else self.aa_bias)
+            * load
+            * math.exp(rng.normal(0.0, self.proc2_noise))
+        )
+        procs = {
+            "1": 0.3 * load,
+            "2": proc2,
+            "3-1": 0.2 * load,
+            "3-2": 0.4 * load,
+            "4": 0.5 * load,
+            "5": 0.2 * load,
+        }
+        summ = summary(local, cloud, edge_acc, cloud_acc, overall_acc, 2.0 * slow, 6.0 * slow, overall)
+        return run(
+            block,
+            summ,
+            procs=procs,
+            batch_latency=[32 * overall * (1 + 0.01 * (j % 5)) for j in range(10)],
+            block=block if self.with_blocks else None,
+        )
+
+    def scenario(self) -> Scenario:
+        return as_scenario(self.docs())
+
+
+def as_scenario(docs: Mapping[str, Mapping[str, Any]]) -> Scenario:
+    """Results documents parsed as the loader parses files (without writing them), as one scenario."""
+    (scn,) = group_scenarios([parse_results(Path(name), doc) for name, doc in docs.items()])
+    return scn
+
+
+def write_all(root: Path, docs: Mapping[str, Mapping[str, Any]], sub: str = "results") -> Path:
+    """Write documents as files under ``root/sub``; returns that folder."""
+    folder = root / sub
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, doc in docs.items():
+        (folder / name).write_text(json.dumps(doc))
+    return folder
+
+
+def verdicts(claims: Sequence[Any]) -> dict[str, str]:
+    return {c.statement: c.verdict for c in claims}

@@ -22,7 +22,8 @@ def test_loads_files_and_folders(small_results: Path) -> None:
     sem1 = next(r for r in res if r.label == "SEM-1" and r.threshold == 0.3)
     assert sem1.metric("overall_latency_ms") == pytest.approx(0.6)  # median of 0.5, 0.7
     assert sem1.metric("local_exits") == 40
-    assert len(sem1.batch_latencies()) == 16
+    assert [len(b) for b in sem1.batch_latencies_by_run()] == [8, 8]  # kept per run, never pooled
+    assert not sem1.blocked and sem1.series("overall_latency_ms").blocks is None
 
 
 def test_not_json(tmp_path: Path) -> None:
@@ -139,3 +140,38 @@ def test_harness_nulls_for_unsampled_resources_and_unused_procedures(write: Writ
     doc["runs"][0]["edge_cpu_percent"]["mean"] = "high"
     with pytest.raises(ReportError, match=r"edge_cpu_percent.mean must be a number or null, got 'high'"):
         load_results([write("nulls.json", doc)])
+
+
+def test_blocks_of_a_blocked_study(write: Writer) -> None:
+    doc = _one()
+    doc["runs"] += [copy.deepcopy(doc["runs"][0]), copy.deepcopy(doc["runs"][1])]
+    for run, block in zip(doc["runs"], (3, 0, 2, 1), strict=True):
+        run["block"] = block
+    doc["runs"][2]["summary"]["edge_accuracy"] = None  # no local exit in that run
+    doc["runs"][1]["procedures_ms"]["2"]["mean"] = 7.0
+    res = load_results([write("blocked.json", doc)])[0]
+    assert res.blocked
+    assert res.series("overall_latency_ms").by_block() == {3: 0.5, 0: 0.7, 2: 0.5, 1: 0.7}
+    edge = res.series("edge_accuracy")
+    assert edge.blocks == (3, 0, 1) and edge.values == (0.9, 0.9, 0.9)  # the null run and its block left out
+    assert res.procedure_series("2").by_block() == {3: 1.0, 0: 7.0, 2: 1.0, 1: 1.0}
+    assert res.procedures_total_series().values[1] == 12.0  # 7 + five procedures of 1 ms
+
+
+@pytest.mark.parametrize(
+    ("blocks", "message"),
+    [
+        ((0, 0), r"runs\[0\] and runs\[1\] both ran in block 0; a study runs each point once per block"),
+        ((0, None), r"runs\[1\] has no block while other runs have one"),
+        ((0, -1), r"runs\[1\].block must be a block index \(an integer ≥ 0\), got -1"),
+        ((True, 1), r"runs\[0\].block must be a block index \(an integer ≥ 0\), got True"),
+        (("1", 2), r"runs\[0\].block must be a block index"),
+    ],
+)
+def test_bad_blocks_refused(write: Writer, blocks: tuple[object, object], message: str) -> None:
+    doc = _one()
+    for run, block in zip(doc["runs"], blocks, strict=True):
+        if block is not None:
+            run["block"] = block
+    with pytest.raises(ReportError, match=r"broken\.json: " + message):
+        load_results([write("broken.json", doc)])
