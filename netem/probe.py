@@ -120,6 +120,7 @@ def probe_capabilities() -> Capabilities:
 
 TCP_CC_PROC = "/proc/sys/net/ipv4/tcp_congestion_control"
 _TCP_CC_AVAILABLE = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+_TCP_CC_ALLOWED = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
 
 
 def congestion_control() -> str | None:
@@ -130,6 +131,16 @@ def congestion_control() -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def allowed_congestion_controls() -> list[str]:
+    """The congestion controls a network namespace other than the machine's may choose
+    (``tcp_allowed_congestion_control``; the kernel refuses the others there); [] where unknown."""
+    try:
+        with open(_TCP_CC_ALLOWED) as f:
+            return f.read().split()
+    except OSError:
+        return []
 
 
 def available_congestion_controls() -> list[str]:

@@ -41,7 +41,13 @@ from netem.cgroups import EdgeCgroup
 from netem.cleanup import ROLES, cgroup_name, dev_name, ns_name, register_owner, unregister_owner
 from netem.errors import CapabilityError, CommandError, HelperExited, NetemError
 from netem.executor import Executor
-from netem.probe import Capabilities, available_congestion_controls, congestion_control, probe_capabilities
+from netem.probe import (
+    Capabilities,
+    allowed_congestion_controls,
+    available_congestion_controls,
+    congestion_control,
+    probe_capabilities,
+)
 from netem.spec import LinkSpec, TestbedConfig
 from netem.tc import ShapingPlan, plan_link_end, qdisc_del_argv
 
@@ -446,6 +452,14 @@ class Testbed:
                         ["ip", "netns", "exec", ns, "sysctl", "-qw", f"{TCP_CC_SYSCTL}={want}"], check=False
                     )
                     if r.returncode != 0:
+                        allowed = allowed_congestion_controls()
+                        if allowed and want not in allowed and want in available_congestion_controls():
+                            raise CapabilityError(
+                                f"TCP congestion control {want!r} is not allowed in network namespaces on "
+                                f"this machine (allowed: {', '.join(allowed)}); choose one of those, or "
+                                "allow it first: sysctl -w net.ipv4.tcp_allowed_congestion_control="
+                                f"'{' '.join([*allowed, want])}'"
+                            )
                         raise CapabilityError(
                             f"TCP congestion control {want!r} cannot be set ({r.stderr.strip() or 'sysctl failed'}); "
                             f"this kernel has: {', '.join(available_congestion_controls()) or 'unknown'}"

@@ -272,3 +272,19 @@ def test_an_unknown_congestion_control_is_refused_and_leaves_nothing() -> None:
     ):
         pass
     assert find_leftovers(prefix) == []
+
+
+def test_an_available_but_not_allowed_congestion_control_names_the_allowed_ones() -> None:
+    available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    allowed = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control").read_text().split()
+    refused = [name for name in available if name not in allowed]
+    if not refused:
+        pytest.skip("every congestion control this kernel has is allowed in namespaces here")
+    prefix = new_prefix()
+    cfg = TestbedConfig(prefix, LinkSpec(), tcp_congestion_control=refused[0])
+    with (
+        pytest.raises(CapabilityError, match=rf"not allowed in network namespaces.*allowed: {allowed[0]}"),
+        make_testbed(cfg, isolation="netns"),
+    ):
+        pass
+    assert find_leftovers(prefix) == []
