@@ -23,26 +23,24 @@ gives the median run and the range over the runs.
 
 Why a whole replay: the run's latency is the time of the whole sequence of batches, disturbances
 included, and the edge and cloud parts alternate in it, so its floor is the least disturbed *whole*
-replay of that sequence. Until 2026-11-27 the floor summed each batch's best time from a tight loop of
-the same batch size alone (the luckiest of 9 timings of a different workload); that sum is still shown
-("vs sum of bests", measured after each run too), as is the run against the compute the nodes timed
+replay of that sequence. The sum of each batch's best time from a tight loop of the same batch size
+alone is also shown ("vs sum of bests", measured after each run too; it is the luckiest of 9 timings of a
+different workload, so it understates the floor), as is the run against the compute the nodes timed
 during the run (procedures 2 and 4, "vs in-run compute": transport and orchestration alone), and the CPU
 that programs outside the run used meanwhile ("other load", 100 = one core).
 
 The **idle-gap replay** measures what waiting alone costs the compute: the same one-process replay, but
 each part runs after sleeping as long as its node waited for its input in the run (:func:`idle_gaps`),
 and only the compute is timed. A serving node always waits between requests; on a VM that halts an idle
-vCPU the caches are cold when it wakes (measured 2026-11-27 on the build VM, one process pinned to one
-CPU, nothing else running: the cloud part 0.90 ms back to back, 1.06 ms after a 1 ms sleep, 2.07 ms
-after 5 ms). "idle-gap replay / floor" is that cost with no second process, no network and none of the
+vCPU the caches are cold when it wakes (docs/design-notes.md has measurements). "idle-gap replay / floor" is that cost with no second process, no network and none of the
 harness; "vs idle-gap replay" is the run against it.
 
 The **split replay** separates what the split itself costs on this machine from what the harness
 adds: the same batches, right after the run, through the least a split deployment needs -- this process
 as the test node, an edge and a cloud process with the nodes' settings, joined by pipes in the run's
 topology and carrying only the batch sizes (:class:`SplitReplay`). "split replay / floor" is the cost of
-splitting the model over two processes that compute in turns (measured 2026-11-27 on the build VM:
-1.14-1.33 on median runs, nearly all of it slower compute, "split / replayed compute"); "vs split
+splitting the model over two processes that compute in turns (nearly all of it slower compute: see
+"split / replayed compute"); "vs split
 replay" is the run against it, i.e. what the framing, the event loops, the network stack and the
 orchestration add.
 

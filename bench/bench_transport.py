@@ -13,28 +13,24 @@ Measured in one run, receivers in a separate process, so only ratios are reporte
 - decode: time to turn a received frame into a message, per payload size (target: flat; zero-copy).
 
 Each transfer trial also counts the TCP segments the kernel sent again during it (``RetransSegs``). On
-loopback nothing is lost, but segments can arrive out of order and be taken for lost: on the build VM,
-whose default congestion control is BBR, every trial of 1 MiB or more had several such spurious
-retransmits (95 % confirmed by duplicate SACKs), and none with CUBIC. ``--congestion-control NAME``
+loopback nothing is lost, but segments can arrive out of order and be taken for lost (BBR does this on
+loopback; see docs/design-notes.md). ``--congestion-control NAME``
 (root) runs the whole benchmark in a private network namespace whose connections use NAME -- the same
 for every method, pyzmq's sockets included, which no socket option could do -- and leaves the machine's
 setting alone.
 
 When run as root it also measures the round trips with idle CPUs kept out of sleep states
 (``harness.environment.cpus_kept_awake``), for comparison only: on a VM that halts idle vCPUs most of a
-loopback round trip is waking the peer's vCPU (measured 2026-11-27 on the build VM: a 64-byte echo
-87-100 µs, 23-29 µs with the CPUs kept awake), which tells the machine's share from the code's.
+loopback round trip is waking the peer's vCPU, which tells the machine's share from the code's.
 
 Both are measured in rounds, and a ratio is the median over the rounds of the ratio between the
 framed method and the other method *in the same round*, with its interquartile range: a round's
 trials run within a fraction of a second of each other, so they share the machine's state. Throughput:
 each round runs one trial per method and size, the methods one after the other, size by size, their
 order reversed every other round; the GB/s shown are each method's best trial. Round trips: one block
-of 1000 per method per round, the order reversed every other round. (Until 2026-11-27 both ratios were
-ratios of each method's best: on this VM, whose vCPUs switch between a fast and a slow state every few
-seconds, the two bests could come from different states. Five runs of unchanged code gave 1.15-1.38x
-the echo; four runs of 15 rounds gave 0.78-0.97x raw at 1 MiB by the best of the first 5 rounds and
-0.81-0.93x by the paired median, and 0.79-1.06x against 0.95-1.03x pyzmq.) What each baseline is, exactly:
+of 1000 per method per round, the order reversed every other round. (A ratio of each method's best
+trial would compare bests that may come from different machine states on a VM whose vCPUs change
+speed every few seconds; pairing by round avoids that.) What each baseline is, exactly:
 
 - raw: a blocking ``socket.sendall`` of the payload (one buffer, no event loop, no framing) into a
   blocking ``recv_into`` that reuses one buffer -- the most a Python process can get from TCP here; both
