@@ -77,6 +77,10 @@ from harness.config import LinkOptions, RunConfig
 from harness.environment import cpu_model
 from harness.runner import NODE_ENV_DEFAULTS, prepare, run_experiment
 from harness.sweep import SweepSpec
+from models.checkpoint import default_checkpoint, load_checkpoint, save_checkpoint
+from models.cnn import build_model, parse_model_choice
+from models.entropy import normalized_entropy
+from models.partition import partition
 from netem.tc import burst_bytes
 from reports import stats
 
@@ -90,11 +94,11 @@ GRID_SAMPLES = 10_000
 def checkpoint_for_bench(tmp: Path) -> tuple[Path, str]:
     """The shipped MEM checkpoint, or an untrained default-profile MEM when the zoo is not there yet."""
     try:
-        return models.default_checkpoint("mem", 5, "fashion-mnist"), "shipped mem.pt"
+        return default_checkpoint("mem", 5, "fashion-mnist"), "shipped mem.pt"
     except models.CheckpointError:
         torch.manual_seed(0)  # the same untrained weights (and so the same exits) on every run
-        model = models.build_model(models.parse_model_choice("mem", 5))
-        path = models.save_checkpoint(model, tmp / "mem-untrained.pt", dataset="fashion-mnist")
+        model = build_model(parse_model_choice("mem", 5))
+        path = save_checkpoint(model, tmp / "mem-untrained.pt", dataset="fashion-mnist")
         return path, "untrained default-profile MEM (zoo not shipped yet)"
 
 
@@ -113,20 +117,20 @@ def edge_work(edge: Any, images: Any) -> None:
     """What the edge node computes for a batch: normalisation, blocks 1..k, exit head and entropy."""
     _features, logits = edge(edge.prepare(images))
     if logits is not None:
-        models.normalized_entropy(logits)
+        normalized_entropy(logits)
 
 
 def cloud_work(cloud: Any, features: Any) -> None:
     """What the cloud node computes for a batch's cloud-exited samples: the rest, and the entropy."""
-    models.normalized_entropy(cloud(features))
+    normalized_entropy(cloud(features))
 
 
 class Floor:
     """Standalone compute times of the edge and cloud parts, per batch size, cached."""
 
     def __init__(self, checkpoint: Path, exit_: int, images: Any) -> None:
-        model, _meta = models.load_checkpoint(checkpoint)
-        self.edge, self.cloud = models.partition(model, exit_)
+        model, _meta = load_checkpoint(checkpoint)
+        self.edge, self.cloud = partition(model, exit_)
         self.images = images
         self.feature_bytes = 4 * int(torch.Size(self.edge.feature_shape()).numel())  # float32 features
         self._edge: dict[int, float] = {}
@@ -282,8 +286,8 @@ def _split_node(
     """An edge or cloud process of :class:`SplitReplay`: computes its part on each request and reports
     the time it took; the edge then hands the batch's cloud-exited count to the cloud, as the edge node
     does after replying to the test node."""
-    model, _meta = models.load_checkpoint(checkpoint)
-    edge, cloud = models.partition(model, exit_)
+    model, _meta = load_checkpoint(checkpoint)
+    edge, cloud = partition(model, exit_)
     with torch.inference_mode():
         features, _ = edge(edge.prepare(images))
         to_test.send_bytes(b"ready")

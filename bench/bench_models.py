@@ -23,7 +23,10 @@ from datetime import datetime, timezone
 import torch
 from tabulate import tabulate
 
-from models import LOCAL_EXITS, ModelConfig, build_model, partition, synthetic_dataset
+from contract.names import LOCAL_EXITS
+from models import synthetic_dataset
+from models.cnn import ModelConfig, build_model
+from models.partition import partition
 from models.train import TrainConfig, train
 
 LIMIT = 1.05

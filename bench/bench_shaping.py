@@ -32,7 +32,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
 from netem import LinkSpec, Testbed, TestbedConfig, make_testbed, probe_capabilities
 
 PAYLOAD, IP_PACKET, ETH = 1448, 1500, 14

@@ -14,7 +14,6 @@ from harness.errors import (
     UnshapedError,
 )
 from harness.results import (
-    SCHEMA,
     build_results,
     load_results,
     summarize_records,
@@ -24,7 +23,6 @@ from harness.results import (
 
 __all__ = [
     "PIN_VARIABLES",
-    "SCHEMA",
     "USER_PINS",
     "CheckReport",
     "Comparison",

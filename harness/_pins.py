@@ -12,5 +12,7 @@ from __future__ import annotations
 
 import os
 
-PIN_VARIABLES = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
+#: The ones that name CPUs themselves (the placement policy leaves CPU sets to a user who sets them).
+CPU_NAMING_VARIABLES = ("OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
+PIN_VARIABLES = ("OMP_PROC_BIND", *CPU_NAMING_VARIABLES)
 USER_PINS: dict[str, str] = {key: os.environ.pop(key) for key in PIN_VARIABLES if key in os.environ}

@@ -57,11 +57,12 @@ from typing import Any
 
 from tabulate import tabulate
 
+from contract.names import PROCEDURES
+from contract.results import Results
 from reports import stats
-from reports.loader import congestion_control
 
 from .errors import ResultsError
-from .results import PROCEDURES
+from .results import as_results
 
 #: Metric name → key of ``per_batch_ms``.
 METRICS: dict[str, str] = {
@@ -140,21 +141,19 @@ class CheckReport:
         return 1 if self.regressions else 0
 
 
-def _calibrations(results: Mapping[str, Any]) -> list[float | None]:
-    out: list[float | None] = []
-    for run in results["runs"]:
-        value = run.get("calibration_ms")
-        out.append(float(value) if isinstance(value, (int, float)) and value > 0 else None)
-    return out
+def _calibrations(results: Results) -> list[float | None]:
+    return [
+        run.calibration_ms if run.calibration_ms is not None and run.calibration_ms > 0 else None
+        for run in results.runs
+    ]
 
 
-def host_load(results: Mapping[str, Any]) -> float | None:
+def host_load(results: Results) -> float | None:
     """The busiest run's mean CPU use by other programs (100 = one core); None if not recorded."""
     loads = [
-        float(m)
-        for run in results["runs"]
-        if isinstance(run.get("host_other_cpu_percent"), dict)
-        and isinstance(m := run["host_other_cpu_percent"].get("mean"), (int, float))
+        run.host_other_cpu_percent.mean
+        for run in results.runs
+        if run.host_other_cpu_percent is not None and run.host_other_cpu_percent.mean is not None
     ]
     return max(loads) if loads else None
 
@@ -164,9 +163,9 @@ COMPUTE = ("2", "4")
 TRANSFERS = ("1", "3-1", "3-2", "5")
 
 
-def compute_share(baseline: Mapping[str, Any], key: str) -> float:
+def compute_share(baseline: Results, key: str) -> float:
     """The part of metric ``key`` that scales with CPU speed, from the baseline (in [0, 1])."""
-    links = baseline["config"].get("links") or {}
+    links = baseline.config.links
     shaped = any(
         isinstance(spec, dict)
         and (spec.get("rate") or (spec.get("delay") or "0ms") not in ("0ms", "0s", "0"))
@@ -178,7 +177,7 @@ def compute_share(baseline: Mapping[str, Any], key: str) -> float:
         return 0.0
 
     def med(k: str) -> float:
-        values = [float(v) for run in baseline["runs"] for v in run["per_batch_ms"].get(k, [])]
+        values = [v for run in baseline.runs for v in run.per_batch_ms.get(k, ())]
         return stats.median(values) if values else 0.0
 
     total = med(key)
@@ -188,20 +187,16 @@ def compute_share(baseline: Mapping[str, Any], key: str) -> float:
     return min(1.0, max(0.0, compute / total))
 
 
-def run_spread(results: Mapping[str, Any], key: str) -> float | None:
+def run_spread(results: Results, key: str) -> float | None:
     """(max − min) / median of the per-run medians of ``key``; None with fewer than two runs."""
-    medians = [
-        stats.median([float(v) for v in values])
-        for run in results["runs"]
-        if (values := run["per_batch_ms"].get(key))
-    ]
+    medians = [stats.median(values) for run in results.runs if (values := run.per_batch_ms.get(key))]
     if len(medians) < 2:
         return None
     mid = stats.median(medians)
     return (max(medians) - min(medians)) / mid if mid > 0 else None
 
 
-def _spread(baseline: Mapping[str, Any], current: Mapping[str, Any], key: str) -> tuple[float, str] | None:
+def _spread(baseline: Results, current: Results, key: str) -> tuple[float, str] | None:
     """The larger run-to-run spread of ``key`` over the two sides, and which side it is; None when
     neither side holds several runs."""
     spreads = [
@@ -212,23 +207,25 @@ def _spread(baseline: Mapping[str, Any], current: Mapping[str, Any], key: str) -
     return max(spreads) if spreads else None
 
 
-def _samples(results: Mapping[str, Any], key: str, scales: Sequence[float]) -> list[float]:
+def _samples(results: Results, key: str, scales: Sequence[float]) -> list[float]:
     values: list[float] = []
-    for run, scale in zip(results["runs"], scales, strict=True):
-        values.extend(float(v) * scale for v in run["per_batch_ms"].get(key, []))
+    for run, scale in zip(results.runs, scales, strict=True):
+        values.extend(v * scale for v in run.per_batch_ms.get(key, ()))
     return values
 
 
-def check_compatible(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+def check_compatible(baseline: Results | Mapping[str, Any], current: Results | Mapping[str, Any]) -> None:
     """Refuse to compare results of different experiments (``ResultsError``, exit code 2)."""
+    baseline, current = as_results(baseline, "the baseline"), as_results(current, "the current run")
+    base, cur = baseline.config.to_json(), current.config.to_json()
     diffs = [
-        f"{key}: {baseline['config'].get(key)!r} vs {current['config'].get(key)!r}"
+        f"{key}: {base.get(key)!r} vs {cur.get(key)!r}"
         for key in WORKLOAD_KEYS
-        if baseline["config"].get(key) != current["config"].get(key)
+        if base.get(key) != cur.get(key)
     ]
-    # The congestion control the nodes' connections used (recorded since 2026-11-27; a file without it
-    # says nothing either way): with loss on the link, CUBIC against BBR more than doubled procedure 3-2.
-    ccs = [congestion_control(r["config"]) for r in (baseline, current)]
+    # The congestion control the nodes' connections used (None: the file does not say, either way):
+    # with loss on the link, CUBIC against BBR more than doubled procedure 3-2.
+    ccs = [r.config.congestion_control for r in (baseline, current)]
     if None not in ccs and ccs[0] != ccs[1]:
         diffs.append(f"TCP congestion control: {ccs[0]!r} vs {ccs[1]!r}")
     if diffs:
@@ -240,8 +237,8 @@ def check_compatible(baseline: Mapping[str, Any], current: Mapping[str, Any]) ->
 
 
 def compare(
-    baseline: Mapping[str, Any],
-    current: Mapping[str, Any],
+    baseline: Results | Mapping[str, Any],
+    current: Results | Mapping[str, Any],
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     alpha: float = DEFAULT_ALPHA,
@@ -250,9 +247,16 @@ def compare(
     busy_limit: float = DEFAULT_BUSY_LIMIT,
     min_delta_ms: float = DEFAULT_MIN_DELTA_MS,
 ) -> CheckReport:
-    """Apply the module's rule to every metric. Both inputs must be validated results objects."""
+    """Apply the module's rule to every metric. A results document given as decoded JSON is read
+    through the contract (``ResultsError`` if it is not a usable results file)."""
     if tolerance < 0 or not 0 < alpha < 1 or min_delta_ms < 0:
         raise ValueError("tolerance and min_delta_ms must be ≥ 0 and alpha in (0, 1)")
+    baseline, current = as_results(baseline, "the baseline"), as_results(current, "the current run")
+    for results, side in ((baseline, "baseline"), (current, "current run")):
+        if not any(run.per_batch_ms.get("latency") for run in results.runs):
+            raise ResultsError(
+                f"the {side} records no per-batch times (per_batch_ms), which the check compares"
+            )
     check_compatible(baseline, current)
     base_cal = _calibrations(baseline)
     cur_cal = _calibrations(current)

@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
+from contract.names import MODEL_KINDS
 
-from .config import MODEL_KINDS, LinkOptions, RunConfig, check_edge_cpus, config_from_dict
+from .config import LinkOptions, RunConfig, check_edge_cpus, config_from_dict
 from .errors import ConfigError, NodeFailure, ResultsError
 from .parsers import DEFAULT_MEM_EXIT, DEFAULT_SWEEP_MODELS, PROG, parse, with_command
 
@@ -60,7 +61,13 @@ def run_config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfi
             "edge_cpuset": args.edge_cpuset,
             "edge_mem": args.edge_mem,
             "cloud_cpuset": args.cloud_cpuset,
+            "placement": args.placement,
+            "max_other_cpu": args.max_other_cpu,
+            "busy_retries": args.busy_retries,
             "tcp_cc": args.tcp_cc,
+            # (run and record-baseline take schedules; a sweep's points do not)
+            "link_schedule": getattr(args, "link_schedule", None),
+            "cpu_schedule": getattr(args, "cpu_schedule", None),
             "seed": args.seed,
             "isolation": args.isolation,
             "allow_unshaped": args.allow_unshaped,
@@ -68,6 +75,7 @@ def run_config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfi
             "ready_timeout_s": args.ready_timeout,
             "run_timeout_s": args.run_timeout,
             "calibrate": not args.no_calibration,
+            "strict_clocks": args.strict_clocks,
         }
         values.update(overrides)
         return RunConfig(**values)
@@ -247,7 +255,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODEL_KINDS)}")
     try:
         spec = (
-            SweepSpec.paper(spec_base, links)
+            SweepSpec.paper(spec_base, links, args.order_seed)
             if args.grid == "paper"
             else SweepSpec(
                 spec_base,
@@ -255,6 +263,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 getattr(args, "exits", (1, 2, 3, 4, 5, 6, 7, 8)),
                 getattr(args, "thresholds", PAPER_THRESHOLDS),
                 links,
+                args.order_seed,
             )
         )
         spec.points()
@@ -274,23 +283,14 @@ def _dry_run(spec: Any, out_dir: Path) -> int:
 
 
 def _do_sweep(spec: Any, out_dir: Path, *, progress: bool) -> int:
+    """Run ``spec`` as a study (``harness.study``): blocks in a random order, nodes reconfigured."""
     from .results import check_output_dir
-    from .runner import prepare, run_experiment
-    from .sweep import run_sweep
+    from .study import run_study
 
     check_output_dir(out_dir)
     check_edge_cpus(spec.base)
-    outcome = run_sweep(
-        spec,
-        out_dir,
-        lambda cfg: run_experiment(cfg, notify=_notice),
-        preflight=prepare,
-        progress=progress,
-    )
-    print(
-        f"sweep: {outcome.done} point(s) run, {outcome.skipped} already done, {outcome.failed} failed, "
-        f"in {outcome.seconds:.0f} s; results in {out_dir}"
-    )
+    outcome = run_study(spec, out_dir, notify=_notice, progress=progress)
+    print(f"sweep: {outcome.describe()}; results in {out_dir}")
     return outcome.exit_code
 
 
@@ -303,13 +303,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or Path("results/reproduce-quick" if args.quick else "results/reproduce")
     quick = {"samples": args.samples or 320} if args.quick else {}
     base = run_config_from_args(args, model="standard", exit=None, **quick)
-    spec = SweepSpec.paper(base, _sweep_links(args.bw, args))
+    spec = SweepSpec.paper(base, _sweep_links(args.bw, args), args.order_seed)
     if args.dry_run:
         return _dry_run(spec, out_dir)
     report_dir = args.report_dir or out_dir / "report"
     code = _do_sweep(spec, out_dir, progress=not args.no_progress)
     import reports
-    from models import ZOO_DIR
+    from models.checkpoint import ZOO_DIR
 
     # The shipped checkpoints come with their training logs (the paper's Fig. 9/10).
     zoo_logs = sorted((ZOO_DIR / base.dataset).glob("*.train.json")) if base.checkpoint is None else []

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.names import DEFAULT_DATASET, ISOLATIONS
+from contract.rules import check_model_exit, check_threshold
 from netem.spec import CONGESTION_CONTROL_RE, parse_cpuset
 
+from .busy import DEFAULT_BUSY_RETRIES, DEFAULT_MAX_OTHER_CPU
 from .errors import ConfigError
+from .placement import PLACEMENTS
 
-MODEL_KINDS = ("standard", "sem", "mem")
-LOCAL_EXITS = tuple(range(1, 9))  # the paper's network has local exits after blocks 1..8
-ISOLATIONS = ("auto", "netns", "loopback")
-DEFAULT_DATASET = "fashion-mnist"
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 #: In netns mode every node has its own address, so fixed ports never collide with the host's programs.
 NETNS_PORTS = (7001, 7002)  # (cloud, edge)
@@ -77,7 +77,12 @@ class RunConfig:
     edge_cpuset: str | None = None
     edge_mem: str | None = None
     cloud_cpuset: str | None = None  # the CPUs the cloud node runs on (affinity); None: any
+    placement: str = "auto"  # the nodes' CPU sets: harness.placement
+    max_other_cpu: float = DEFAULT_MAX_OTHER_CPU  # other programs' CPU % above which a run is re-run
+    busy_retries: int = DEFAULT_BUSY_RETRIES  # re-runs of a run measured on a busy host
     tcp_cc: str | None = None  # TCP congestion control of the nodes' connections; None: the kernel's
+    link_schedule: str | None = None  # --link-schedule: inline steps or a TOML file (netem.schedule)
+    cpu_schedule: str | None = None  # --cpu-schedule: the edge's CPU quota over time, inline
     seed: int = 0
     isolation: str = "auto"
     allow_unshaped: bool = False
@@ -85,22 +90,19 @@ class RunConfig:
     ready_timeout_s: float = 60.0
     run_timeout_s: float = 3600.0
     calibrate: bool = True
+    strict_clocks: bool = False  # fail a run whose clock corrections exceed nodes.timing's bound
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_KINDS:
-            raise ValueError(f"--model must be one of {', '.join(MODEL_KINDS)}, not {self.model!r}")
-        if self.model == "standard":
-            if self.exit is not None:
-                raise ValueError("the standard model has only the cloud exit: leave --exit out")
-        elif self.exit is None:
-            raise ValueError(f"--model {self.model} needs --exit K with K in 1..{LOCAL_EXITS[-1]}")
-        elif self.exit not in LOCAL_EXITS:
-            raise ValueError(
-                f"exit {self.exit} is out of range: {self.model} models have local exits "
-                f"{LOCAL_EXITS[0]}..{LOCAL_EXITS[-1]}"
-            )
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"--threshold is a normalized entropy in [0, 1], got {self.threshold}")
+        # (where a run's model, exit and threshold enter the harness: its command line, a sweep's grid, a
+        # request read back from a results file)
+        try:
+            check_model_exit(self.model, self.exit)
+        except ValueError as exc:
+            raise ValueError(f"--model/--exit: {exc}") from None
+        try:
+            check_threshold(self.threshold)
+        except ValueError as exc:
+            raise ValueError(f"--threshold: {exc}") from None
         _positive("--batch-size", self.batch_size)
         _positive("--inflight", self.inflight)
         _positive("--repeat", self.repeat)
@@ -121,8 +123,30 @@ class RunConfig:
                 f"--tcp-cc takes a congestion control's name as the kernel lists it (cubic, bbr, reno, ...), "
                 f"not {self.tcp_cc!r}"
             )
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"--placement must be one of {', '.join(PLACEMENTS)}, not {self.placement!r}")
+        if not (isinstance(self.max_other_cpu, (int, float)) and self.max_other_cpu >= 0):
+            raise ValueError(f"--max-other-cpu is a CPU % ≥ 0 (100 = one core), got {self.max_other_cpu!r}")
+        if not isinstance(self.busy_retries, int) or self.busy_retries < 0:
+            raise ValueError(f"--busy-retries must be 0 or more, got {self.busy_retries!r}")
         if self.ready_timeout_s <= 0 or self.run_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        self._check_schedules()
+
+    def _check_schedules(self) -> None:
+        """A schedule's first step is the start: the options that would set the same thing are refused."""
+        for option, value in (("--link-schedule", self.link_schedule), ("--cpu-schedule", self.cpu_schedule)):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"{option} needs steps like '0s:10mbit/5ms,20s:1mbit/40ms' or a file")
+        if self.link_schedule is not None and self.edge_cloud.requested():
+            given = ", ".join(f"--{'bw' if k == 'rate' else k}" for k in self.edge_cloud.requested())
+            raise ValueError(
+                f"--link-schedule sets the edge–cloud link from its first step on: leave out {given}"
+            )
+        if self.cpu_schedule is not None and self.edge_cpus is not None:
+            raise ValueError(
+                "--cpu-schedule sets the edge's CPU quota from its first step on: leave out --edge-cpus"
+            )
 
     @property
     def name(self) -> str:
@@ -134,7 +158,7 @@ class RunConfig:
     def label(self) -> str:
         """A file-name-safe label of this point: ``mem-e5-t0.3-10mbit``."""
         exit_part = f"-e{self.exit}" if self.exit is not None else ""
-        link = self.edge_cloud.label()
+        link = "scheduled" if self.link_schedule is not None else self.edge_cloud.label()
         raw = f"{self.model}{exit_part}-t{self.threshold:g}-{link}"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
 

@@ -8,9 +8,12 @@ from typing import Any
 
 from tabulate import tabulate
 
+from netem.scheduler import LATE_TARGET_S
 from reports import stats
 
-from .results import PROCEDURES, unstable_figures
+from .busy import other_load
+from .placement import format_placement
+from .results import PROCEDURES, clock_warnings, unstable_figures
 
 #: What each latency of the summary is (paper §4.1; the procedures are those of the table below it).
 EDGE_LATENCY_IS = "mean per sample: its batch sent → its prediction back (1→2→3-1)"
@@ -92,7 +95,8 @@ def format_summary(results: Mapping[str, Any]) -> str:
         s = stats.summarize(pooled[p])
         proc_rows.append([p, _num(s["mean"]), _num(s["p50"]), _num(s["p95"]), _num(s["p99"]), s["n"]])
     title = "per-procedure time per batch (ms)" + (", all runs pooled" if many else "")
-    lines += [title, tabulate(proc_rows, headers=["procedure", "mean", "p50", "p95", "p99", "batches"]), ""]
+    lines += [title, tabulate(proc_rows, headers=["procedure", "mean", "p50", "p95", "p99", "batches"])]
+    lines += [*clock_lines(runs), ""]
 
     cpu = [r["edge_cpu_percent"] for r in runs]
     rss = [r["edge_rss_mib"] for r in runs]
@@ -130,7 +134,15 @@ def format_summary(results: Mapping[str, Any]) -> str:
     lines += ["link as applied", tabulate(link_rows, headers=["link", "parameter", "value", "mechanism"])]
     for item in cfg.get("not_applied") or []:
         lines.append(f"NOT applied: {item}")
+    lines += schedule_lines(results)
+    if isinstance(cfg.get("placement"), dict):
+        lines.append(f"CPU placement {format_placement(cfg['placement'])}")
+    lines += busy_lines(results)
 
+    for run in runs:
+        for warning in clock_warnings(run):
+            where = f" (run {run['index']})" if many else ""
+            lines.append(f"warning: clocks{where}: {warning}")
     unstable = unstable_figures(results)
     too_few = [key for key, reason in unstable if reason.startswith("only ")]
     if too_few:
@@ -149,3 +161,87 @@ def _figure_of(parts: list[Mapping[str, Any]], key: str) -> float | None:
     if not values:
         return None
     return stats.median(values)
+
+
+def clock_lines(runs: list[Mapping[str, Any]]) -> list[str]:
+    """How each node's stamps reached the test node's clock (the procedures crossing nodes depend on
+    it): ``shared-clock``, or ``offset-corrected`` with the largest uncertainty and drift over the runs."""
+    parts = []
+    for node in ("edge", "cloud"):
+        clocks = [
+            c for run in runs if isinstance(c := run.get("clock", {}).get(node), dict) and "method" in c
+        ]
+        if not clocks:
+            continue
+        methods = sorted({str(c["method"]) for c in clocks})
+        text = f"{node} {'/'.join(methods)}"
+        corrected = [c for c in clocks if c["method"] != "shared-clock"]
+        if corrected:
+            uncertainty = max(int(c["uncertainty_ns"]) for c in corrected) / 1e6
+            drifts = [
+                abs(float(c["drift_ns_per_s"])) for c in corrected if c.get("drift_ns_per_s") is not None
+            ]
+            text += f" (± {uncertainty:.3f} ms"
+            text += f", drift up to {max(drifts) / 1e3:.3f} µs/s)" if drifts else ")"
+        parts.append(text)
+    return [f"clocks: {', '.join(parts)}"] if parts else []
+
+
+def busy_lines(results: Mapping[str, Any]) -> list[str]:
+    """What the summary says of runs measured while other programs used the CPU (``harness.busy``)."""
+    limit = results["config"].get("max_other_cpu_percent")
+    shown = f" (limit {limit:g}%)" if isinstance(limit, (int, float)) else ""
+    lines = []
+    marked = [run for run in results["runs"] if run.get("busy")]
+    if marked:
+        loads = [load for run in marked if (load := other_load(run)) is not None]
+        if len(loads) > 1:
+            used = f"{min(loads):.0f}–{max(loads):.0f}%"
+        else:
+            used = f"{loads[0]:.0f}%" if loads else "?"
+        which = ", ".join(str(run["index"]) for run in marked)
+        lines.append(
+            f"warning: run(s) {which} measured while other programs used {used} CPU{shown}, also on their "
+            "last re-run: kept, marked busy"
+        )
+    discarded = results.get("discarded_runs") or []
+    if discarded:
+        lines.append(
+            f"{len(discarded)} attempt(s) measured on a busy host were run again (kept in the results "
+            "file as discarded_runs, out of every figure)"
+        )
+    return lines
+
+
+def schedule_lines(results: Mapping[str, Any]) -> list[str]:
+    """The link schedule of the run(s): its steps, the changes applied (over every run) and the latest
+    of them against the target, and how far into the schedule the measured phase began."""
+    sched = results["config"].get("link_schedule")
+    if not isinstance(sched, Mapping):
+        return []
+    runs = results["runs"]
+    changes = [c for run in runs for c in run.get("link_changes") or []]
+    not_reached = sum(int(run.get("link_changes_not_reached") or 0) for run in runs)
+    steps = f"{len(sched.get('link') or [])} link and {len(sched.get('cpu') or [])} CPU step(s)"
+    text = f"link schedule: {steps}, time 0 = the test node's start; {len(changes)} change(s) applied"
+    if len(runs) > 1:
+        text += f" over {len(runs)} runs"
+    lines = []
+    if changes:
+        worst = max(float(c["late_s"]) for c in changes)
+        text += f", the latest {worst * 1e3:.1f} ms after its time (target ≤ {LATE_TARGET_S * 1e3:.0f} ms)"
+        if worst > LATE_TARGET_S:
+            lines.append(
+                f"warning: a change of the link schedule came {worst * 1e3:.0f} ms late, over the "
+                f"{LATE_TARGET_S * 1e3:.0f} ms target: the run's conditions lag its schedule (a busy machine?)"
+            )
+    starts = [
+        run["link_schedule_measured_from_s"]
+        for run in runs
+        if run.get("link_schedule_measured_from_s") is not None
+    ]
+    if starts:
+        text += f"; measured from {min(starts):.1f} s on"
+    if not_reached:
+        lines.append(f"{not_reached} step(s) of the schedule came after the run's end and were not applied")
+    return [text, *lines]

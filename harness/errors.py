@@ -8,7 +8,7 @@ and carries the tail of its log.
 
 from __future__ import annotations
 
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
 
 
 class HarnessError(LocalExitError):
@@ -28,7 +28,7 @@ class PortInUseError(HarnessError):
 
 
 class ResultsError(HarnessError):
-    """A results file (or baseline) is missing, unreadable, or does not follow the ``localexit/1`` schema."""
+    """A results file (or baseline) is missing, unreadable, or does not follow the results schema (``contract.results``)."""
 
 
 class NodeFailure(HarnessError):

@@ -1,68 +1,75 @@
-"""What a sweep would run and about how long it would take (``sweep --dry-run``, ``reproduce --dry-run``).
+"""What a study would run and about how long it would take (``sweep --dry-run``, ``reproduce --dry-run``).
 
-The estimate comes from the sweep's own finished points when its output folder has some (a resumed
-sweep: the mean time of a finished point, times the points left); otherwise from a cost model of one
-run — a fixed start-up plus a time per sample — whose figures the output names as its basis.
+The estimate comes from the study's own finished runs when its output folder has some (a resumed study:
+the mean time of a finished run, times the runs left); otherwise from a cost model of a study -- the
+nodes started once per link and block, then a fixed cost and a time per sample for each run -- whose
+figures the output names as its basis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tabulate import tabulate
 
 from .config import RunConfig
-from .errors import ResultsError
-from .results import load_results
-from .sweep import SweepSpec, is_done, point_path
+from .study import recorded_runs
+from .sweep import SweepSpec, point_path
 
-#: Cost model of one run when no point of the sweep has been measured: bringing up the namespaces and
-#: starting three node processes (two load torch) costs about RUN_START_S, then each sample about
-#: SAMPLE_S on an unshaped link. Fitted to the two timings of `reproduce` on the 2-core reference
-#: machine that the README reports (64 points of 10 000 samples in 478 s, of 320 samples in 289 s). A
-#: rough guide: a shaped link, another machine or a busy one change it, which the output says.
-RUN_START_S = 4.4
-SAMPLE_S = 0.0003
+#: Cost model of a study when none of its runs has been measured, from bench/bench_study.py on the
+#: 2-core reference machine (unshaped link, the shipped models): bringing up a link's testbed and its
+#: three nodes costs about BED_START_S, once per link and block; each run then costs RUN_FIXED_S
+#: (reconfiguring the nodes, warm-up batches, records) plus SAMPLE_S a sample; each block starts with a
+#: calibration of CALIBRATION_S. A rough guide: a shaped link, another machine or a busy one change it,
+#: which the output says.
+BED_START_S = 5.8
+RUN_FIXED_S = 0.09
+SAMPLE_S = 0.00023
+CALIBRATION_S = 0.34
 
 
 @dataclass(frozen=True)
 class SweepPreview:
-    """The points of a sweep, which of them are done, and the estimated time of the rest."""
+    """The points of a study, how many of each one's runs are done, and the estimated time of the rest."""
 
     points: tuple[RunConfig, ...]
-    done: tuple[bool, ...]
-    samples: int  # per run of a point
-    seconds_per_point: float
-    basis: str  # where seconds_per_point comes from, for the user
+    runs_done: tuple[int, ...]  # per point, of ``blocks``
+    blocks: int
+    samples: int  # per run
+    seconds_per_run: float
+    overhead_s: float  # start-ups of the nodes and calibrations the rest needs
+    basis: str  # where seconds_per_run comes from, for the user
+
+    @property
+    def done(self) -> tuple[bool, ...]:
+        return tuple(n >= self.blocks for n in self.runs_done)
 
     @property
     def todo(self) -> int:
+        """Points with a run left."""
         return sum(1 for d in self.done if not d)
 
     @property
+    def runs_todo(self) -> int:
+        return sum(self.blocks - n for n in self.runs_done)
+
+    @property
+    def seconds_per_point(self) -> float:
+        return self.blocks * self.seconds_per_run
+
+    @property
     def seconds(self) -> float:
-        return self.todo * self.seconds_per_point
-
-
-def _measured_point_seconds(paths: Sequence[Path]) -> list[float]:
-    """Total run time of each finished point (the runs' ``duration_s``; start-up between runs aside)."""
-    out = []
-    for path in paths:
-        try:
-            runs = load_results(path)["runs"]
-            out.append(sum(float(r["duration_s"]) for r in runs))
-        except (ResultsError, KeyError, TypeError, ValueError):
-            continue
-    return out
+        return self.runs_todo * self.seconds_per_run + self.overhead_s
 
 
 def preview(spec: SweepSpec, out_dir: Path, dataset_size: int | None = None) -> SweepPreview:
     """The preview of ``spec`` run into ``out_dir``; ``dataset_size`` defaults to the test split's size
     (read from the dataset, which must then be there)."""
     points = tuple(spec.points())
-    done = tuple(is_done(point_path(out_dir, cfg), cfg) for cfg in points)
+    recorded = [recorded_runs(point_path(out_dir, cfg), cfg, spec) for cfg in points]
+    blocks = spec.base.repeat
+    runs_done = tuple(min(len(r.blocks), blocks) for r in recorded)
     base = spec.base
     if base.samples is not None:
         samples = base.samples
@@ -72,21 +79,31 @@ def preview(spec: SweepSpec, out_dir: Path, dataset_size: int | None = None) -> 
 
             dataset_size = len(models.load_dataset(base.dataset, "test", base.data_dir))
         samples = dataset_size
-    measured = _measured_point_seconds(
-        [point_path(out_dir, c) for c, d in zip(points, done, strict=True) if d]
-    )
+    measured = [
+        float(run["duration_s"]) for r in recorded for run in r.runs if _is_number(run.get("duration_s"))
+    ]
+    runs_todo = sum(blocks - n for n in runs_done)
+    blocks_left = len({b for r in recorded for b in range(blocks) if b not in r.blocks})
     if measured:
-        per_point = sum(measured) / len(measured)
-        basis = f"the mean run time of the {len(measured)} point(s) already measured in {out_dir}"
+        per_run = sum(measured) / len(measured)
+        basis = f"the mean time of the {len(measured)} run(s) already measured in {out_dir}"
+        overhead = 0.0
     else:
-        per_point = base.repeat * (RUN_START_S + samples * SAMPLE_S)
+        per_run = RUN_FIXED_S + samples * SAMPLE_S
+        links = len({(cfg.edge_cloud, cfg.test_edge) for cfg in points})
+        calibration = CALIBRATION_S if base.calibrate else 0.0
+        overhead = blocks_left * (links * BED_START_S + calibration) if runs_todo else 0.0
         shaped = any(link.requested() for link in spec.links) or base.test_edge is not None
         basis = (
-            f"~{RUN_START_S:g} s to start each run plus ~{SAMPLE_S * 1000:g} ms a sample, as on the 2-core "
-            "reference machine; none of these points measured yet"
-            + ("; a shaped link adds its transfer time" if shaped else "")
+            f"~{BED_START_S:g} s to start a link's nodes once a block, then ~{RUN_FIXED_S:g} s a run plus "
+            f"~{SAMPLE_S * 1000:g} ms a sample, as on the 2-core reference machine; none of these runs "
+            "measured yet" + ("; a shaped link adds its transfer time" if shaped else "")
         )
-    return SweepPreview(points, done, samples, per_point, basis)
+    return SweepPreview(points, runs_done, blocks, samples, per_run, overhead, basis)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _duration(seconds: float) -> str:
@@ -101,19 +118,22 @@ def _duration(seconds: float) -> str:
 
 def format_preview(p: SweepPreview, out_dir: Path) -> str:
     """The table of points (model, exit, T, link, status, results file) and the estimate."""
+
+    def status(n: int) -> str:
+        return "done" if n >= p.blocks else "to run" if n == 0 else f"{n}/{p.blocks} runs done"
+
     rows = [
         [i, cfg.name, cfg.exit if cfg.exit is not None else "–", f"{cfg.threshold:g}", cfg.edge_cloud.label(),
-         "done" if d else "to run", point_path(out_dir, cfg).name]
-        for i, (cfg, d) in enumerate(zip(p.points, p.done, strict=True), start=1)
+         status(n), point_path(out_dir, cfg).name]
+        for i, (cfg, n) in enumerate(zip(p.points, p.runs_done, strict=True), start=1)
     ]  # fmt: skip
-    repeat = p.points[0].repeat if p.points else 1
     lines = [
-        f"dry run: nothing is run. {len(p.points)} point(s) into {out_dir}, each {repeat} run(s) of "
-        f"{p.samples} samples",
+        f"dry run: nothing is run. {len(p.points)} point(s) into {out_dir}, in {p.blocks} block(s) (each "
+        f"point once a block, in a random order), each run of {p.samples} samples",
         tabulate(rows, headers=["#", "model", "exit", "T", "link", "status", "results file"]),
         "",
         f"{len(p.points) - p.todo} done already, {p.todo} to run: about {_duration(p.seconds)} "
         f"({_duration(p.seconds_per_point)} a point)",
-        f"estimated from {p.basis}",
+        f"{p.runs_todo} run(s) to go, about {p.seconds_per_run:.1f} s each; estimated from {p.basis}",
     ]
     return "\n".join(lines)

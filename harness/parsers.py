@@ -20,12 +20,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .config import DEFAULT_DATASET, ISOLATIONS, LOCAL_EXITS, MODEL_KINDS
+from contract.names import DEFAULT_DATASET, ISOLATIONS, LOCAL_EXITS, MODEL_KINDS
+
+from .busy import DEFAULT_BUSY_RETRIES, DEFAULT_MAX_OTHER_CPU
+from .placement import PLACEMENTS
 
 PROG = "python -m harness"
 #: When --exit is left out: the README's experiment uses MEM at exit 5.
 DEFAULT_MEM_EXIT = 5
 DEFAULT_SWEEP_MODELS = "sem,mem"
+#: Blocks of ``reproduce``: the reports judge a claim from at least 5 blocks, and 5 blocks of the
+#: paper's grid fit in 20 minutes on a 2-core machine (bench/bench_study.py).
+REPRODUCE_BLOCKS = 5
 #: What comes before the command name rather than select ``run``: the top level's own options.
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 #: A value that argparse would take for an option because it starts with "-" and is not a plain
@@ -110,12 +116,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False) -> None:
+def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False, blocks: int = 1) -> None:
     """Options of one experiment (shared by run, record-baseline, sweep and reproduce).
 
     ``grid``: the model, exit and threshold come from the sweep's grid, so ``--model``, ``--exit`` and
     ``--threshold`` are hidden and absent from the parsed namespace unless given, for the command to
-    refuse them rather than ignore them.
+    refuse them rather than ignore them; ``--repeat`` is then the study's number of blocks (default
+    ``blocks``).
     """
     g = parser.add_argument_group("experiment")
     if grid:
@@ -146,9 +153,22 @@ def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False) -> N
         default=None,
         help="test images to measure (default: the whole test set)",
     )
-    g.add_argument(
-        "--repeat", type=int, metavar="N", default=1, help="independent runs with fresh processes (default 1)"
-    )
+    if grid:
+        g.add_argument(
+            "--repeat",
+            type=int,
+            metavar="N",
+            default=blocks,
+            help=f"blocks: each runs every point once, in a random order of its own (default {blocks})",
+        )
+    else:
+        g.add_argument(
+            "--repeat",
+            type=int,
+            metavar="N",
+            default=1,
+            help="independent runs with fresh processes (default 1)",
+        )
     g.add_argument(
         "--warmup-batches",
         type=int,
@@ -228,6 +248,30 @@ def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False) -> N
         help="CPUs the cloud node runs on, e.g. 2-3 (keep it off the edge's; default: any)",
     )
     env.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="auto",
+        help="CPUs of the nodes: disjoint (the test node one CPU, the edge and the cloud half of the rest "
+        "each, a torch thread per CPU), shared (every node any CPU), or auto (disjoint from 3 usable CPUs "
+        "on) (default auto; --edge-cpuset, --cloud-cpuset and OMP_NUM_THREADS still win)",
+    )
+    env.add_argument(
+        "--max-other-cpu",
+        type=float,
+        metavar="PCT",
+        default=DEFAULT_MAX_OTHER_CPU,
+        help="CPU %% other programs may use during a run (100 = one core) before it is run again "
+        f"(default {DEFAULT_MAX_OTHER_CPU:g})",
+    )
+    env.add_argument(
+        "--busy-retries",
+        type=int,
+        metavar="N",
+        default=DEFAULT_BUSY_RETRIES,
+        help="times a run over --max-other-cpu is run again; the last one is kept, marked busy "
+        f"(default {DEFAULT_BUSY_RETRIES})",
+    )
+    env.add_argument(
         "--tcp-cc",
         default=None,
         metavar="NAME",
@@ -238,7 +282,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False) -> N
         "--isolation",
         choices=ISOLATIONS,
         default="auto",
-        help="netns (root), loopback, or auto (netns when root) (default auto)",
+        help="netns (root), loopback, docker (root: each node in a container of the image that "
+        "deploy/setup-docker.sh builds), or auto (netns when root) (default auto)",
     )
     env.add_argument(
         "--allow-unshaped",
@@ -263,14 +308,42 @@ def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False) -> N
         "--run-timeout", type=float, metavar="S", default=3600.0, help="seconds a run may take (default 3600)"
     )
     env.add_argument("--no-calibration", action="store_true", help="skip the CPU calibration workload")
+    env.add_argument(
+        "--strict-clocks",
+        action="store_true",
+        help="fail a run (exit code 1, like a failed node) when a node's clock offset is not known to "
+        "within 10%% of a procedure it corrects; without it the summary warns (nodes on the test "
+        "node's clock, as on one host, always pass)",
+    )
 
 
 def _verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the harness does")
 
 
+def add_schedule_options(parser: argparse.ArgumentParser) -> None:
+    """Changes of the edge–cloud link and the edge's CPU quota during a run (``netem.schedule``)."""
+    g = parser.add_argument_group("changes during the run (time 0: the test node's start; root)")
+    g.add_argument(
+        "--link-schedule",
+        default=None,
+        metavar="SPEC_OR_FILE",
+        help="the edge–cloud link over time, inline as TIME:RATE[/DELAY[~JITTER][/LOSS]] steps, e.g. "
+        "0s:10mbit/5ms,20s:1mbit/40ms~5ms/1%%,40s:10mbit/5ms, or a TOML file of [[link]] steps or a "
+        "Mahimahi [trace] (docs/netem.md); its first step replaces --bw, --delay, --jitter and --loss",
+    )
+    g.add_argument(
+        "--cpu-schedule",
+        default=None,
+        metavar="SPEC",
+        help="the edge's CPU quota over time in cores, e.g. 0s:2,30s:0.5; its first step replaces "
+        "--edge-cpus",
+    )
+
+
 def configure_run(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
+    add_schedule_options(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -283,6 +356,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 def configure_record_baseline(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
+    add_schedule_options(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -349,9 +423,17 @@ def configure_check(parser: argparse.ArgumentParser) -> None:
     _verbose(parser)
 
 
-def _grid_options(parser: argparse.ArgumentParser, out_dir_help: str) -> None:
-    add_run_options(parser, grid=True)
+def _grid_options(parser: argparse.ArgumentParser, out_dir_help: str, *, blocks: int = 1) -> None:
+    add_run_options(parser, grid=True, blocks=blocks)
     parser.add_argument("--out-dir", type=Path, default=None, help=out_dir_help)
+    parser.add_argument(
+        "--order-seed",
+        type=int,
+        metavar="N",
+        default=0,
+        help="seed of the blocks' random order, recorded with the results (default 0; --seed is the "
+        "samples' order)",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -388,7 +470,9 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
 
 def configure_reproduce(parser: argparse.ArgumentParser) -> None:
     _grid_options(
-        parser, "where the results go (default results/reproduce, or results/reproduce-quick with --quick)"
+        parser,
+        "where the results go (default results/reproduce, or results/reproduce-quick with --quick)",
+        blocks=REPRODUCE_BLOCKS,
     )
     parser.add_argument(
         "--quick", action="store_true", help="320 samples per point instead of the whole test set"
@@ -421,14 +505,16 @@ COMMANDS: tuple[tuple[str, str, str, Callable[[argparse.ArgumentParser], None] |
     (
         "sweep",
         "run models × exits × thresholds × links, one results file per point",
-        "Run models × exits × thresholds × links, one results file per point; re-running resumes.",
+        "Run models × exits × thresholds × links, one results file per point: --repeat N blocks, each "
+        "every point once in a random order, on nodes reconfigured between runs; re-running resumes.",
         configure_sweep,
     ),
     (
         "reproduce",
         "run the paper's grid and build the report",
-        "Run the paper's grid (SEM-1…8 and MEM at exits 1…8, T in {0.1, 0.3, 0.5, 0.8}) and build the "
-        f"report. Other grids: {PROG} sweep.",
+        "Run the paper's grid (SEM-1…8 and MEM at exits 1…8, T in {0.1, 0.3, 0.5, 0.8}) in "
+        f"{REPRODUCE_BLOCKS} blocks (--repeat), each in a random order, and build the report. Other grids: "
+        f"{PROG} sweep.",
         configure_reproduce,
     ),
     (

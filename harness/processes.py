@@ -10,6 +10,7 @@ died first (``ExitWatcher``), not the first one it happened to look at.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -360,10 +361,16 @@ class ResourceSampler:
     thread shares the CPUs with the nodes it measures: at every sample it held up the computing node's
     OpenMP worker for milliseconds (``perf sched``: 1.7-2.4 ms runs of the sampler's thread on that CPU,
     2026-11-27). Reading the known processes' counters costs a tenth of that.
+
+    ``others``: PIDs of the run's processes outside this process's tree (nodes in containers, children
+    of the container runtime), counted with it, not as other programs.
     """
 
-    def __init__(self, pid: int, interval_s: float = 0.1, tree_refresh_s: float = 1.0) -> None:
+    def __init__(
+        self, pid: int, interval_s: float = 0.1, tree_refresh_s: float = 1.0, others: Sequence[int] = ()
+    ) -> None:
         self.pid = pid
+        self.others = tuple(others)
         self.interval_s = interval_s
         self.tree_refresh_s = tree_refresh_s
         self.times_ns: list[int] = []  # CLOCK_MONOTONIC, shared with the nodes on this host
@@ -412,10 +419,18 @@ class ResourceSampler:
                 continue
         return out
 
+    def _own(self) -> list[psutil.Process]:
+        """This process's tree and those of ``others`` that still run."""
+        procs = self._tree(os.getpid())
+        for pid in self.others:
+            with contextlib.suppress(psutil.Error):
+                procs += self._tree(pid)
+        return procs
+
     def _run(self) -> None:
         try:
             edge = self._tree(self.pid)
-            own = self._tree(os.getpid())
+            own = self._own()
             psutil.cpu_percent(None)
         except psutil.Error:
             return
@@ -424,7 +439,7 @@ class ResourceSampler:
             if time.monotonic() - refreshed >= self.tree_refresh_s:
                 try:
                     edge = self._tree(self.pid)
-                    own = self._tree(os.getpid())
+                    own = self._own()
                 except psutil.Error:
                     return  # the edge is gone; the runner reports that
                 refreshed = time.monotonic()

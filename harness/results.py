@@ -1,46 +1,33 @@
-"""The results file (schema ``localexit/1``): built from the nodes' records, validated, written atomically.
+"""The results file, built from the nodes' records, validated and written atomically.
 
-Data flows one way: the test node's records file (``localexit-records/1``) → one ``run`` object per
-repeat → the results file with the configuration, the environment and the aggregate across runs. The
-statistics themselves (means, nearest-rank percentiles, median/MAD, stability) come from
-``reports.stats``; this module only decides which numbers go where.
+Data flows one way: the test node's records file (``contract.records``) → one ``run`` per repeat → the
+results file with the configuration, the environment and the aggregate across runs. The contract
+(``contract.results``) defines the file -- its types, versions and the one validator; this module
+builds its documents from measurements. The statistics (means, nearest-rank percentiles, median/MAD,
+stability) come from ``reports.stats``; this module only decides which numbers go where.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from models import atomic
+from contract.atomic import write_json_atomic
+from contract.errors import SchemaError
+from contract.jsonfile import read_json
+from contract.names import CLOUD_PATH, EDGE_PATH, PROCEDURES, RESULTS_SCHEMA
+from contract.records import Records
+from contract.results import SUMMARY_FIELDS, Distribution, Resource, Results, Run, Summary
 from reports import stats
 
 from .errors import ConfigError, ResultsError
+from .samples import externalize
 
-SCHEMA = "localexit/1"
-RECORDS_SCHEMA = "localexit-records/1"
-PROCEDURES = ("1", "2", "3-1", "3-2", "4", "5")
-#: A locally exited sample goes 1 → 2 → 3-1; a cloud-exited one 1 → 2 → 3-2 → 4 → 5 (paper Fig. 4).
-EDGE_PATH = ("1", "2", "3-1")
-CLOUD_PATH = ("1", "2", "3-2", "4", "5")
-SUMMARY_KEYS = (
-    "samples",
-    "local_exits",
-    "cloud_exits",
-    "edge_accuracy",
-    "cloud_accuracy",
-    "overall_accuracy",
-    "edge_latency_ms",
-    "cloud_latency_ms",
-    "overall_latency_ms",
-)
-CONFIG_KEYS = ("model", "exit", "threshold", "batch_size", "dataset", "samples", "links", "link_backend")
-RUN_KEYS = ("index", "summary", "procedures_ms", "edge_cpu_percent", "edge_rss_mib", "per_batch_ms")
 #: Free space an output location needs before a run starts. A results file keeps every batch's timings:
 #: a few hundred KiB per repeat for the whole Fashion-MNIST test set, so a few MiB leave room for it and
 #: its temporary copy (the atomic write), and refuse a disk that is full.
@@ -48,117 +35,150 @@ MIN_FREE_BYTES = 8 * 2**20
 #: Trees of the kernel's own files: writing a results file there fails (or does something else entirely).
 SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 
-
-def _records_error(why: str) -> ResultsError:
-    return ResultsError(f"the test node's records file is unusable: {why}")
+T = TypeVar("T")
 
 
-def summarize_records(records: Mapping[str, Any]) -> dict[str, Any]:
-    """The paper's §4.1 figures of one run from a ``localexit-records/1`` object.
+def read_records(records: Records | Mapping[str, Any]) -> Records:
+    """The test node's records, validated by the contract when given as a decoded JSON document;
+    ``ResultsError`` saying what is wrong with them otherwise."""
+    if isinstance(records, Records):
+        return records
+    return _read(Records.from_json, records, "the test node's records file is unusable")
 
-    Returns ``{"summary", "procedures_ms", "per_batch_ms"}``. ``per_batch_ms`` keeps the raw per-batch
-    values the regression check compares: ``latency`` (the batch's end-to-end time), ``edge`` and
-    ``cloud`` (the sums of the procedures on each path, for batches that had such samples) and one list
-    per procedure.
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What one run's records say, before the harness adds what it measured itself.
+
+    ``per_batch_ms`` keeps the raw per-batch values the regression check compares: ``latency`` (the
+    batch's end-to-end time), ``edge`` and ``cloud`` (the sums of the procedures on each path, for
+    batches that had such samples) and one list per procedure. ``per_batch_ids`` has the same keys and
+    lengths and holds the batch index (the records' ``index``) of each of those values: lists of
+    procedures that only some batches have (3-1 without a local exit, 3-2/4/5 without a cloud exit) are
+    shorter, and only the ids line them up.
     """
-    if records.get("schema") != RECORDS_SCHEMA:
-        raise _records_error(f"schema is {records.get('schema')!r}, expected {RECORDS_SCHEMA!r}")
-    try:
-        samples = records["samples"]
-        labels = list(samples["label"])
-        preds = list(samples["pred"])
-        exits = list(samples["exit"])
-        latency = [float(v) for v in samples["latency_ms"]]
-        batches = list(records["batches"])
-        overall = records["overall"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _records_error(f"missing or malformed field {exc}") from exc
-    n = len(labels)
-    if not n or not (len(preds) == len(exits) == len(latency) == n):
-        raise _records_error(f"sample columns are empty or of different lengths ({n} labels)")
-    if any(e not in ("edge", "cloud") for e in exits):
-        raise _records_error("sample exits must be 'edge' or 'cloud'")
 
-    edge_idx = [i for i in range(n) if exits[i] == "edge"]
-    cloud_idx = [i for i in range(n) if exits[i] == "cloud"]
+    summary: Summary
+    procedures_ms: dict[str, Distribution | None]
+    per_batch_ms: dict[str, tuple[float, ...]]
+    per_batch_ids: dict[str, tuple[int, ...]]
+
+
+def _distribution(values: Sequence[float]) -> Distribution:
+    s = stats.summarize(values)
+    return Distribution(
+        mean=float(s["mean"]), p50=float(s["p50"]), p95=float(s["p95"]), p99=float(s["p99"]), n=int(s["n"])
+    )
+
+
+def summarize_records(records: Records | Mapping[str, Any]) -> RunFigures:
+    """The paper's §4.1 figures of one run from the test node's records."""
+    rec = read_records(records)
+    s = rec.samples
+    n = len(s)
+    edge_idx = [i for i in range(n) if s.exit[i] == "edge"]
+    cloud_idx = [i for i in range(n) if s.exit[i] == "cloud"]
 
     def accuracy(idx: Sequence[int]) -> float | None:
-        return sum(1 for i in idx if preds[i] == labels[i]) / len(idx) if idx else None
+        return sum(1 for i in idx if s.pred[i] == s.label[i]) / len(idx) if idx else None
 
     def mean_latency(idx: Sequence[int]) -> float | None:
-        return stats.mean([latency[i] for i in idx]) if idx else None
+        return stats.mean([s.latency_ms[i] for i in idx]) if idx else None
 
-    try:
-        overall_latency = float(overall["overall_latency_ms"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _records_error("overall.overall_latency_ms is missing") from exc
-    if not math.isfinite(overall_latency) or overall_latency < 0:
-        raise _records_error(f"overall latency {overall_latency} is not a duration")
-
-    summary: dict[str, Any] = {
-        "samples": n,
-        "local_exits": len(edge_idx),
-        "cloud_exits": len(cloud_idx),
-        "edge_accuracy": accuracy(edge_idx),
-        "cloud_accuracy": accuracy(cloud_idx),
-        "overall_accuracy": accuracy(range(n)),
-        "edge_latency_ms": mean_latency(edge_idx),
-        "cloud_latency_ms": mean_latency(cloud_idx),
-        "overall_latency_ms": overall_latency,
-    }
+    overall_accuracy = accuracy(range(n))
+    assert overall_accuracy is not None  # (the contract's records hold at least one sample)
+    summary = Summary(
+        samples=n,
+        local_exits=len(edge_idx),
+        cloud_exits=len(cloud_idx),
+        edge_accuracy=accuracy(edge_idx),
+        cloud_accuracy=accuracy(cloud_idx),
+        overall_accuracy=overall_accuracy,
+        edge_latency_ms=mean_latency(edge_idx),
+        cloud_latency_ms=mean_latency(cloud_idx),
+        overall_latency_ms=rec.overall.overall_latency_ms,
+    )
 
     per_batch: dict[str, list[float]] = {"latency": [], "edge": [], "cloud": []}
     per_batch.update({p: [] for p in PROCEDURES})
-    for batch in batches:
-        try:
-            procs = {str(k): float(v) for k, v in batch["procedures_ms"].items()}
-            per_batch["latency"].append(float(batch["latency_ms"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise _records_error(f"batch {batch!r:.80} is malformed") from exc
-        for p in PROCEDURES:
-            if p in procs:
-                per_batch[p].append(procs[p])
+    batch_ids: dict[str, list[int]] = {key: [] for key in per_batch}
+    for batch in rec.batches:
+        procs = batch.procedures_ms
+        found = {"latency": batch.latency_ms, **procs}
         if all(p in procs for p in EDGE_PATH):
-            per_batch["edge"].append(sum(procs[p] for p in EDGE_PATH))
+            found["edge"] = sum(procs[p] for p in EDGE_PATH)
         if all(p in procs for p in CLOUD_PATH):
-            per_batch["cloud"].append(sum(procs[p] for p in CLOUD_PATH))
-    if not per_batch["latency"]:
-        raise _records_error("it holds no measured batch")
-    procedures = {p: (stats.summarize(per_batch[p]) if per_batch[p] else None) for p in PROCEDURES}
-    return {"summary": summary, "procedures_ms": procedures, "per_batch_ms": per_batch}
+            found["cloud"] = sum(procs[p] for p in CLOUD_PATH)
+        for key, value in found.items():
+            per_batch[key].append(value)
+            batch_ids[key].append(batch.index)
+    procedures = {p: _distribution(per_batch[p]) if per_batch[p] else None for p in PROCEDURES}
+    return RunFigures(
+        summary,
+        procedures,
+        {k: tuple(v) for k, v in per_batch.items()},
+        {k: tuple(v) for k, v in batch_ids.items()},
+    )
+
+
+def _resource(values: Sequence[float]) -> Resource:
+    if not values:
+        return Resource(mean=None, max=None, n=0)
+    return Resource(mean=stats.mean(values), max=float(max(values)), n=len(values))
 
 
 def resource_summary(values: Sequence[float]) -> dict[str, float | int | None]:
     """``{"mean", "max", "n"}`` of the edge's sampled CPU % or RSS (None when nothing was sampled)."""
-    if not values:
-        return {"mean": None, "max": None, "n": 0}
-    return {"mean": stats.mean(values), "max": float(max(values)), "n": len(values)}
+    return _resource(values).to_json()
 
 
 def build_run(
     index: int,
-    records: Mapping[str, Any],
+    records: Records | Mapping[str, Any],
     *,
     cpu_percent: Sequence[float],
     rss_mib: Sequence[float],
     duration_s: float,
     calibration_ms: float | None,
+    block: int | None = None,
+    position: int | None = None,
 ) -> dict[str, Any]:
-    """One ``runs[]`` entry of the results file."""
-    run: dict[str, Any] = {"index": index, "duration_s": round(duration_s, 3)}
-    run.update(summarize_records(records))
-    run["edge_cpu_percent"] = resource_summary(cpu_percent)
-    run["edge_rss_mib"] = resource_summary(rss_mib)
-    run["calibration_ms"] = calibration_ms
-    run["warmup_batches"] = int(records.get("warmup", {}).get("batches", 0))
-    run["clock"] = records.get("clock", {})
-    run["nodes"] = records.get("nodes", {})
-    return run
+    """One ``runs[]`` entry of the results file, as the contract writes a run (``contract.results.Run``).
+    A study's run also carries its ``block`` (the reports pair points' runs by it) and its ``position``
+    in that block's random order."""
+    rec = read_records(records)
+    figures = summarize_records(rec)
+    run = Run(
+        index=index,
+        summary=figures.summary,
+        procedures_ms=figures.procedures_ms,
+        edge_cpu_percent=_resource(cpu_percent),
+        edge_rss_mib=_resource(rss_mib),
+        per_batch_ms=figures.per_batch_ms,
+        per_batch_ids=figures.per_batch_ids,
+        duration_s=round(duration_s, 3),
+        calibration_ms=calibration_ms,
+        warmup_batches=rec.warmup_batches,
+        clock=rec.clock,
+        nodes=rec.nodes,
+        block=block,
+        position=position,
+        extra={"clock_check": rec.extra.get("clock_check")},
+    )
+    return run.to_json()
+
+
+def clock_warnings(run: Mapping[str, Any]) -> list[str]:
+    """What the test node's clock check found wrong in one run (``nodes.timing.check_clocks``): a
+    procedure whose clock correction is uncertain, or drifted, by more than the bound. Empty when the
+    clocks are trusted, and for records written before the check existed."""
+    check = run.get("clock_check") or {}
+    return [str(w) for w in check.get("warnings", [])]
 
 
 def _figures(run: Mapping[str, Any]) -> dict[str, float | None]:
     """The numbers of one run that the aggregate summarises across runs."""
-    figures: dict[str, float | None] = {k: run["summary"].get(k) for k in SUMMARY_KEYS}
+    figures: dict[str, float | None] = {k: run["summary"].get(k) for k in SUMMARY_FIELDS}
     figures["edge_cpu_percent_mean"] = run["edge_cpu_percent"].get("mean")
     figures["edge_rss_mib_max"] = run["edge_rss_mib"].get("max")
     for p in PROCEDURES:
@@ -201,84 +221,65 @@ def unstable_figures(results: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def build_results(
-    config: Mapping[str, Any], environment: Mapping[str, Any], runs: Sequence[Any]
+    config: Mapping[str, Any],
+    environment: Mapping[str, Any],
+    runs: Sequence[Any],
+    discarded: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """The complete results object; raises ``ResultsError`` if it would not validate."""
-    results = {
-        "schema": SCHEMA,
-        "config": dict(config),
+    """The complete results document (``contract.results.Results`` in the current version); raises
+    ``ResultsError`` if it would not validate. ``discarded``: attempts measured on a busy host and run
+    again (``harness.busy``), kept apart from ``runs``, which alone the aggregate and every reader of
+    figures use."""
+    document = {
+        "schema": RESULTS_SCHEMA,
+        # (unless the caller says otherwise: the cloud ran on any CPU, the testbed did not report the
+        # congestion control)
+        "config": {"cloud_cpuset": None, "tcp_congestion_control": None, **config},
         "environment": dict(environment),
         "runs": list(runs),
+        "discarded_runs": list(discarded),
         "aggregate": aggregate_runs(runs),
     }
-    validate_results(results)
-    return results
+    return as_results(document).to_json()
 
 
-def validate_results(data: Any, source: str = "results") -> None:
-    """Raise ``ResultsError`` saying what is wrong unless ``data`` follows ``localexit/1``."""
+def as_results(data: object, source: str = "results") -> Results:
+    """``data`` as the contract's type: a decoded document is read through the contract (its one
+    validator; any version it reads), ``ResultsError`` naming ``source`` if it is not a usable one."""
+    if isinstance(data, Results):
+        return data
+    return _read(Results.from_json, data, f"{source} is not a usable results file")
 
-    def bad(why: str) -> ResultsError:
-        return ResultsError(f"{source} is not a usable {SCHEMA} results file: {why}")
 
-    if not isinstance(data, dict):
-        raise bad("the top level is not a JSON object")
-    if data.get("schema") != SCHEMA:
-        raise bad(f"schema is {data.get('schema')!r}")
-    for key in ("config", "environment", "aggregate"):
-        if not isinstance(data.get(key), dict):
-            raise bad(f"{key!r} is missing or not an object")
-    missing = [k for k in CONFIG_KEYS if k not in data["config"]]
-    if missing:
-        raise bad(f"config lacks {', '.join(missing)}")
-    runs = data.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise bad("'runs' is missing or empty")
-    for i, run in enumerate(runs):
-        if not isinstance(run, dict):
-            raise bad(f"runs[{i}] is not an object")
-        lacking = [k for k in RUN_KEYS if k not in run]
-        if lacking:
-            raise bad(f"runs[{i}] lacks {', '.join(lacking)}")
-        summary = run["summary"]
-        if not isinstance(summary, dict) or any(k not in summary for k in SUMMARY_KEYS):
-            raise bad(f"runs[{i}].summary lacks some of {', '.join(SUMMARY_KEYS)}")
-        per_batch = run["per_batch_ms"]
-        if not isinstance(per_batch, dict) or not isinstance(per_batch.get("latency"), list):
-            raise bad(f"runs[{i}].per_batch_ms.latency is missing")
-        for key, values in per_batch.items():
-            if not isinstance(values, list) or not all(
-                isinstance(v, (int, float)) and math.isfinite(v) for v in values
-            ):
-                raise bad(f"runs[{i}].per_batch_ms.{key} is not a list of finite numbers")
+def _read(parse: Callable[[object], T], data: object, failure: str) -> T:
+    try:
+        return parse(data)
+    except SchemaError as exc:
+        raise ResultsError(f"{failure}: {exc}") from exc
+
+
+def validate_results(data: object, source: str = "results") -> None:
+    """Raise ``ResultsError`` saying what is wrong unless ``data`` is a results document the contract
+    reads (``contract.results``)."""
+    as_results(data, source)
 
 
 def load_results(path: Path) -> dict[str, Any]:
-    """Read and validate a results file; every failure is a ``ResultsError`` naming the file."""
+    """Read and validate a results file, as a document of the current version (an older file upgraded,
+    see ``contract.results``); every failure is a ``ResultsError`` naming the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ResultsError(f"results file {path} does not exist") from exc
-    except OSError as exc:
-        raise ResultsError(f"cannot read results file {path}: {exc.strerror}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from exc
-    validate_results(data, source=str(path))
-    return data
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as strict JSON (no NaN) to ``path`` atomically (see ``models.atomic``)."""
-    atomic.write_json_atomic(path, data, allow_nan=False)
+        data = read_json(path)
+    except SchemaError as exc:
+        raise ResultsError(f"results file {exc}") from exc
+    return as_results(data, str(path)).to_json()
 
 
 def write_results(path: Path, results: Mapping[str, Any]) -> None:
-    """Validate, then write atomically."""
-    validate_results(results)
+    """Validate, then write atomically: the runs' per-sample records first, beside it
+    (``harness.samples``), then the results file, which names them."""
+    document = as_results(results).to_json()
     try:
-        write_json_atomic(path, results)
+        write_json_atomic(path, externalize(path, document))
     except OSError as exc:
         raise ResultsError(f"cannot write results file {path}: {exc.strerror or exc}") from exc
 
@@ -339,21 +340,21 @@ def write_results_fallback(failed: Path, results: Mapping[str, Any]) -> Path | N
     last under a fresh unique name in the temporary directory. A run's results are never lost to a
     typo in ``--out`` or a disk that filled up during the run.
     """
-    validate_results(results)
+    document = as_results(results).to_json()
     name = failed.name if failed.suffix == ".json" else "results.json"
     for folder in (Path.cwd(), Path(tempfile.gettempdir())):
         candidate = folder / name
         if candidate.exists() or candidate.resolve() == Path(os.path.abspath(failed)).resolve():
             continue
         try:
-            write_json_atomic(candidate, results)
+            write_json_atomic(candidate, externalize(candidate, document))
         except OSError:
             continue
         return candidate
     try:
         fd, unique = tempfile.mkstemp(prefix="localexit-results-", suffix=".json")
         os.close(fd)
-        write_json_atomic(Path(unique), results)
+        write_json_atomic(Path(unique), externalize(Path(unique), document))
     except OSError:
         return None
     return Path(unique)

@@ -27,17 +27,22 @@ from typing import Any, Protocol
 
 import models
 import netem
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
 from netem._proc import signals_deferred
 from netem.cleanup import make_log_dir
+from nodes.cli import NODE_ENV_DEFAULTS, env_defaults
 
+from . import busy
 from . import results as results_mod
 from ._pins import PIN_VARIABLES, USER_PINS
 from .calibration import calibrate
 from .config import NETNS_PORTS, LinkOptions, RunConfig, config_to_dict
 from .environment import collect_environment
 from .errors import ConfigError, NodeFailure, PortInUseError, UnshapedError
+from .link_schedule import parse_schedule, scheduled, starting_point
+from .placement import CGROUP, NodePlacement, Placement, place
 from .processes import NodeProcess, ResourceSampler, wait_for_test
+from .samples import RECORDS_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +61,10 @@ class Plan:
     edge_cloud: netem.LinkSpec
     test_edge: netem.LinkSpec | None
     edge_limits: netem.EdgeLimits | None
-    cloud_cpus: frozenset[int] | None = None  # --cloud-cpuset, checked against the CPUs we may use
+    #: The cloud's CPUs: --cloud-cpuset (checked against the CPUs we may use) or the placement's.
+    cloud_cpus: frozenset[int] | None = None
+    placement: Placement | None = None  # None: every node may use every CPU (as --placement shared)
+    schedule: netem.LinkSchedule | None = None  # --link-schedule/--cpu-schedule, applied during each run
 
     @property
     def node_exit(self) -> int:
@@ -80,6 +88,16 @@ class TestbedLike(Protocol):
 
 
 TestbedFactory = Callable[..., TestbedLike]
+
+#: Isolations in which every node has addresses of its own, so fixed ports never meet the host's programs.
+OWN_ADDRESSES = ("netns", "docker")
+
+
+def node_pid(tb: TestbedLike, node: NodeProcess) -> int:
+    """The node's PID on this host, to sample and to check: its ``Popen``'s, or, for a testbed that
+    starts nodes through a client (a container's), the one its ``node_pid`` gives."""
+    pid_of = getattr(tb, "node_pid", None)
+    return node.pid if pid_of is None else int(pid_of(node.popen))
 
 
 @dataclass(frozen=True)
@@ -164,7 +182,7 @@ def parse_cloud_cpus(cfg: RunConfig) -> frozenset[int] | None:
         cpus = frozenset(netem.parse_cpuset(cfg.cloud_cpuset))
     except (ValueError, LocalExitError) as exc:
         raise ConfigError(f"bad --cloud-cpuset: {exc}") from exc
-    usable = os.sched_getaffinity(0)
+    usable = usable_cpus()
     if not cpus <= usable:
         raise ConfigError(
             f"--cloud-cpuset {cfg.cloud_cpuset} asks for CPUs this machine does not give us "
@@ -173,16 +191,53 @@ def parse_cloud_cpus(cfg: RunConfig) -> frozenset[int] | None:
     return cpus
 
 
+def usable_cpus() -> frozenset[int]:
+    """The CPUs this process may run on (its affinity, which a container or ``taskset`` narrows)."""
+    return frozenset(os.sched_getaffinity(0))
+
+
+def _place(
+    requested: str,
+    limits: netem.EdgeLimits | None,
+    cloud_cpus: frozenset[int] | None,
+    usable: frozenset[int],
+) -> Placement:
+    return place(
+        usable,
+        requested=requested,
+        edge_cpuset=netem.parse_cpuset(limits.cpuset) if limits and limits.cpuset else None,
+        edge_quota=limits.cpus if limits else None,
+        edge_limit_threads=limits.threads() if limits else None,
+        cloud_cpuset=cloud_cpus,
+        environ={**os.environ, **USER_PINS},
+    )
+
+
+def plan_placement(
+    cfg: RunConfig, limits: netem.EdgeLimits | None, cloud_cpus: frozenset[int] | None
+) -> Placement:
+    """The nodes' CPU sets and threads (``harness.placement``) for ``cfg`` on the CPUs we may use."""
+    try:
+        return _place(cfg.placement, limits, cloud_cpus, usable_cpus())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def prepare(cfg: RunConfig) -> Plan:
     """Resolve and check the checkpoint, the dataset, the exit and the link before anything runs."""
     edge_cloud = parse_link(cfg.edge_cloud, "edge–cloud")
     test_edge = parse_link(cfg.test_edge, "test–edge") if cfg.test_edge is not None else None
     limits = parse_limits(cfg)
+    schedule = parse_schedule(cfg)
+    edge_cloud, limits = starting_point(schedule, edge_cloud, limits)
     cloud_cpus = parse_cloud_cpus(cfg)
+    placement = plan_placement(cfg, limits, cloud_cpus)
+    from models.checkpoint import check_matches, default_checkpoint, load_checkpoint  # (imports torch)
+
     dataset = models.load_dataset(cfg.dataset, "test", cfg.data_dir)
-    checkpoint = cfg.checkpoint or models.default_checkpoint(cfg.model, cfg.exit, cfg.dataset)
-    _model, meta = models.load_checkpoint(checkpoint)
-    models.check_matches(meta, cfg.model, cfg.exit, cfg.dataset)
+    checkpoint = cfg.checkpoint or default_checkpoint(cfg.model, cfg.exit, cfg.dataset)
+    _model, meta = load_checkpoint(checkpoint)
+    check_matches(meta, cfg.model, cfg.exit, cfg.dataset)
     size = len(dataset)
     if cfg.samples is not None and cfg.samples > size:
         raise ConfigError(f"--samples {cfg.samples} is more than the {size} test images of {cfg.dataset}")
@@ -196,7 +251,9 @@ def prepare(cfg: RunConfig) -> Plan:
         edge_cloud=edge_cloud,
         test_edge=test_edge,
         edge_limits=limits,
-        cloud_cpus=cloud_cpus,
+        cloud_cpus=placement.cloud.affinity,
+        placement=placement,
+        schedule=schedule,
     )
 
 
@@ -258,7 +315,7 @@ def _free_port(host: str) -> int:
 
 def choose_ports(cfg: RunConfig, tb: TestbedLike) -> tuple[int, int]:
     """(cloud, edge) listening ports: fixed in namespaces (own addresses), checked or free on loopback."""
-    if tb.isolation == "netns":
+    if tb.isolation in OWN_ADDRESSES:
         return cfg.ports or NETNS_PORTS
     if cfg.ports is not None:
         _check_port_free(tb.bind_address("cloud"), cfg.ports[0])
@@ -283,59 +340,37 @@ class RunContext:
     commands: NodeCommands = field(default_factory=NodeCommands)
 
 
-#: Settings of the node processes (each applied unless the user's environment has it), measured with
-#: bench/bench_harness.py on a 2-core VM (2026-11-27):
-#:
-#: - ``GLIBC_TUNABLES``: glibc returns freed memory above its trim threshold to the kernel and serves
-#:   large blocks by mmap; every batch's activations (MiBs) then came back as fresh pages, so a third of
-#:   the edge's time went to page faults and zeroing (perf: exc_page_fault, clear_page) and it computed a
-#:   batch in 8.9 ms instead of 5.8 ms single-threaded. A fixed 32 MiB mmap threshold and a 256 MiB trim
-#:   threshold keep that memory in the process. (Other C libraries ignore the variable.)
-#: - ``GOMP_SPINCOUNT``: an idle OpenMP worker spins this many rounds before it sleeps. libgomp's default
-#:   (300 000, or forever with OMP_WAIT_POLICY=ACTIVE) kept the idle nodes' threads spinning on the two
-#:   cores the computing node needed (a run was 3-16x slower); OMP_WAIT_POLICY=PASSIVE, which sleeps at
-#:   once, made every parallel region wake its threads again, and two threads computed slower than one.
-#:   30 000 rounds (tens of microseconds) keep the threads awake through one batch's back-to-back
-#:   layers and let them sleep between batches: overall latency 0.18 ms/sample unshaped, against 0.43
-#:   with PASSIVE and 0.25 at 3 000 or 100 000 rounds.
-#: - ``OMP_PROC_BIND``: each OpenMP thread of a node stays on a CPU of its own (thread i on the i-th CPU
-#:   the process may use). Unbound, the scheduler at times put both threads of the computing node on one
-#:   CPU -- next to another node's thread that had just woken -- and every layer then waited for the
-#:   thread that got no CPU: the cloud's compute of a few samples took 2.8 ms on median over a run
-#:   instead of 1.8. Three interleaved comparisons (4-8 runs each, unshaped) gave 0.320 -> 0.283, 0.312
-#:   -> 0.260 and 0.321 -> 0.260 ms/sample (0.268 with the test node unbound, as now). libgomp pins the
-#:   process's main thread when torch is imported, and child processes inherit that pin, so this is set
-#:   for the edge and the cloud only, never for the harness's own process (whose children the nodes
-#:   are); the bound CPUs are those the process may use, so ``--edge-cpuset`` still holds. The edge's
-#:   and the cloud's main threads -- their event loops -- are then on the same CPU and the OpenMP
-#:   workers on the others; giving the cloud the places in reverse order (main threads on different
-#:   CPUs) made the hops slower (procedure 3-2 0.84 ms against 0.56) and lost most of the gain (0.286
-#:   ms/sample): a wake-up on the CPU the waker runs on is cheap here, one on another (halted) vCPU is
-#:   not.
-NODE_ENV_DEFAULTS = {
-    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456",
-    "GOMP_SPINCOUNT": "30000",
-    "OMP_PROC_BIND": "true",
-}
+def node_env(
+    tb: TestbedLike,
+    node: str,
+    cpus: frozenset[int] | None = None,
+    *,
+    placed: NodePlacement | None = None,
+) -> dict[str, str]:
+    """Environment of a node process: ours, plus the node's ``NODE_ENV_DEFAULTS`` unless the user set
+    them (``nodes.cli.env_defaults``: the test node stays unbound), plus its thread count.
 
-
-def node_env(tb: TestbedLike, node: str, cpus: frozenset[int] | None = None) -> dict[str, str]:
-    """Environment of a node process: ours, plus ``NODE_ENV_DEFAULTS`` unless the user set them, plus
-    the edge's thread count under a CPU limit (what ``netem`` would set had we passed no environment),
-    or the cloud's for its ``cpus`` (``--cloud-cpuset``: a thread per CPU).
-
-    The test node computes nothing, so it is not bound to CPUs (see ``OMP_PROC_BIND`` above): libgomp
-    pins a bound process's main thread as torch loads, and three start-ups then queued on one CPU (a
-    run took about 1.3 s longer to start; with the two computing nodes bound, about 0.4 s)."""
+    The threads are ``placed``'s (``harness.placement``; left to the environment when they come from the
+    user's ``OMP_NUM_THREADS``); without a placement, the edge's for its limits (what ``netem`` would
+    set had we passed no environment) and the cloud's for its ``cpus`` (a thread per CPU)."""
     env = {**os.environ, **USER_PINS}
-    for key, value in NODE_ENV_DEFAULTS.items():
-        if node == "test" and key == "OMP_PROC_BIND" and key not in env:
-            continue
+    for key, value in env_defaults(node).items():
         env.setdefault(key, value)
-    threads = tb.edge_threads() if node == "edge" else len(cpus) if node == "cloud" and cpus else None
+    if placed is not None:
+        threads = None if placed.user_threads else placed.threads
+    else:
+        threads = tb.edge_threads() if node == "edge" else len(cpus) if node == "cloud" and cpus else None
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
+
+
+def placement_of(plan: Plan) -> Placement:
+    """The plan's placement; a plan made without one places nothing beyond ``--cloud-cpuset``."""
+    if plan.placement is not None:
+        return plan.placement
+    usable = usable_cpus() | (plan.cloud_cpus or frozenset())
+    return _place("shared", plan.edge_limits, plan.cloud_cpus, usable)
 
 
 @contextlib.contextmanager
@@ -347,7 +382,11 @@ def _started(
     *,
     pipe_stdout: bool,
     cpus: frozenset[int] | None = None,
+    placed: NodePlacement | None = None,
 ) -> Iterator[NodeProcess]:
+    """Start node ``name`` with its log file; ``cpus`` (or ``placed``'s) is the affinity it starts with."""
+    if placed is not None:
+        cpus = placed.affinity
     log_path = workdir / f"{name}.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 -- NodeProcess.stop closes it
     logger.info("starting %s node: %s", name, " ".join(argv))
@@ -360,7 +399,7 @@ def _started(
                     name,
                     argv,
                     stdin=subprocess.DEVNULL,
-                    env=node_env(tb, name, cpus),
+                    env=node_env(tb, name, cpus, placed=placed),
                     stdout=subprocess.PIPE if pipe_stdout else log_file,
                     stderr=log_file,
                     **({"cpus": cpus} if cpus is not None else {}),
@@ -376,11 +415,12 @@ def _started(
             log_file.close()
 
 
-def _check_cpus(node: NodeProcess, cpus: frozenset[int]) -> None:
-    """Every thread of the node may run only on ``cpus`` (read back from the kernel: a CPU set is never
-    reported that was not applied). Threads, not the process: with ``OMP_PROC_BIND`` libgomp narrows
-    each thread to one CPU of the set, the main thread to the first."""
-    pid = node.popen.pid
+def _check_cpus(node: NodeProcess, cpus: frozenset[int], pid: int | None = None) -> None:
+    """Every thread of the node (``pid``: its PID where that is not its ``Popen``'s, see ``node_pid``)
+    may run only on ``cpus`` (read back from the kernel: a CPU set is never reported that was not
+    applied). Threads, not the process: with ``OMP_PROC_BIND`` libgomp narrows each thread to one CPU
+    of the set, the main thread to the first."""
+    pid = node.popen.pid if pid is None else pid
     try:
         actual: set[int] = set()
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -394,22 +434,39 @@ def _check_cpus(node: NodeProcess, cpus: frozenset[int]) -> None:
         )
 
 
-def _wait_test(tb: TestbedLike, test: NodeProcess, others: list[NodeProcess], timeout_s: float) -> None:
-    """Wait for the test node; when a process of the run dies first, raise for the one that died first."""
+def _wait_test(
+    tb: TestbedLike,
+    test: NodeProcess,
+    others: list[NodeProcess],
+    timeout_s: float,
+    schedule_check: Callable[[], None] | None = None,
+) -> None:
+    """Wait for the test node; when a process of the run dies first, raise for the one that died first.
+    ``schedule_check`` raises when a change of the link schedule failed, which fails the run at once."""
     helper_pids = getattr(tb, "helper_pids", None)  # netem.Testbed: its delay lines and relays
+    tb_check = getattr(tb, "check", None)  # netem.Testbed: raises HelperExited if one of them died
+
+    def link_check() -> None:
+        if tb_check is not None:  # (first: a dead delay line is the cause of a change it did not take)
+            tb_check()
+        if schedule_check is not None:
+            schedule_check()
+
     wait_for_test(
         test,
         others,
         timeout_s,
         helper_pids=helper_pids() if helper_pids is not None else None,
-        link_check=getattr(tb, "check", None),  # netem.Testbed: raises HelperExited if one of them died
+        link_check=link_check,
     )
 
 
-def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[str, Any]:
-    """One repeat with fresh node processes; returns the ``runs[]`` entry."""
+def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, attempt: int = 0) -> dict[str, Any]:
+    """One repeat (its ``attempt``-th try) with fresh node processes; returns the ``runs[]`` entry, which
+    holds the run's per-sample records (``sample_records``) until the results are written."""
     cfg = plan.config
-    rundir = ctx.workdir / f"run-{index}"
+    placement = placement_of(plan)
+    rundir = ctx.workdir / (f"run-{index}" if attempt == 0 else f"run-{index}-retry-{attempt}")
     rundir.mkdir(parents=True, exist_ok=True)
     records_path = rundir / "records.json"
     calibration_ms = calibrate() if cfg.calibrate else None
@@ -423,12 +480,12 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[s
                 ctx.commands.cloud(plan, tb.bind_address("cloud"), cloud_port),
                 rundir,
                 pipe_stdout=True,
-                cpus=plan.cloud_cpus,
+                placed=placement.cloud,
             )
         )
         edge_to_cloud = tb.connect_address("edge", "cloud", cloud_port)
         edge_argv = ctx.commands.edge(
-            plan, tb.bind_address("edge"), edge_port, edge_to_cloud, tb.edge_threads()
+            plan, tb.bind_address("edge"), edge_port, edge_to_cloud, placement.edge.threads
         )
         # The edge retries connecting to the cloud until that listens, so both can start at once (saving
         # an interpreter start-up) when the edge reaches the cloud directly; a shaping relay in between
@@ -436,22 +493,32 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[s
         direct = edge_to_cloud == (tb.bind_address("cloud"), cloud_port)
         if not direct:
             cloud.wait_ready(cfg.ready_timeout_s)
-        edge = stack.enter_context(_started(tb, "edge", edge_argv, rundir, pipe_stdout=True))
+        edge = stack.enter_context(
+            _started(tb, "edge", edge_argv, rundir, pipe_stdout=True, placed=placement.edge)
+        )
         if direct:
             cloud.wait_ready(cfg.ready_timeout_s)
         edge.wait_ready(cfg.ready_timeout_s)
-        if plan.cloud_cpus is not None:
-            _check_cpus(cloud, plan.cloud_cpus)
+        for node, placed in ((cloud, placement.cloud), (edge, placement.edge)):
+            if placed.affinity is not None:
+                _check_cpus(node, placed.affinity, node_pid(tb, node))
         test_argv = ctx.commands.test(
             plan,
             tb.connect_address("test", "edge", edge_port),
             tb.connect_address("test", "cloud", cloud_port),
             records_path,
         )
-        test = stack.enter_context(_started(tb, "test", test_argv, rundir, pipe_stdout=False))
+        test = stack.enter_context(
+            _started(tb, "test", test_argv, rundir, pipe_stdout=False, placed=placement.test)
+        )
+        if placement.test.affinity is not None:  # (at once: it may finish quickly, but stays until reaped)
+            _check_cpus(test, placement.test.affinity, node_pid(tb, test))
+        schedule = stack.enter_context(scheduled(tb, plan.schedule))  # (time 0: the test node's start)
         # (started once every process of the run is up: it looks the process trees up only now and then)
-        sampler = stack.enter_context(ResourceSampler(edge.pid))
-        _wait_test(tb, test, [edge, cloud], cfg.run_timeout_s)
+        pids = {node.name: node_pid(tb, node) for node in (edge, cloud, test)}
+        others = [pid for node in (edge, cloud, test) if (pid := pids[node.name]) != node.pid]
+        sampler = stack.enter_context(ResourceSampler(pids["edge"], others=others))
+        _wait_test(tb, test, [edge, cloud], cfg.run_timeout_s, schedule.check)
     duration = time.monotonic() - started
     try:
         records = json.loads(records_path.read_text(encoding="utf-8"))
@@ -476,7 +543,26 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext) -> dict[s
     # Samples inside the measured phase (by the shared monotonic clock) exclude start-up and warm-up.
     run["edge_resources_window"] = "measured-phase" if in_window else "whole-run"
     run["host_other_cpu_percent"] = results_mod.resource_summary([sampler.host_other_percent[i] for i in idx])
+    run[RECORDS_FIELD] = records.get("samples")
+    run.update(schedule.record(overall))
+    check_run_clocks(run, records_path, strict=cfg.strict_clocks)
     return run
+
+
+def check_run_clocks(run: dict[str, Any], records_path: Path, *, strict: bool) -> None:
+    """Warn about a run whose clock corrections the test node does not trust; with ``--strict-clocks``
+    fail it. That is a failed measurement, not a mistake of the user: a ``NodeFailure`` of the node that
+    measured it (exit code 1; a sweep records the point as failed and goes on), with the node logs and
+    records kept."""
+    warnings = results_mod.clock_warnings(run)
+    for warning in warnings:
+        logger.warning("run %d: clocks: %s", run["index"], warning)
+    if strict and warnings:
+        raise NodeFailure(
+            "test",
+            "the clock offsets it measured are not known well enough for the procedure times "
+            f"(--strict-clocks): {'; '.join(warnings)} (records: {records_path})",
+        )
 
 
 def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -485,10 +571,14 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
     applied = {"edge_cloud": {}, "test_edge": {}, **{k: dict(v) for k, v in tb.applied.items()}}
     limits = plan.edge_limits
     mechanism = getattr(tb, "edge_limits_mechanism", None)
+    placement = placement_of(plan)
     node_envs = {}
     for node in ("edge", "cloud", "test"):
-        env = node_env(tb, node, plan.cloud_cpus)
+        env = node_env(tb, node, placed=placement.node(node))
         node_envs[node] = {key: env[key] for key in (*NODE_ENV_DEFAULTS, *PIN_VARIABLES) if key in env}
+    placed = placement.describe()
+    if placement.edge.mechanism == CGROUP and not mechanism:  # (--edge-cpuset, not applied here)
+        placed["nodes"]["edge"]["mechanism"] = "not applied"
     return {
         "model": cfg.model,
         "name": cfg.name,
@@ -524,9 +614,40 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
         # what the nodes' TCP connections used (a fake testbed may not say)
         "tcp_congestion_control": dict(getattr(tb, "tcp_congestion_control", None) or {}) or None,
         "isolation": tb.isolation,
+        # the containers' runtime, image id and the edge's limits as read inside (a container testbed)
+        **({"container": dict(c)} if (c := getattr(tb, "container", None)) else {}),
         "node_env": node_envs,
+        "placement": placed,
+        "max_other_cpu_percent": cfg.max_other_cpu,
+        "link_schedule": plan.schedule.to_json() if plan.schedule is not None else None,
+        "busy_retries": cfg.busy_retries,
         "request": config_to_dict(cfg),
     }
+
+
+def run_until_quiet(
+    plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, notify: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ``index`` again while other programs used more CPU than ``--max-other-cpu`` during it, up to
+    ``--busy-retries`` times (``harness.busy``); returns the kept run and the discarded attempts."""
+    cfg = plan.config
+    where = f"run {index + 1}/{cfg.repeat}"
+
+    def discard(run: dict[str, Any], verdict: busy.Verdict) -> None:
+        logger.warning("%s: %s; running it again", where, verdict.reason)
+        if notify:
+            notify(f"{where}: {verdict.reason}: running it again ({run['attempt'] + 1}/{cfg.busy_retries})")
+
+    kept, thrown = busy.repeat_while_busy(
+        lambda attempt: run_once(plan, tb, index, ctx, attempt),
+        limit=cfg.max_other_cpu,
+        retries=cfg.busy_retries,
+        on_discard=discard,
+    )
+    if kept["busy"] and notify:
+        reason = busy.judge(busy.other_load(kept), cfg.max_other_cpu, 0, 0).reason
+        notify(f"{where}: {reason} after {len(thrown)} re-run(s); kept, marked busy")
+    return kept, thrown
 
 
 def new_prefix() -> str:
@@ -570,21 +691,24 @@ def run_experiment(
             edge_limits=plan.edge_limits,
             tcp_congestion_control=cfg.tcp_cc,
             log_dir=work,  # the delay lines' and relays' logs, kept with the nodes' after a failed run
+            schedule=plan.schedule,
         )
         runs: list[dict[str, Any]] = []
+        discarded: list[dict[str, Any]] = []
         with factory(tb_config, isolation=cfg.isolation) as tb:
             for notice in check_applied(cfg, tb):
                 if notify:
                     notify(notice)
-            if tb.isolation != "netns" and notify and not tb.not_applied:
+            if tb.isolation not in OWN_ADDRESSES and notify and not tb.not_applied:
                 notify(f"isolation={tb.isolation}: nodes share the host's network stack")
             for index in range(cfg.repeat):
-                run = run_once(plan, tb, index, ctx)
+                run, thrown = run_until_quiet(plan, tb, index, ctx, notify)
                 runs.append(run)
+                discarded += thrown
                 if on_run:
                     on_run(run)
             config = results_config(plan, tb, runs)
-        results = results_mod.build_results(config, environment, runs)
+        results = results_mod.build_results(config, environment, runs, discarded)
         ok = True
         return results
     except KeyboardInterrupt:

@@ -1,8 +1,11 @@
-"""Sweeps: one run per point of models × exits × thresholds × links, one results file per point.
+"""Sweeps: the grid of models × exits × thresholds × links (:class:`SweepSpec`), one results file per point.
 
-Resumable: a point whose results file exists, validates and was measured with the same request is
-skipped, so an interrupted sweep picks up where it stopped. ``sweep.json`` in the output directory (the
-manifest) lists every point with its status and is rewritten atomically after each point.
+``python -m harness sweep`` and ``reproduce`` run a grid as a study (``harness.study``: blocks in a
+random order, nodes reconfigured between runs). :func:`run_sweep` runs each point through a callable of
+its own instead -- every point once, in the grid's order, as sweeps ran before studies -- and is
+resumable the same way: a point whose results file exists, validates and was measured with the same
+request is skipped. Its manifest, ``sweep.json`` (``localexit-sweep/1``), lists every point with its
+status and is rewritten atomically after each point.
 """
 
 from __future__ import annotations
@@ -19,28 +22,32 @@ from typing import Any
 
 from tqdm import tqdm
 
-from models.errors import LocalExitError
+from contract.atomic import write_json_atomic
+from contract.errors import LocalExitError
+from contract.names import LOCAL_EXITS, SWEEP_MANIFEST_SCHEMA
 
-from .config import LOCAL_EXITS, LinkOptions, RunConfig, config_from_dict, config_to_dict
+from .config import LinkOptions, RunConfig, config_from_dict, config_to_dict
 from .errors import ConfigError, NodeFailure, ResultsError
-from .results import load_results, write_json_atomic, write_results
+from .results import load_results, write_results
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA = "localexit-sweep/1"
 MANIFEST_NAME = "sweep.json"
 PAPER_THRESHOLDS = (0.1, 0.3, 0.5, 0.8)
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """The grid. ``base`` carries every option that does not vary (data, samples, repeats, limits...)."""
+    """The grid. ``base`` carries every option that does not vary (data, samples, limits...); its
+    ``repeat`` is the number of blocks a study runs the grid in, and ``order_seed`` seeds their order
+    (``harness.study``)."""
 
     base: RunConfig
     models: tuple[str, ...]
     exits: tuple[int, ...]
     thresholds: tuple[float, ...]
     links: tuple[LinkOptions, ...]
+    order_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.models or not self.thresholds or not self.links:
@@ -67,9 +74,18 @@ class SweepSpec:
         return out
 
     @classmethod
-    def paper(cls, base: RunConfig, links: Sequence[LinkOptions] | None = None) -> SweepSpec:
+    def paper(
+        cls, base: RunConfig, links: Sequence[LinkOptions] | None = None, order_seed: int = 0
+    ) -> SweepSpec:
         """The paper's grid: SEM-1…8 and MEM at exits 1…8, T ∈ {0.1, 0.3, 0.5, 0.8}."""
-        return cls(base, ("sem", "mem"), LOCAL_EXITS, PAPER_THRESHOLDS, tuple(links or (base.edge_cloud,)))
+        return cls(
+            base,
+            ("sem", "mem"),
+            LOCAL_EXITS,
+            PAPER_THRESHOLDS,
+            tuple(links or (base.edge_cloud,)),
+            order_seed,
+        )
 
 
 def point_path(out_dir: Path, cfg: RunConfig) -> Path:
@@ -128,12 +144,12 @@ def run_sweep(
         for cfg in points:
             preflight(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out_dir):
+    with exclusive(out_dir):
         return _run_points(points, labels, out_dir, run_point, progress=progress, keep_going=keep_going)
 
 
 @contextlib.contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
+def exclusive(out_dir: Path) -> Iterator[None]:
     """Hold a lock on ``out_dir`` so that two sweeps never run the same points into it at once."""
     lock = (out_dir / ".lock").open("a")
     try:
@@ -167,7 +183,7 @@ def _run_points(
         write_json_atomic(
             out_dir / MANIFEST_NAME,
             {
-                "schema": MANIFEST_SCHEMA,
+                "schema": SWEEP_MANIFEST_SCHEMA,
                 "points": [
                     {
                         "label": label,

@@ -30,18 +30,24 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 from torch.nn import functional as F
 
-from models.atomic import write_json_atomic
+from contract.atomic import write_json_atomic
+from contract.errors import LocalExitError
+from contract.names import (
+    CALIBRATION_FAMILY,
+    CALIBRATION_SCHEMA,
+    CALIBRATION_VERSION,
+    DATASETS,
+    schema_version,
+)
+from contract.rules import check_threshold
 from models.checkpoint import load_checkpoint
 from models.cnn import MultiExitCNN
-from models.datasets import DATASETS, ImageDataset, ValidationSplit, load_dataset
+from models.datasets import ImageDataset, ValidationSplit, load_dataset
 from models.entropy import normalized_entropy
-from models.errors import LocalExitError, ModelError
+from models.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 1
-CALIBRATION_SCHEMA = f"localexit-calibration/{CALIBRATION_VERSION}"
-_SCHEMA_RE = re.compile(r"localexit-calibration/(\d+)")
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """Search range of a temperature: outside it an exit head is either certain of everything or of nothing,
 and the fit says more about the validation split than about the head."""
@@ -159,8 +165,11 @@ class CalibrationFile:
         if set(self.thresholds) != set(self.temperatures) or not self.thresholds:
             raise ValueError("need a threshold and a temperature for the same, non-empty set of exits")
         for k, t in self.thresholds.items():
-            if t is not None and not 0 <= t <= 1:
-                raise ValueError(f"exit {k}: a threshold must be in [0, 1], got {t!r}")
+            if t is not None:
+                try:
+                    check_threshold(t)
+                except ValueError as exc:
+                    raise ValueError(f"exit {k}: {exc}") from None
         for k, temp in self.temperatures.items():
             if not (math.isfinite(temp) and temp > 0):
                 raise ValueError(f"exit {k}: a temperature must be above 0, got {temp!r}")
@@ -193,12 +202,12 @@ class CalibrationFile:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CalibrationFile:
-        m = _SCHEMA_RE.fullmatch(str(data.get("schema", "")))
-        if m is None:
+        version = schema_version(data.get("schema"), CALIBRATION_FAMILY)
+        if version is None:
             raise ModelError(f"not a calibration file (schema {data.get('schema')!r})")
-        if int(m.group(1)) > CALIBRATION_VERSION:
+        if version > CALIBRATION_VERSION:
             raise ModelError(
-                f"calibration file version {m.group(1)} is newer than this program reads "
+                f"calibration file version {version} is newer than this program reads "
                 f"({CALIBRATION_VERSION}); upgrade localexit"
             )
         try:

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from models.atomic import atomic_open
+from contract.atomic import atomic_open
+from contract.names import CHECKPOINT_FORMAT, DEFAULT_DATASET
 from models.cnn import ModelConfig, MultiExitCNN, build_model
 from models.errors import CheckpointError
 
-CHECKPOINT_FORMAT = "localexit-checkpoint/1"
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
 
@@ -129,7 +129,7 @@ def zoo_name(kind: str, exit: int | None) -> str:
     return f"sem-{exit}" if kind == "sem" else kind
 
 
-def default_checkpoint(kind: str, exit: int | None, dataset: str = "fashion-mnist") -> Path:
+def default_checkpoint(kind: str, exit: int | None, dataset: str = DEFAULT_DATASET) -> Path:
     """Path of the shipped checkpoint for a model choice (trained on ``dataset``)."""
     path = ZOO_DIR / dataset / f"{zoo_name(kind, exit)}.pt"
     if not path.is_file():

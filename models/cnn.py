@@ -11,19 +11,14 @@ One file for the whole model family, as nanoGPT does: a frozen config and the mo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from contract.names import CLOUD, LOCAL_EXITS, MODEL_KINDS, NUM_BLOCKS, ModelKind
+from contract.rules import check_model_exit
 from models.errors import ModelError
-
-NUM_BLOCKS = 9
-LOCAL_EXITS = tuple(range(1, NUM_BLOCKS))  # exits after blocks 1..8; block 9 feeds the cloud exit
-CLOUD = "cloud"
-
-ModelKind = Literal["standard", "sem", "mem"]
-MODEL_KINDS: tuple[str, ...] = ("standard", "sem", "mem")
 
 # Default profile, chosen for this project's 2-core CPU build machines: one Fashion-MNIST epoch
 # (60 000 images, batch 128, all nine exits of a MEM trained) must stay under about 2 minutes. Measured
@@ -181,16 +176,13 @@ def build_model(config: ModelConfig) -> MultiExitCNN:
 def parse_model_choice(kind: str, exit: int | None) -> ModelConfig:
     """Validate a user's ``--model``/``--exit`` choice and give the default-profile config for it.
 
-    For ``mem`` the exit is the one active at inference, so it is checked here but not stored.
+    For ``mem`` the exit is the one active at inference, so it is checked here but not stored. The
+    standard model's one exit may also be named by its block (``--exit 9``).
     """
-    if kind not in MODEL_KINDS:
-        raise ModelError(f"unknown model {kind!r}: choose one of {', '.join(MODEL_KINDS)}")
+    try:
+        check_model_exit(kind, None if kind == "standard" and exit == NUM_BLOCKS else exit)
+    except ValueError as exc:
+        raise ModelError(f"--model/--exit: {exc}") from None
     if kind == "standard":
-        if exit not in (None, NUM_BLOCKS):
-            raise ModelError("the standard model has only the cloud exit: leave --exit out")
         return ModelConfig(kind="standard")
-    if exit is None:
-        raise ModelError(f"--model {kind} needs --exit K with K in 1..{LOCAL_EXITS[-1]}")
-    if exit not in LOCAL_EXITS:
-        raise ModelError(f"exit {exit} is out of range: {kind} models have local exits 1..{LOCAL_EXITS[-1]}")
     return ModelConfig(kind="sem", exit=exit) if kind == "sem" else ModelConfig(kind="mem")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from contract.names import CIFAR10, DATASETS, FASHION_MNIST, SYNTHETIC
 from models.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -42,11 +43,10 @@ CIFAR10_HINT = (
 
 # Per-channel mean/std of the training split, in [0, 1] pixel units (what models normalize with).
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "synthetic": ((0.5,), (0.25,)),
+    FASHION_MNIST: ((0.2860,), (0.3530,)),
+    CIFAR10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    SYNTHETIC: ((0.5,), (0.25,)),
 }
-DATASETS: tuple[str, ...] = tuple(DATASET_STATS)
 SPLITS = ("train", "test")
 
 
@@ -108,14 +108,14 @@ def load_dataset(name: str, split: str = "test", data_dir: str | Path | None = N
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}: choose train or test")
     loaders: dict[str, Callable[[str, Path | None], ImageDataset]] = {
-        "fashion-mnist": _load_fashion_mnist,
-        "cifar10": _load_cifar10,
-        "synthetic": lambda s, _d: synthetic_dataset(
+        FASHION_MNIST: _load_fashion_mnist,
+        CIFAR10: _load_cifar10,
+        SYNTHETIC: lambda s, _d: synthetic_dataset(
             n=2048 if s == "train" else 512, seed=0 if s == "train" else 1, split=s
         ),
     }
     if name not in loaders:
-        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(loaders)}")
+        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     return loaders[name](split, Path(data_dir) if data_dir is not None else None)
 
 
@@ -172,7 +172,7 @@ def _load_fashion_mnist(split: str, data_dir: Path | None) -> ImageDataset:
         )
     if labels.max(initial=0) > 9:
         raise DatasetError(f"Fashion-MNIST labels in {directory} go beyond class 9")
-    return ImageDataset("fashion-mnist", split, images[:, None, :, :], labels.astype(np.int64), 10)
+    return ImageDataset(FASHION_MNIST, split, images[:, None, :, :], labels.astype(np.int64), 10)
 
 
 # --- CIFAR-10: python batches -------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def _load_cifar10(split: str, data_dir: Path | None) -> ImageDataset:
         parts.append(_read_cifar_batch(path))
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    return ImageDataset("cifar10", split, np.ascontiguousarray(images), labels, 10)
+    return ImageDataset(CIFAR10, split, np.ascontiguousarray(images), labels, 10)
 
 
 def download_cifar10(dest: Path, url: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5) -> Path:
@@ -298,7 +298,7 @@ def synthetic_dataset(
     labels = rng.integers(0, num_classes, size=n)
     noise = rng.normal(0.0, 24.0, size=(n, channels, image_size, image_size))
     images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
-    return ImageDataset("synthetic", split, images, labels.astype(np.int64), num_classes)
+    return ImageDataset(SYNTHETIC, split, images, labels.astype(np.int64), num_classes)
 
 
 # --- validation split ----------------------------------------------------------------------------------

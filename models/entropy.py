@@ -24,10 +24,3 @@ def normalized_entropy(logits: Tensor) -> Tensor:
     plogp = torch.where(p > 0, p * logp, torch.zeros_like(p))
     eps = -plogp.sum(dim=1) / math.log(logits.shape[1])
     return eps.clamp_(0.0, 1.0).to(torch.float32)
-
-
-def exits_locally(entropy: Tensor, threshold: float) -> Tensor:
-    """Boolean mask of the samples that exit at the local exit: ε < T (the paper's strict rule)."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"the exit threshold T must be in [0, 1], got {threshold}")
-    return entropy < threshold

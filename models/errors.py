@@ -1,12 +1,8 @@
-"""The project's exception root and the errors of ``models/``.
+"""The errors of ``models/``, rooted in the project's ``contract.LocalExitError``."""
 
-``LocalExitError`` lives here because ``models`` depends on no other package of the project, so every
-package can derive its own base class from it without an import cycle.
-"""
+from __future__ import annotations
 
-
-class LocalExitError(Exception):
-    """Root of every error the project raises on purpose; entry points print it without a traceback."""
+from contract.errors import LocalExitError
 
 
 class ModelError(LocalExitError):

@@ -22,15 +22,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.atomic import write_json_atomic
+from contract.atomic import write_json_atomic
+from contract.errors import LocalExitError
+from contract.names import CLOUD, DATASETS, DEFAULT_DATASET, LOCAL_EXITS, MODEL_KINDS, TRAINLOG_SCHEMA
 from models.checkpoint import save_checkpoint, zoo_name
-from models.cnn import CLOUD, LOCAL_EXITS, MODEL_KINDS, ModelConfig, MultiExitCNN, build_model
-from models.datasets import DATASETS, ImageDataset, download_cifar10, load_dataset
-from models.errors import LocalExitError, ModelError
+from models.cnn import ModelConfig, MultiExitCNN, build_model
+from models.datasets import ImageDataset, download_cifar10, load_dataset
+from models.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-TRAINLOG_SCHEMA = "localexit-trainlog/1"
 # Where new checkpoints go unless --out says otherwise: a folder of the working directory, never the
 # shipped zoo inside the package (retraining must not silently replace the shipped models).
 DEFAULT_OUT_DIR = Path("checkpoints")
@@ -270,7 +271,7 @@ def train_and_save(
             "train": {"epochs": cfg.epochs, "seed": cfg.seed, "loss_weights": trainlog["loss_weights"]},
         },
     )
-    write_json_atomic(out.with_suffix(".train.json"), trainlog)
+    write_json_atomic(out.with_suffix(".train.json"), trainlog, allow_nan=True)  # (a diverged loss is NaN)
     return trainlog
 
 
@@ -280,7 +281,10 @@ def build_parser(prog: str = "python -m harness train") -> argparse.ArgumentPars
     p.add_argument("--exit", type=int, help="the local exit of a sem model (1..8)")
     p.add_argument("--all", action="store_true", help="train standard, sem-1..8 and mem one after another")
     p.add_argument(
-        "--dataset", choices=DATASETS, default="fashion-mnist", help="training data (default fashion-mnist)"
+        "--dataset",
+        choices=DATASETS,
+        default=DEFAULT_DATASET,
+        help=f"training data (default {DEFAULT_DATASET})",
     )
     p.add_argument("--data-dir", type=Path, help="dataset folder (default: the Debian package's folder)")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data-dir first")

@@ -81,6 +81,29 @@ def plan_cgroup(name: str, limits: EdgeLimits, version: str, root: Path = CGROUP
     raise ValueError(f"unknown cgroup version {version!r}")
 
 
+QUOTA_FILES = ("cpu.cfs_quota_us", "cpu.max")
+"""The file that holds a cgroup's CPU quota: v1's ``cpu`` controller, v2's unified hierarchy."""
+
+
+def plan_cpu_quota(plan: CgroupPlan, cpus: float) -> tuple[tuple[Path, str], ...]:
+    """The write that changes a planned cgroup's CPU quota to ``cpus`` cores (pure: touches nothing).
+
+    It is :func:`plan_cgroup`'s own quota write for the same directory, so a quota set at bring-up and
+    one set by a schedule are written alike. Raises :class:`NetemError` for a cgroup planned without a
+    quota: its ``cpu`` controller may not even be enabled, so a quota cannot be set on it later.
+    """
+    quota = [path for path, _ in plan.writes if path.name in QUOTA_FILES]
+    if not quota:
+        raise NetemError(
+            "the edge's cgroup was made without a CPU quota, so its quota cannot be changed; "
+            "give it one at the start (the first CPU step)"
+        )
+    d = quota[0].parent
+    root = d.parent.parent if plan.version == "v1" else d.parent  # (v1: <root>/cpu/<name>)
+    fresh = plan_cgroup(d.name, EdgeLimits(cpus=cpus), plan.version, root)
+    return tuple((path, value) for path, value in fresh.writes if path.name in QUOTA_FILES)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text().strip()
@@ -137,6 +160,17 @@ class EdgeCgroup:
             self._created.append(d)
         for path, value in self.plan.writes:
             _write(path, value)
+
+    def set_cpus(self, cpus: float) -> tuple[tuple[Path, str], ...]:
+        """Change the CPU quota of the live cgroup to ``cpus`` cores; returns the writes made.
+
+        The kernel takes a new quota at once: it refills the current period's runtime with it and lets
+        throttled processes run again (``tg_set_cfs_bandwidth``), so nothing waits for the next period.
+        """
+        writes = plan_cpu_quota(self.plan, cpus)
+        for path, value in writes:
+            _write(path, value)
+        return writes
 
     def enter(self) -> None:
         """Move this process into every controller's cgroup (runs in the child before exec)."""

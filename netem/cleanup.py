@@ -31,6 +31,10 @@ CHILD_SUFFIXES = ("te", "ec", "rl")
 CHILD_MODULES = ("netem.run_delayline", "netem.run_relay")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 FAMILY = "lx"
+CONTAINER_LABEL = "org.localexit.prefix"
+"""Label of every container and network of the Docker testbed (``netem.docker``): its run's prefix."""
+NETWORK_SUFFIXES = ("te", "ec")
+"""The Docker testbed's networks, one per link: test–edge, edge–cloud."""
 OWNER_DIR = Path("/run/localexit")
 """One file per live testbed, ``<prefix>.owner``, holding the PID of the process that owns it, so that
 ``clean`` can tell a killed run's leftovers from a run still in progress."""
@@ -147,6 +151,17 @@ def cgroup_name(prefix: str) -> str:
     return f"{prefix}-edge"
 
 
+def container_name(prefix: str, role: str, seq: int | None = None) -> str:
+    """``<prefix>-edge``: the container that holds the edge's network namespace; ``<prefix>-edge-3``:
+    the third node process started in it, in a container of its own."""
+    return f"{prefix}-{role}" if seq is None else f"{prefix}-{role}-{seq}"
+
+
+def docker_network_name(prefix: str, link: str) -> str:
+    """``link`` is ``te`` or ``ec``."""
+    return f"{prefix}-{link}"
+
+
 def _check_prefix(prefix: str) -> None:
     if not re.fullmatch(r"lx[0-9a-z]{0,8}", prefix):
         raise NetemError(
@@ -173,6 +188,38 @@ def _root_links(ex: Executor) -> list[str]:
         if len(parts) >= 2:
             names.append(parts[1].strip().split("@")[0])
     return names
+
+
+def _docker_objects(ex: Executor, prefix: str) -> tuple[list[str], list[str]]:
+    """The Docker testbed's containers and networks under ``prefix``: named by our scheme and labelled
+    with the prefix of the run in their name. Nothing when there is no Docker to ask (not installed,
+    or its daemon is not running: then it runs no container either)."""
+    if shutil.which("docker") is None:
+        return [], []
+    roles = "|".join(ROLES)
+    containers = re.compile(rf"^{re.escape(prefix)}[0-9a-z]*-(?:{roles})(?:-[0-9]+)?$")
+    networks = owned_pattern(prefix, NETWORK_SUFFIXES)
+    label = f'{{{{.Label "{CONTAINER_LABEL}"}}}}'
+    found: list[list[str]] = []
+    for argv, pattern in (
+        (["docker", "ps", "--all", "--format", f"{{{{.Names}}}}\t{label}"], containers),
+        (["docker", "network", "ls", "--format", f"{{{{.Name}}}}\t{label}"], networks),
+    ):
+        try:
+            r = ex.run([*argv, "--filter", f"label={CONTAINER_LABEL}"], check=False)
+        except CommandError as exc:  # (a daemon that does not answer in time)
+            logger.info("docker did not answer: %s", exc)
+            return [], []
+        if r.returncode != 0:
+            logger.info("docker is not reachable (%s): no containers to clean", r.stderr.strip())
+            return [], []
+        names = []
+        for line in r.stdout.splitlines():
+            name, _, owner = line.partition("\t")
+            if pattern.match(name) and owner == _run_prefix(name):
+                names.append(name)
+        found.append(names)
+    return found[0], found[1]
 
 
 def _cgroup_dirs(prefix: str, root: Path) -> list[Path]:
@@ -219,6 +266,8 @@ def find_leftovers(prefix: str = FAMILY, *, cgroup_root: Path = CGROUP_ROOT) -> 
     out += [f"link {n}" for n in _root_links(ex) if pat.match(n)]
     out += [f"cgroup {d}" for d in _cgroup_dirs(prefix, cgroup_root)]
     out += [f"process {p}" for p in _child_pids(prefix)]
+    containers, networks = _docker_objects(ex, prefix)
+    out += [f"container {c}" for c in containers] + [f"network {n}" for n in networks]
     return out
 
 
@@ -250,6 +299,21 @@ def clean(
     for pid in _child_pids(prefix, skip=live):
         if _proc.kill_pid(pid):
             removed.append(f"process {pid}")
+    # containers before the networks they are on, and before the namespaces: a container's processes
+    # are its own to stop
+    containers, networks = _docker_objects(ex, prefix)
+    for what, names, argv in (
+        ("container", containers, ["docker", "rm", "--force", "--volumes"]),
+        ("network", networks, ["docker", "network", "rm"]),
+    ):
+        for name in names:
+            if _run_prefix(name) in live:
+                continue
+            try:
+                ex.run([*argv, name])
+                removed.append(f"{what} {name}")
+            except CommandError as exc:
+                failed.append(str(exc))
     pat = owned_pattern(prefix)
     for ns in _netns_list(ex):
         if not pat.match(ns) or _run_prefix(ns) in live:

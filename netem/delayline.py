@@ -11,6 +11,13 @@ netem's behaviour. Loss is independent per packet in each direction (netem's ``l
 
 Timing: one ``select()`` loop with microsecond timeouts and 1 ns timer slack; no sleeps.
 Run as ``python -m netem.run_delayline --fd-a N --fd-b M --delay-us D ...`` by the testbed, which owns it.
+
+Control channel: the line's stdin takes one JSON object a line, ``{"delay_ns": D, "jitter_ns": J,
+"loss": P}``, and answers each on stdout with ``CHANGED`` and the values now in force (or ``ERROR`` and
+why), so a link schedule can change a running line (:func:`change`). A change applies to the packets
+that arrive from then on; those already waiting keep their release times, as with ``tc … change`` of
+netem. The order of packets is still kept: after a cut in delay, new packets queue behind the old.
+The owner's end closing (EOF) only ends the changes, never the line.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from netem import _proc
@@ -52,6 +59,12 @@ NICE = -10
 """Scheduling priority of the delay line (root only): late packets would be measured as network jitter."""
 EARLY_NS = 10_000
 """Release packets up to 10 µs early rather than pay another select() for a wake-up that short."""
+MAX_CONTROL_LINE = 4096
+"""A control message is ~60 bytes; a longer line is not one of ours, and is dropped with an error."""
+CONTROL_TIMEOUT_S = 2.0
+"""How long :func:`change` waits for the line's answer: it answers in microseconds, between two
+packets; two seconds mean it is stuck or starved, and the change cannot be said to be applied."""
+CHANGED = "CHANGED"
 
 
 def open_tun(name: str) -> int:
@@ -156,13 +169,68 @@ class _Direction:
                 self.stats.bytes += len(pkt)
 
 
-def run(fd_a: int, fd_b: int, params: DelayLineParams, stats: Stats, on_ready: Callable[[], None]) -> None:
-    """Forward packets between ``fd_a`` and ``fd_b`` until a signal handler raises (SystemExit)."""
+def control_message(delay_ns: int, jitter_ns: int, loss: float) -> bytes:
+    """One line of the control channel: the new delay, jitter and loss."""
+    return json.dumps({"delay_ns": delay_ns, "jitter_ns": jitter_ns, "loss": loss}).encode() + b"\n"
+
+
+def apply_control(line: bytes, params: DelayLineParams) -> tuple[DelayLineParams, str]:
+    """The parameters a control line asks for (reorder and seed stay), and the answer to send back."""
+    if len(line) > MAX_CONTROL_LINE:
+        return params, f"ERROR a control line is at most {MAX_CONTROL_LINE} bytes"
+    try:
+        msg = json.loads(line)
+        new = replace(
+            params, delay_ns=int(msg["delay_ns"]), jitter_ns=int(msg["jitter_ns"]), loss=float(msg["loss"])
+        )
+    except (ValueError, TypeError, KeyError) as exc:  # (json's and the params' errors are ValueErrors)
+        return params, f"ERROR {type(exc).__name__}: {exc}"
+    values = {"delay_ns": new.delay_ns, "jitter_ns": new.jitter_ns, "loss": new.loss}
+    return new, f"{CHANGED} {json.dumps(values)}"
+
+
+class _Control:
+    """Reads control lines from the owner's pipe and hands each complete one on."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def read(self) -> list[bytes] | None:
+        """The complete lines now readable; None once the owner has closed its end."""
+        data = os.read(self.fd, MAX_CONTROL_LINE)
+        if not data:
+            return None
+        lines = (self.buf + data).split(b"\n")
+        self.buf = lines.pop()
+        if len(self.buf) > MAX_CONTROL_LINE:  # (passed on cut short, for apply_control to refuse)
+            lines.append(self.buf[: MAX_CONTROL_LINE + 1])
+            self.buf = b""
+        return lines
+
+
+def run(
+    fd_a: int,
+    fd_b: int,
+    params: DelayLineParams,
+    stats: Stats,
+    on_ready: Callable[[], None],
+    control_fd: int | None = None,
+    on_control: Callable[[str], None] | None = None,
+) -> None:
+    """Forward packets between ``fd_a`` and ``fd_b`` until a signal handler raises (SystemExit).
+
+    ``control_fd``: where control lines come from (see the module docstring); each is answered through
+    ``on_control``.
+    """
     rng = random.Random(params.seed)
     to_b = _Direction(fd_b, params, rng, stats.a_to_b)
     to_a = _Direction(fd_a, params, rng, stats.b_to_a)
     route = {fd_a: to_b, fd_b: to_a}
     fds = [fd_a, fd_b]
+    control = _Control(control_fd) if control_fd is not None else None
+    if control is not None:
+        fds.append(control.fd)
     clock = time.monotonic_ns
     on_ready()
     while True:
@@ -172,9 +240,22 @@ def run(fd_a: int, fd_b: int, params: DelayLineParams, stats: Stats, on_ready: C
         dues = [d for d in (to_b.next_due(), to_a.next_due()) if d is not None]
         timeout = max(0.0, (min(dues) - now) / 1e9) if dues else None
         readable, _, _ = select.select(fds, [], [], timeout)
+        if control is not None and control.fd in readable:
+            # (first: a change is applied before the packets that arrived with it are pushed)
+            lines = control.read()
+            if lines is None:
+                fds.remove(control.fd)
+                control = None
+            for line in lines or ():
+                params, answer = apply_control(line, params)
+                to_b.p = to_a.p = params
+                if on_control is not None:
+                    on_control(answer)
         now = clock()
         for fd in readable:
-            direction = route[fd]
+            direction = route.get(fd)
+            if direction is None:
+                continue
             for _ in range(READ_BATCH):
                 try:
                     pkt = os.read(fd, MAX_PACKET)
@@ -197,7 +278,7 @@ def start(
     """Start the delay line as an owned child holding ``fd_a``/``fd_b``; returns once it is forwarding.
 
     The child dies with its parent (PDEATHSIG), and with it the TUN devices, so a killed harness leaves
-    no delay line behind. ``label`` (e.g. ``lx1a2b3c-ec``) tags the command line for ``clean``. ``log``:
+    no delay line behind. Its stdin is the control channel (:func:`change`). ``label`` (e.g. ``lx1a2b3c-ec``) tags the command line for ``clean``. ``log``:
     the file its stderr is appended to (kept, so that a line that dies later can show why); without it,
     the child writes to our stderr.
     """
@@ -227,6 +308,7 @@ def start(
         proc = subprocess.Popen(
             argv,
             pass_fds=(fd_a, fd_b),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -234,6 +316,47 @@ def start(
         )
     _proc.wait_ready(proc, f"delay line {label}", timeout_s, log)
     return proc
+
+
+def change(
+    proc: subprocess.Popen[str], spec: LinkSpec, *, timeout_s: float = CONTROL_TIMEOUT_S
+) -> dict[str, float]:
+    """Give a running delay line (from :func:`start`) the delay, jitter and loss of ``spec``; returns
+    once the line has answered that they are in force, with the values it reports.
+
+    One change at a time (the answer is read from the line's stdout): the caller serialises them.
+    Raises :class:`~netem.errors.NetemError` if the line refuses, has exited, or does not answer within
+    ``timeout_s``.
+    """
+    from netem.errors import NetemError  # here, not at the top: the child program imports this module
+
+    if proc.stdin is None or proc.stdout is None:
+        raise ValueError("the delay line has no control channel: start it with delayline.start")
+    want = DelayLineParams.from_spec(spec)
+    msg = control_message(want.delay_ns, want.jitter_ns, want.loss)
+    try:
+        proc.stdin.write(msg.decode())
+        proc.stdin.flush()
+    except OSError as exc:  # (BrokenPipeError: the line has exited)
+        raise NetemError(f"cannot reach the delay line (pid {proc.pid}): {exc.strerror or exc}") from exc
+    ready, _, _ = select.select([proc.stdout.fileno()], [], [], timeout_s)
+    if not ready:
+        raise NetemError(f"the delay line (pid {proc.pid}) did not answer a change within {timeout_s:g} s")
+    answer = proc.stdout.readline().strip()
+    head, _, body = answer.partition(" ")
+    if head != CHANGED:
+        why = answer or f"it exited (status {proc.poll()})"
+        raise NetemError(
+            f"the delay line (pid {proc.pid}) did not take the change {msg.decode().strip()}: {why}"
+        )
+    values: dict[str, float] = json.loads(body)
+    if (values["delay_ns"], values["jitter_ns"], values["loss"]) != (
+        want.delay_ns,
+        want.jitter_ns,
+        want.loss,
+    ):
+        raise NetemError(f"the delay line (pid {proc.pid}) applied {values}, not {msg.decode().strip()}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,8 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     def ready() -> None:
         print("READY", flush=True)
 
+    def answer(text: str) -> None:
+        with contextlib.suppress(BrokenPipeError):  # (an owner that is gone asks nothing more)
+            print(text, flush=True)
+
+    control = sys.stdin.fileno() if sys.stdin is not None else None
     try:
-        run(args.fd_a, args.fd_b, params, stats, ready)
+        run(args.fd_a, args.fd_b, params, stats, ready, control, answer)
     finally:
         _report(stats)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
 
 
 class NetemError(LocalExitError):

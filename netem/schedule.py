@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.names import LINK_SCHEDULE_SCHEMA
 from netem.errors import SpecError
 from netem.mahimahi import MAHIMAHI_PACKET_BITS, read_mahimahi, window_counts
 from netem.spec import EdgeLimits, LinkSpec, parse_size, parse_time
 
-SCHEDULE_SCHEMA = "localexit-link-schedule/1"
 RATE_QUANTUM_BPS = 1000
 """Trace rates are rounded to whole kbit/s, short in tc's spelling; a window's packet count is coarser
 anyway (one 1500-byte packet in 100 ms is 120 kbit/s)."""
@@ -149,7 +149,7 @@ class LinkSchedule:
     def to_json(self) -> dict[str, Any]:
         """Exact numbers (bit/s, seconds, fractions, bytes) under a versioned schema."""
         return {
-            "schema": SCHEDULE_SCHEMA,
+            "schema": LINK_SCHEDULE_SCHEMA,
             "link": [
                 {
                     "at_s": s.at_s,
@@ -166,9 +166,9 @@ class LinkSchedule:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LinkSchedule:
-        if data.get("schema") != SCHEDULE_SCHEMA:
+        if data.get("schema") != LINK_SCHEDULE_SCHEMA:
             raise SpecError(
-                f"not a link schedule: schema {data.get('schema')!r}, expected {SCHEDULE_SCHEMA!r}"
+                f"not a link schedule: schema {data.get('schema')!r}, expected {LINK_SCHEDULE_SCHEMA!r}"
             )
         try:
             steps = [
@@ -500,6 +500,16 @@ def load(path: str | Path) -> LinkSchedule:
     return schedule_from_toml(_toml_loads(text, str(path)), str(path), path.parent)
 
 
+def from_text(text: str) -> LinkSchedule:
+    """A schedule as a command line gives it: the path of a TOML file (see :func:`load`), or the inline
+    form. Text that names no file and has no ``TIME:`` in it is taken for a file's path, so that a typo
+    in one is reported as a file that cannot be read, not as a malformed step."""
+    path = Path(text)
+    if path.is_file() or ":" not in text:
+        return load(path)
+    return parse_inline(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m netem.schedule --show SCHEDULE`` (inline text or a TOML file) or ``--show-trace FILE``."""
     ap = argparse.ArgumentParser(prog="python -m netem.schedule", description="Print a link schedule.")
@@ -512,10 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.show_trace is not None:
             opp = read_mahimahi(args.show_trace)
             sched = mahimahi_to_rate_steps(opp, args.window_ms, opp[-1] / 1000)
-        elif Path(args.show).is_file():
-            sched = load(args.show)
         else:
-            sched = parse_inline(args.show)
+            sched = from_text(args.show)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,8 +13,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netem.errors import SpecError
+
+if TYPE_CHECKING:  # (netem.schedule builds on this module)
+    from netem.schedule import LinkSchedule
 
 _NUMBER = r"(?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 
@@ -334,6 +338,10 @@ class TestbedConfig:
     #: Where the testbed's own processes (delay lines, relays) append their stderr, a file each, kept for
     #: the user and shown (the tail) when one dies; None: they write to the stderr of the testbed's owner
     log_dir: Path | None = None
+    #: Changes of the edge–cloud link and of the edge's CPU quota during each run (applied by
+    #: ``netem.scheduler.LinkScheduler``). The testbed comes up as its first steps say (``edge_cloud``
+    #: and ``edge_limits.cpus`` must be those) in a layout that can take every later step.
+    schedule: LinkSchedule | None = None
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):
@@ -345,4 +353,24 @@ class TestbedConfig:
         if cc is not None and not CONGESTION_CONTROL_RE.fullmatch(cc):
             raise SpecError(
                 f"TCP congestion control {cc!r} is not a name like the kernel's (cubic, bbr, reno, ...)"
+            )
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        sched = self.schedule
+        if sched is None:
+            return
+        if sched.steps and sched.steps[0].spec != self.edge_cloud:
+            first, asked = (
+                " ".join(f"{k} {v}" for k, v in spec.describe().items() if v is not None)
+                for spec in (sched.steps[0].spec, self.edge_cloud)
+            )
+            raise SpecError(
+                f"the edge–cloud link comes up as the schedule's first step ({first}), not as {asked}"
+            )
+        cpus = self.edge_limits.cpus if self.edge_limits is not None else None
+        if sched.cpu_steps and sched.cpu_steps[0].cpus != cpus:
+            raise SpecError(
+                f"the edge's CPU quota starts at the schedule's first CPU step ({sched.cpu_steps[0].cpus:g} "
+                f"cores), not at {'no quota' if cpus is None else f'{cpus:g} cores'}"
             )

@@ -190,21 +190,25 @@ class ShapingPlan:
 
 
 def plan_link_end(
-    dev: str, spec: LinkSpec, qdiscs: frozenset[str], *, netns: str | None = None
+    dev: str,
+    spec: LinkSpec,
+    qdiscs: frozenset[str],
+    *,
+    netns: str | None = None,
+    delay_stage: bool = False,
 ) -> ShapingPlan:
     """Choose qdiscs for the egress of ``dev`` from what the kernel has.
 
     Raises ``CapabilityError`` if the rate cannot be shaped (neither ``tbf`` nor ``htb``). Delay, jitter
     and loss that the kernel cannot apply are returned in ``userspace`` for the caller to hand to the
-    delay line, never dropped.
+    delay line, never dropped. ``delay_stage``: have a delay stage (netem, or the delay line) for all
+    three even where ``spec`` sets none of them, so that a schedule can set them on the live link later
+    (:func:`plan_link_change`); it starts at no delay and no loss.
     """
     commands: list[Argv] = []
     applied: dict[str, str] = {}
-    wanted = [
-        p
-        for p, on in (("delay", spec.delay_s > 0), ("jitter", spec.jitter_s > 0), ("loss", spec.loss > 0))
-        if on
-    ]
+    stage = (("delay", spec.delay_s > 0), ("jitter", spec.jitter_s > 0), ("loss", spec.loss > 0))
+    wanted = [p for p, on in stage if on or delay_stage]
     use_netem = bool(wanted) and "netem" in qdiscs
     rate_parent, rate_handle = "root", "1:"
     if use_netem:

@@ -13,6 +13,7 @@ shaped paths go through a TCP relay; what that cannot do is listed in ``not_appl
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from contract.names import ISOLATIONS
 from netem import delayline, relay
 from netem._proc import (
     arm_fork_signal,
@@ -49,14 +51,15 @@ from netem.probe import (
     probe_capabilities,
 )
 from netem.spec import LinkSpec, TestbedConfig
-from netem.tc import ShapingPlan, plan_link_end, qdisc_del_argv
+from netem.tc import ShapingPlan, plan_link_change, plan_link_end, qdisc_del_argv
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-ISOLATIONS = ("netns", "loopback", "auto")
 #: How long teardown waits for the processes it kills by namespace or cgroup to be gone.
 KILL_WAIT_S = 2.0
+#: The link a schedule changes (``TestbedConfig.schedule``).
+SCHEDULED_LINK = "edge_cloud"
 
 
 def _note(exc: BaseException, text: str) -> None:
@@ -145,17 +148,27 @@ class Testbed:
         self._up = False
         if isolation == "netns":
             self._plan_netns()
+        self._plan_schedule()
 
     # ---------------------------------------------------------------- planning (no side effects)
     def _plan_netns(self) -> None:
         p = self.config.prefix
         for link in self._links:
+            stage = self._scheduled_delay_stage(link)
             plans = (
                 plan_link_end(
-                    dev_name(p, link.short, link.a[0]), link.spec, self.caps.qdiscs, netns=ns_name(p, link.a)
+                    dev_name(p, link.short, link.a[0]),
+                    link.spec,
+                    self.caps.qdiscs,
+                    netns=ns_name(p, link.a),
+                    delay_stage=stage,
                 ),
                 plan_link_end(
-                    dev_name(p, link.short, link.b[0]), link.spec, self.caps.qdiscs, netns=ns_name(p, link.b)
+                    dev_name(p, link.short, link.b[0]),
+                    link.spec,
+                    self.caps.qdiscs,
+                    netns=ns_name(p, link.b),
+                    delay_stage=stage,
                 ),
             )
             if plans[0].userspace and not self.caps.tun:
@@ -172,6 +185,37 @@ class Testbed:
             raise CapabilityError(
                 "edge limits need cgroups (v1 cpu/cpuset/memory or v2), which were not found"
             )
+
+    def _scheduled_delay_stage(self, link: _Link) -> bool:
+        """Whether a step of the schedule sets delay, jitter or loss on ``link``: then the link has a
+        delay stage from the start, though the first step may need none, for the later ones to change."""
+        sched = self.config.schedule
+        return (
+            link.name == SCHEDULED_LINK
+            and sched is not None
+            and any(step.spec.needs_delay_line for step in sched.steps)
+        )
+
+    def _plan_schedule(self) -> None:
+        """Refuse, before anything is made, a schedule this testbed cannot apply: on loopback any (the
+        relays' parameters are fixed when they start), in namespaces a step the live layout cannot take."""
+        sched = self.config.schedule
+        if sched is None:
+            return
+        if self.isolation != "netns":
+            raise CapabilityError(
+                "a link schedule changes tc qdiscs, the delay line and the edge's cgroup during the run, "
+                "which needs the namespaced testbed (run as root); loopback isolation cannot apply it"
+            )
+        link = self._link(SCHEDULED_LINK)
+        for step in sched.steps:
+            for end in (link.a, link.b):
+                plan_link_change(
+                    dev_name(self.config.prefix, link.short, end[0]),
+                    step.spec,
+                    self.applied[link.name],
+                    netns=ns_name(self.config.prefix, end),
+                )
 
     # ---------------------------------------------------------------- lifecycle
     def __enter__(self) -> Testbed:
@@ -199,10 +243,7 @@ class Testbed:
                 with signals_deferred():  # (each thing created here is recorded before a Ctrl-C unwinds)
                     register_owner(self.config.prefix)
                     self._push("unregister owner", functools.partial(unregister_owner, self.config.prefix))
-            if self.isolation == "netns":
-                self._up_netns()
-            else:
-                self._up_loopback()
+            self._up_nodes()
             self._up_tcp_congestion()
             self._up_cgroup()
         except BaseException as exc:
@@ -218,6 +259,13 @@ class Testbed:
             self.applied,
             self.not_applied,
         )
+
+    def _up_nodes(self) -> None:
+        """Where the nodes run and the links between them (``netem.docker`` overrides it)."""
+        if self.isolation == "netns":
+            self._up_netns()
+        else:
+            self._up_loopback()
 
     def _push(self, what: str, fn: Callable[[], object]) -> None:
         self._undo.append((what, fn))
@@ -378,6 +426,9 @@ class Testbed:
     def _stop_delay_line(self, link_name: str, label: str) -> None:
         proc = self._owned.pop(label)
         stop_process(proc)
+        if proc.stdin is not None:  # (the control channel)
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
         out = proc.stdout.read() if proc.stdout else ""
         for line in out.splitlines():
             with contextlib.suppress(ValueError):
@@ -584,6 +635,69 @@ class Testbed:
             self._procs.append(proc)
         return proc
 
+    # ---------------------------------------------------------------- changes during a run
+    def _link(self, name: str) -> _Link:
+        for link in self._links:
+            if link.name == name:
+                return link
+        raise ValueError(f"no link {name!r}; the links are {[link.name for link in self._links]}")
+
+    def change_link(self, spec: LinkSpec, link: str = SCHEDULED_LINK) -> dict[str, str]:
+        """Turn the live ``link`` into ``spec``; returns the mechanism that applied each parameter.
+
+        ``tc … change`` on both ends' qdiscs (each command logged, its status checked: a failure raises
+        ``CommandError``), and the delay line's delay, jitter and loss through its control channel,
+        answered before this returns. The layout stays as brought up: a step it cannot take (see
+        :func:`netem.tc.plan_link_change`) raises ``SpecError``, which the schedule given in the config
+        was checked against before anything was made.
+        """
+        if self.isolation != "netns" or not self._up:
+            raise NetemError("a link can be changed only on a namespaced testbed that is up")
+        lk = self._link(link)
+        p = self.config.prefix
+        plans = [
+            plan_link_change(
+                dev_name(p, lk.short, end[0]), spec, self.applied[lk.name], netns=ns_name(p, end)
+            )
+            for end in (lk.a, lk.b)
+        ]
+        # The two ends and the delay line are independent: changed at once, the change takes as long as
+        # the slowest of them rather than their sum (each ``tc`` is a process start, milliseconds apiece
+        # on a busy machine), and both directions change together.
+        tasks: list[Callable[[], object]] = [
+            functools.partial(self._run_all, plan.commands) for plan in plans if plan.commands
+        ]
+        mechanisms = dict(plans[0].applied)
+        if plans[0].userspace:
+            label = f"{p}-{lk.short}"
+            d = spec.describe()
+            logger.info(
+                "delay line %s: delay %s jitter %s loss %s", label, d["delay"], d["jitter"], d["loss"]
+            )
+            tasks.append(functools.partial(delayline.change, self._owned[label], spec))
+            mechanisms.update(dict.fromkeys(plans[0].userspace, "tun-delay-line"))
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(tasks))) as pool:
+            for future in [pool.submit(task) for task in tasks]:
+                future.result()  # (the first failure is raised once every task has ended)
+        return mechanisms
+
+    def _run_all(self, commands: list[list[str]]) -> None:
+        for argv in commands:
+            self.ex.run(argv)
+
+    def change_edge_cpus(self, cpus: float) -> dict[str, str]:
+        """Set the edge's CPU quota to ``cpus`` cores on its live cgroup; returns ``{"cpus": mechanism}``.
+
+        The edge keeps the thread count of its first quota (``edge_threads``): a process cannot be given
+        other threads from outside, and a smaller quota over the same threads is what a busier device is.
+        """
+        if self._cgroup is None:
+            raise NetemError(
+                "the edge has no cgroup with a CPU quota to change (bring the testbed up with edge_limits.cpus)"
+            )
+        self._cgroup.set_cpus(cpus)
+        return {"cpus": self.edge_limits_mechanism or "cgroup"}
+
     def edge_threads(self) -> int | None:
         """PyTorch threads for the edge that match its CPU quota / CPU set; None without limits."""
         limits = self.config.edge_limits
@@ -642,13 +756,18 @@ def make_testbed(
     """Plan a testbed (nothing is created until ``with``/``up()``); refuse what cannot be applied.
 
     ``isolation``: ``netns`` (needs root and iproute2), ``loopback`` (no root: 127.0.0.1 and relays),
-    or ``auto`` (netns where possible).
+    ``docker`` (containers, ``netem.docker``: root, a Docker daemon and the node image), or ``auto``
+    (netns where possible).
     """
     if isolation not in ISOLATIONS:
         raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
     if caps is None:
         with signals_deferred():  # the probe's scratch namespace is removed before a Ctrl-C unwinds
             caps = probe_capabilities()
+    if isolation == "docker":
+        from netem.docker import DockerTestbed  # (it builds on this module)
+
+        return DockerTestbed(config, caps)
     can_netns = caps.root and caps.iproute2 and caps.netns
     if isolation == "auto":
         isolation = "netns" if can_netns else "loopback"

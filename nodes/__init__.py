@@ -35,7 +35,7 @@ from nodes.messages import (
     Shutdown,
 )
 from nodes.protocol import CLOSED, NEED_DATA, Connection
-from nodes.records import RECORDS_SCHEMA, RecordsResult, write_records
+from nodes.records import RecordsResult, write_records
 from nodes.timing import BatchStamps, ClockEstimate, clock_offset, procedures_ms
 from nodes.transport import FramedStream, Listener, open_stream
 
@@ -45,7 +45,6 @@ __all__ = [
     "MAX_FRAME_SIZE",
     "NEED_DATA",
     "PROTOCOL_VERSION",
-    "RECORDS_SCHEMA",
     "Batch",
     "BatchStamps",
     "ClockEstimate",

@@ -9,15 +9,76 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
+from contract.rules import check_threshold
 from nodes.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "LOCALEXIT_TOKEN"
+
+#: Environment of the node programs, each applied unless the environment already sets it: by the harness
+#: to the nodes it starts, and by a node program started on its own (:func:`apply_env_defaults`), so a
+#: standalone node runs as a harness-started one. Why each: docs/design-notes.md, "Node process settings".
+NODE_ENV_DEFAULTS: Mapping[str, str] = MappingProxyType(
+    {
+        # glibc keeps each batch's activations instead of returning them to the kernel and faulting
+        # fresh zeroed pages in again for the next batch.
+        "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456",
+        # an idle OpenMP worker spins through one batch's layers, then sleeps instead of taking the
+        # CPU another node computes on.
+        "GOMP_SPINCOUNT": "30000",
+        # each OpenMP thread stays on a CPU of its own (within the CPUs the process may use).
+        "OMP_PROC_BIND": "true",
+    }
+)
+#: Defaults a role does without: the test node computes nothing, and libgomp would pin a bound
+#: process's main thread as it loads, which slowed the run's start-up.
+UNBOUND_ROLES: Mapping[str, frozenset[str]] = MappingProxyType({"test": frozenset({"OMP_PROC_BIND"})})
+#: Set in the environment of a node program that re-executed itself to apply missing defaults: what it
+#: applied (``NAME=value``, comma-separated), for its log and so that it never re-executes twice.
+APPLIED_ENV = "LOCALEXIT_NODE_ENV_APPLIED"
+
+
+def env_defaults(role: str) -> dict[str, str]:
+    """The :data:`NODE_ENV_DEFAULTS` that apply to a node of ``role`` (``test``, ``edge``, ``cloud``)."""
+    skip = UNBOUND_ROLES.get(role, frozenset())
+    return {key: value for key, value in NODE_ENV_DEFAULTS.items() if key not in skip}
+
+
+def missing_env_defaults(role: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The defaults of ``role`` that ``environ`` does not set (a setting of its own always wins)."""
+    return {key: value for key, value in env_defaults(role).items() if key not in environ}
+
+
+def apply_env_defaults(role: str, argv: Sequence[str] | None) -> None:
+    """Give this node program the defaults missing from its environment, by re-executing it with them.
+
+    ``GLIBC_TUNABLES`` is read when the process starts and libgomp reads its settings when torch loads,
+    so setting them in ``os.environ`` now would come too late: the program runs itself again (the same
+    interpreter, options and arguments, ``sys.orig_argv``) with the completed environment. The new
+    process logs what it applied. Only a node reading its own command line (``argv`` None, as
+    ``main()`` is called by ``python -m nodes.edge`` or the ``localexit-edge`` script) re-executes: one
+    given an argument list runs inside another program (a test), which must not be replaced.
+    """
+    applied = os.environ.pop(APPLIED_ENV, None)
+    missing = missing_env_defaults(role, os.environ)
+    if applied is not None:
+        log.info("%s node: applied the environment defaults missing at start: %s", role, applied)
+        if missing:  # (something dropped them on the way: run on rather than loop)
+            log.warning("%s node: still missing %s after re-executing", role, ", ".join(missing))
+        return
+    if not missing or argv is not None:
+        return
+    env = {**os.environ, **missing, APPLIED_ENV: ",".join(f"{k}={v}" for k, v in missing.items())}
+    log.debug("%s node: re-executing with %s", role, ", ".join(missing))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, list(sys.orig_argv), env)
 
 
 def parse_hostport(text: str, *, what: str = "address") -> tuple[str, int]:
@@ -58,13 +119,15 @@ def nonneg_int(text: str) -> int:
 
 
 def threshold_arg(text: str) -> float:
+    """``--threshold``: where T enters a node process from its command line."""
     try:
         value = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from exc
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"the exit threshold must be in [0, 1], got {value}")
-    return value
+    try:
+        return check_threshold(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def positive_float(text: str) -> float:

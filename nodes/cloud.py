@@ -2,7 +2,8 @@
 
 Test nodes connect first and get a session id in their :class:`Ready`; the edge forwards each batch's
 unsure samples as :class:`Features` tagged with that session, and the cloud sends its
-:class:`Predictions` back on the test node's connection.
+:class:`Predictions` back on the test node's connection. A test node may reconfigure the cloud between
+runs (:class:`~nodes.messages.Configure`); the command line gives only the first configuration.
 
     python -m nodes.cloud --listen 127.0.0.1:0 --checkpoint mem.pt --exit 5
 """
@@ -16,19 +17,21 @@ import time
 from dataclasses import dataclass
 
 from nodes import cli
-from nodes.compute import BadInput, ModelParts, load_parts, run_cloud, set_threads
+from nodes.compute import BadInput, ModelParts, PartsCache, configure_parts, run_cloud, set_threads
 from nodes.errors import RemoteProtocolError
 from nodes.handshake import accept_hello, send_ready
 from nodes.messages import (
     PROTOCOL_VERSION,
     ClockProbe,
     ClockReply,
+    Configure,
     Error,
     Features,
     Predictions,
     Ready,
     Shutdown,
 )
+from nodes.timing import clock_domain
 from nodes.transport import FramedStream, Listener
 
 log = logging.getLogger(__name__)
@@ -53,11 +56,16 @@ class CloudConfig:
 
 
 class CloudNode:
-    """The cloud server. ``start()`` listens, ``close()`` stops and closes every connection."""
+    """The cloud server. ``start()`` listens, ``close()`` stops and closes every connection.
 
-    def __init__(self, config: CloudConfig, parts: ModelParts) -> None:
+    ``parts`` is the configuration in force: the one it was built with at first, then what the last
+    :class:`Configure` asked for (loaded through ``cache``).
+    """
+
+    def __init__(self, config: CloudConfig, parts: ModelParts, cache: PartsCache | None = None) -> None:
         self.config = config
         self.parts = parts
+        self._cache = cache if cache is not None else PartsCache()
         self._sessions: dict[str, FramedStream] = {}
         self._listener = Listener(self._handle, node="cloud", peer_node="peer", timeout=config.timeout)
 
@@ -96,6 +104,9 @@ class CloudNode:
             exit=self.parts.exit,
             threshold=None,
             session=session,
+            checkpoint=str(self.parts.meta.path),
+            sha256=self.parts.meta.sha256,
+            clock_domain=clock_domain(),
         )
 
     async def _serve_test(self, stream: FramedStream) -> None:
@@ -108,6 +119,8 @@ class CloudNode:
                 msg = await stream.recv(timeout=IDLE_TIMEOUT_S)
                 if isinstance(msg, ClockProbe):
                     await stream.send(_clock_reply(msg))
+                elif isinstance(msg, Configure):
+                    await self._on_configure(stream, session, msg)
                 elif isinstance(msg, Shutdown):
                     log.info("test node %s done (%s)", stream.peer, msg.reason)
                     return
@@ -120,6 +133,29 @@ class CloudNode:
                     )
         finally:
             self._sessions.pop(session, None)
+
+    async def _on_configure(self, test: FramedStream, session: str, msg: Configure) -> None:
+        """Switch to the configuration ``msg`` asks for and answer with it, or refuse (non-fatal)."""
+        others = len(self._sessions) - 1
+        if others:
+            await test.send(
+                Error(
+                    "busy",
+                    f"the cloud node cannot be reconfigured while {others} other test node(s) are "
+                    "connected: their runs would change under them",
+                    "cloud",
+                    fatal=False,
+                )
+            )
+            return
+        parts = configure_parts(self._cache, msg, node="cloud")
+        if isinstance(parts, Error):
+            log.warning("refused a configuration: %s", parts.message)
+            await test.send(parts)
+            return
+        self.parts = parts
+        log.info("configured: %s exit %d from %s", parts.kind, parts.exit, msg.checkpoint)
+        await test.send(self._ready(session))
 
     async def _serve_edge(self, stream: FramedStream) -> None:
         await send_ready(stream, self._ready())
@@ -198,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def amain(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    parts = load_parts(args.checkpoint, args.exit)
+    cache = PartsCache()
+    parts = cache.get(args.checkpoint, args.exit)
     node = CloudNode(
         CloudConfig(
             host=args.listen[0], port=args.listen[1], token=cli.token_from(args), timeout=args.timeout
         ),
         parts,
+        cache,
     )
     stop = cli.stop_on_signals()
     host, port = await node.start()
@@ -220,6 +258,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
+    cli.apply_env_defaults("cloud", argv)
     return cli.run_entry(amain(args))
 
 

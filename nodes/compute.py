@@ -8,14 +8,22 @@ deep inside a convolution.
 from __future__ import annotations
 
 import math
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models import CheckpointMeta, CloudPart, EdgePart, load_checkpoint, normalized_entropy, partition
+from contract.rules import exits_locally
+from models import ModelError
+from models.checkpoint import CheckpointMeta, load_checkpoint
+from models.cnn import MultiExitCNN
+from models.entropy import normalized_entropy
+from models.partition import CloudPart, EdgePart, partition
 from nodes.errors import RemoteProtocolError
+from nodes.messages import Configure, Error
 
 # A batch larger than this is refused: it is far above the paper's 32 and bounds the activation memory
 # one message can make a node allocate (the frame size limit bounds only the input bytes).
@@ -48,7 +56,11 @@ def load_parts(checkpoint: str | Path, exit: int) -> ModelParts:
 
     Raises :class:`models.ModelError` (a checkpoint or exit the user must fix).
     """
-    model, meta = load_checkpoint(checkpoint)
+    return split_parts(*load_checkpoint(checkpoint), exit)
+
+
+def split_parts(model: MultiExitCNN, meta: CheckpointMeta, exit: int) -> ModelParts:
+    """``model`` (loaded with ``meta``) split at local exit ``exit``; the parts share its parameters."""
     edge, cloud = partition(model, exit)
     cfg = meta.config
     return ModelParts(
@@ -60,6 +72,87 @@ def load_parts(checkpoint: str | Path, exit: int) -> ModelParts:
         image_shape=(cfg.in_channels, cfg.image_size, cfg.image_size),
         feature_shape=edge.feature_shape(),
     )
+
+
+#: Models a node keeps loaded for :class:`PartsCache`. The paper's grid uses nine checkpoints (SEM-1..8
+#: and MEM, whose eight exits share one loaded model); a shipped model holds about 1 MiB of parameters,
+#: so a full cache adds a few tens of MiB to the node -- the edge's memory is a reported figure, and a
+#: node that serves a study carries the models it ran before (see docs/nodes.md).
+MODELS_CACHED = 16
+
+_FileKey = tuple[str, int, int]  # (resolved path, mtime in ns, size): a file rewritten in place is new
+
+
+class PartsCache:
+    """:class:`ModelParts` by (checkpoint file, exit), for a node that is reconfigured between runs.
+
+    A checkpoint is loaded once (while its file is unchanged) and split at each exit asked for; the
+    parts of one file share its parameters. At most ``size`` files stay loaded, the least recently used
+    dropped first. Owned by one node (no state at module level).
+    """
+
+    def __init__(self, size: int = MODELS_CACHED) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self._size = size
+        self._models: OrderedDict[_FileKey, tuple[MultiExitCNN, CheckpointMeta]] = OrderedDict()
+        self._parts: dict[tuple[_FileKey, int], ModelParts] = {}
+
+    def __len__(self) -> int:
+        """How many checkpoint files are loaded."""
+        return len(self._models)
+
+    def get(self, checkpoint: str | Path, exit: int) -> ModelParts:
+        """The parts of ``checkpoint`` at ``exit``, loading the file if needed; raises
+        :class:`models.ModelError` as :func:`load_parts` does."""
+        path = Path(checkpoint)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return load_parts(path, exit)  # (which says what is wrong with the file)
+        key: _FileKey = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        parts = self._parts.get((key, exit))
+        if parts is not None:
+            self._models.move_to_end(key)
+            return parts
+        loaded = self._models.get(key)
+        if loaded is None:
+            loaded = load_checkpoint(path)
+        parts = split_parts(*loaded, exit)  # (raises for an exit the model lacks: nothing is kept then)
+        self._models[key] = loaded
+        self._models.move_to_end(key)
+        self._parts[(key, exit)] = parts
+        while len(self._models) > self._size:
+            dropped, _ = self._models.popitem(last=False)
+            for k in [k for k in self._parts if k[0] == dropped]:
+                del self._parts[k]
+        return parts
+
+
+def configure_parts(cache: PartsCache, msg: Configure, *, node: str) -> ModelParts | Error:
+    """The parts ``msg`` asks the node ``node`` to run, or the non-fatal :class:`Error` to answer with
+    (a checkpoint that cannot be loaded or split at that exit, or that is not the ``model`` or
+    ``sha256`` the sender expects). Loads the checkpoint, so it blocks: a node calls it between runs."""
+
+    def refuse(code: str, why: str) -> Error:
+        text = f"the {node} node cannot run {msg.checkpoint} at exit {msg.exit}: {why}"
+        return Error(code, text, node, fatal=False)
+
+    if node == "edge" and msg.threshold is None:
+        return refuse("configure", "the edge needs a threshold")
+    try:
+        parts = cache.get(msg.checkpoint, msg.exit)
+    except ModelError as exc:
+        return refuse("bad-checkpoint", str(exc))
+    if msg.model is not None and parts.kind != msg.model:
+        return refuse("config-mismatch", f"it holds a {parts.kind} model, not {msg.model}")
+    if msg.sha256 is not None and parts.meta.sha256 != msg.sha256:
+        return refuse(
+            "config-mismatch",
+            f"its SHA-256 is {parts.meta.sha256[:12]}…, not the {msg.sha256[:12]}… expected "
+            "(the file changed since it was checked)",
+        )
+    return parts
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +190,7 @@ def run_edge(parts: ModelParts, images: np.ndarray, threshold: float) -> EdgeOut
             eps = normalized_entropy(logits)
             preds = logits.argmax(dim=1).numpy().astype(np.int64, copy=False)
             entropy = eps.numpy().astype(np.float32, copy=False)
-            local = entropy < threshold
+            local = exits_locally(entropy, threshold)
         feats = features.contiguous().numpy()
     return EdgeOutput(preds=preds, entropy=entropy, local=local, features=feats)
 

@@ -5,7 +5,9 @@ samples itself and forwards the features of the rest to the cloud.
 
 It connects to the cloud at start-up (retrying until ``--timeout``) and prints ``READY host:port`` once
 both the cloud link and its own listener are up. If the cloud link breaks, every connected test node is
-told (an error naming the cloud node) and the edge reconnects for the next batch that needs it.
+told (an error naming the cloud node) and the edge reconnects for the next batch that needs it. A test
+node may reconfigure it between runs (:class:`~nodes.messages.Configure`): the command line gives only
+the first configuration.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nodes import cli
-from nodes.compute import BadInput, ModelParts, load_parts, run_edge, set_threads
+from nodes.compute import BadInput, ModelParts, PartsCache, configure_parts, run_edge, set_threads
 from nodes.errors import NodeError, PeerError, RemoteProtocolError
 from nodes.handshake import accept_hello, client_handshake, send_ready
 from nodes.messages import (
@@ -28,6 +30,7 @@ from nodes.messages import (
     Batch,
     ClockProbe,
     ClockReply,
+    Configure,
     Error,
     Features,
     Hello,
@@ -35,6 +38,7 @@ from nodes.messages import (
     Ready,
     Shutdown,
 )
+from nodes.timing import clock_domain
 from nodes.transport import FramedStream, Listener, open_stream
 
 log = logging.getLogger(__name__)
@@ -57,18 +61,22 @@ class EdgeConfig:
         for name in ("port", "cloud_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be in 0..65535, got {getattr(self, name)}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
 
 
 class EdgeNode:
-    """The edge server. ``start()`` connects to the cloud and listens; ``close()`` undoes both."""
+    """The edge server. ``start()`` connects to the cloud and listens; ``close()`` undoes both.
 
-    def __init__(self, config: EdgeConfig, parts: ModelParts) -> None:
+    ``parts`` and ``threshold`` are the configuration in force: ``config.threshold`` and the parts it
+    was built with at first, then what the last :class:`Configure` asked for (loaded through ``cache``).
+    """
+
+    def __init__(self, config: EdgeConfig, parts: ModelParts, cache: PartsCache | None = None) -> None:
         self.config = config
         self.parts = parts
+        self.threshold = config.threshold
+        self._cache = cache if cache is not None else PartsCache()
         self._cloud: FramedStream | None = None
         self._cloud_reader: asyncio.Task[None] | None = None
         self._cloud_lock = asyncio.Lock()
@@ -82,7 +90,7 @@ class EdgeNode:
             "edge node: %s exit %d T=%g, listening on %s:%d, cloud at %s:%d",
             self.parts.kind,
             self.parts.exit,
-            self.config.threshold,
+            self.threshold,
             host,
             port,
             self.config.cloud_host,
@@ -175,7 +183,7 @@ class EdgeNode:
             accept_roles=("test",),
             model=self.parts.kind,
             exit=self.parts.exit,
-            threshold=self.config.threshold,
+            threshold=self.threshold,
             token=self.config.token,
         )
         if hello is None:
@@ -190,16 +198,7 @@ class EdgeNode:
                 )
             )
             return
-        await send_ready(
-            stream,
-            Ready(
-                role="edge",
-                version=PROTOCOL_VERSION,
-                model=self.parts.kind,
-                exit=self.parts.exit,
-                threshold=self.config.threshold,
-            ),
-        )
+        await send_ready(stream, self._ready())
         self._tests.add(stream)
         log.info("test node %s connected (session %s)", stream.peer, hello.session)
         try:
@@ -210,6 +209,8 @@ class EdgeNode:
                 elif isinstance(msg, ClockProbe):
                     t = time.monotonic_ns()
                     await stream.send(ClockReply(msg.seq, msg.t_sent_ns, t, time.monotonic_ns()))
+                elif isinstance(msg, Configure):
+                    await self._on_configure(stream, msg)
                 elif isinstance(msg, Shutdown):
                     log.info("test node %s done (%s)", stream.peer, msg.reason)
                     return
@@ -223,10 +224,47 @@ class EdgeNode:
         finally:
             self._tests.discard(stream)
 
+    def _ready(self) -> Ready:
+        return Ready(
+            role="edge",
+            version=PROTOCOL_VERSION,
+            model=self.parts.kind,
+            exit=self.parts.exit,
+            threshold=self.threshold,
+            checkpoint=str(self.parts.meta.path),
+            sha256=self.parts.meta.sha256,
+            clock_domain=clock_domain(),
+        )
+
+    async def _on_configure(self, test: FramedStream, msg: Configure) -> None:
+        """Switch to the configuration ``msg`` asks for and answer with it, or refuse (non-fatal): the
+        connection stays open and the configuration in force stays as it was."""
+        others = len(self._tests - {test})
+        if others:
+            await test.send(
+                Error(
+                    "busy",
+                    f"the edge node cannot be reconfigured while {others} other test node(s) are "
+                    "connected: their runs would change under them",
+                    "edge",
+                    fatal=False,
+                )
+            )
+            return
+        parts = configure_parts(self._cache, msg, node="edge")
+        if isinstance(parts, Error):
+            log.warning("refused a configuration: %s", parts.message)
+            await test.send(parts)
+            return
+        assert msg.threshold is not None  # (configure_parts refuses an edge configuration without one)
+        self.parts, self.threshold = parts, msg.threshold
+        log.info("configured: %s exit %d T=%g from %s", parts.kind, parts.exit, msg.threshold, msg.checkpoint)
+        await test.send(self._ready())
+
     async def _on_batch(self, test: FramedStream, msg: Batch, session: str) -> None:
         t_recv = time.monotonic_ns()
         try:
-            out = run_edge(self.parts, msg.images, self.config.threshold)
+            out = run_edge(self.parts, msg.images, self.threshold)
         except BadInput as exc:
             await test.send_error(Error("bad-input", f"batch {msg.batch_id}: {exc}", "edge", msg.batch_id))
             raise
@@ -289,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def amain(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    parts = load_parts(args.checkpoint, args.exit)
+    cache = PartsCache()
+    parts = cache.get(args.checkpoint, args.exit)
     cfg = EdgeConfig(
         cloud_host=args.cloud[0],
         cloud_port=args.cloud[1],
@@ -299,7 +338,7 @@ async def amain(args: argparse.Namespace) -> int:
         token=cli.token_from(args),
         timeout=args.timeout,
     )
-    node = EdgeNode(cfg, parts)
+    node = EdgeNode(cfg, parts, cache)
     stop = cli.stop_on_signals()
     try:
         host, port = await node.start()
@@ -315,6 +354,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cli.setup_logging(args.verbose)
+    cli.apply_env_defaults("edge", argv)
     return cli.run_entry(amain(args))
 
 

@@ -9,7 +9,7 @@ fix, 1 for a failure at run time (a peer died, a timeout).
 
 from __future__ import annotations
 
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
 
 
 class NodeError(LocalExitError):
@@ -40,6 +40,18 @@ class HandshakeError(NodeError):
     """The peer refused us (or we refused it): protocol version, model/exit/threshold or token mismatch."""
 
     exit_code = 2
+
+
+class ConfigureError(NodeError):
+    """A node refused a :class:`~nodes.messages.Configure`: a checkpoint it cannot load, a model or
+    digest other than expected, a missing threshold, or another test node still connected. The node
+    keeps the configuration it had; ``node`` names it."""
+
+    exit_code = 2
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 class PeerError(NodeError):

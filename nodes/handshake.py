@@ -2,7 +2,8 @@
 
 A client sends :class:`Hello` with the configuration it expects; the server answers :class:`Ready` with
 the configuration it runs, or :class:`Error` and closes. Until then the connection accepts only small
-frames (:data:`nodes.codec.HANDSHAKE_MAX_FRAME_SIZE`).
+frames (:data:`nodes.codec.HANDSHAKE_MAX_FRAME_SIZE`). Once connected, a test node may ask for another
+configuration (:func:`configure`), which the server answers the same way, without closing on a refusal.
 
 The token is compared in constant time. It travels in clear text: it keeps a stranger's connection out
 of a run spread over real machines, it is not protection against someone who can read the traffic.
@@ -13,8 +14,8 @@ from __future__ import annotations
 import hmac
 import math
 
-from nodes.errors import HandshakeError, PeerError, RemoteProtocolError
-from nodes.messages import PROTOCOL_VERSION, Error, Hello, Ready
+from nodes.errors import ConfigureError, HandshakeError, PeerError, RemoteProtocolError
+from nodes.messages import PROTOCOL_VERSION, Configure, Error, Hello, Ready
 from nodes.transport import FramedStream
 
 
@@ -134,4 +135,35 @@ async def client_handshake(stream: FramedStream, hello: Hello) -> Ready:
             f"the {stream.node} node speaks protocol version {msg.version}, we speak {PROTOCOL_VERSION}"
         )
     stream.conn.handshake_done()
+    return msg
+
+
+async def configure(stream: FramedStream, request: Configure) -> Ready:
+    """Client side, after the handshake and with nothing in flight: ask the server for the
+    configuration ``request`` and return its :class:`Ready` (the configuration now in force);
+    :class:`ConfigureError` when it refuses (it keeps its configuration, and the connection stays
+    usable)."""
+    await stream.send(request)
+    msg = await stream.recv(what="for its answer to configure")
+    if isinstance(msg, Error):
+        if msg.fatal:
+            raise PeerError(stream.node, f"the {stream.node} node failed: {msg.message} [{msg.code}]")
+        raise ConfigureError(stream.node, msg.message)
+    if not isinstance(msg, Ready):
+        raise RemoteProtocolError(
+            f"the {stream.node} node answered configure with {type(msg).__name__.lower()}"
+        )
+    threshold = request.threshold if stream.node == "edge" else None
+    if (
+        msg.exit != request.exit
+        or (request.model is not None and msg.model != request.model)
+        or (request.sha256 is not None and msg.sha256 != request.sha256)
+        or (
+            threshold is not None and (msg.threshold is None or not _same_threshold(msg.threshold, threshold))
+        )
+    ):
+        raise RemoteProtocolError(
+            f"the {stream.node} node answered configure with {describe(msg.model, msg.exit, msg.threshold)}, "
+            f"not the {describe(request.model, request.exit, threshold)} asked for"
+        )
     return msg

@@ -16,22 +16,21 @@ processes and network namespaces of one host); see :mod:`nodes.timing` for the p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Annotated, Any, Literal, Union, get_args
 
 import msgspec
 import numpy as np
 
-from nodes.errors import RemoteProtocolError
+from contract.names import ExitSource
 
-PROTOCOL_VERSION = 1
+#: Version 2 added :class:`Configure` and the checkpoint fields of :class:`Ready`; a node refuses a
+#: hello of another version with a message naming both (see :mod:`nodes.handshake`).
+PROTOCOL_VERSION = 2
 
 Role = Literal["test", "edge", "cloud"]
-ExitSource = Literal["edge", "cloud"]
 ROLES: tuple[str, ...] = get_args(Role)
-EXIT_SOURCES: tuple[str, ...] = get_args(ExitSource)
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
 def _check_array(
@@ -75,8 +74,9 @@ class Hello(_Message, frozen=True, tag="hello"):
 
 
 class Ready(_Message, frozen=True, tag="ready"):
-    """A server's answer to an accepted :class:`Hello`: the configuration in force, and (from the cloud
-    to a test node) the session id under which the edge forwards that test node's samples."""
+    """A server's answer to an accepted :class:`Hello` or :class:`Configure`: the configuration in
+    force (``checkpoint``: the file's path as the node opened it, ``sha256``: its digest), and (from the
+    cloud to a test node) the session id under which the edge forwards that test node's samples."""
 
     role: Role
     version: NonNegInt
@@ -84,6 +84,27 @@ class Ready(_Message, frozen=True, tag="ready"):
     exit: NonNegInt
     threshold: float | None = None
     session: str | None = None
+    checkpoint: str | None = None
+    sha256: str | None = None
+    clock_domain: str | None = None  # which clock its stamps are on (nodes.timing.clock_domain)
+
+
+class Configure(_Message, frozen=True, tag="configure"):
+    """Test -> cloud, then test -> edge, between runs: run the model of ``checkpoint`` split at
+    ``exit`` (the edge: with ``threshold``) from now on. ``model`` and ``sha256``, when given, are what
+    the sender expects the checkpoint to hold; the node refuses a checkpoint that differs.
+
+    Answered with :class:`Ready` (the configuration now in force) or a non-fatal :class:`Error` (the
+    previous configuration stays in force). The node's command-line configuration is only the first
+    one. Sent on a connection that passed the handshake (so the token applies), and only when nothing
+    is in flight: the node refuses it while another test node is connected.
+    """
+
+    checkpoint: str
+    exit: NonNegInt
+    threshold: Threshold | None = None
+    model: str | None = None
+    sha256: str | None = None
 
 
 class Batch(_ArrayMessage, frozen=True, tag="batch"):
@@ -186,29 +207,5 @@ class ClockReply(_Message, frozen=True, tag="clock_reply"):
 
 # (Union[...] rather than |: the name must also be usable as a runtime type for msgspec on Python 3.10)
 Message = Union[  # noqa: UP007
-    Hello, Ready, Batch, Predictions, Features, Error, Shutdown, ClockProbe, ClockReply
+    Hello, Ready, Configure, Batch, Predictions, Features, Error, Shutdown, ClockProbe, ClockReply
 ]
-
-MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
-    {cls.__struct_config__.tag: cls for cls in get_args(Message)}
-)
-
-
-def message_to_header(msg: Message) -> dict[str, Any]:
-    """The frame header of ``msg`` as a mapping: its type name plus its fields (arrays stay numpy
-    arrays, fields at their default included)."""
-    header: dict[str, Any] = {"type": msg.__struct_config__.tag}
-    for name in msg.__struct_fields__:
-        header[name] = getattr(msg, name)
-    return header
-
-
-def message_from_header(header: Mapping[str, Any]) -> Message:
-    """Build the message a header mapping describes; :class:`RemoteProtocolError` if it is invalid."""
-    name = header.get("type")
-    if not (isinstance(name, str) and name in MESSAGE_TYPES):
-        raise RemoteProtocolError(f"unknown message type {name!r}")
-    try:
-        return msgspec.convert(dict(header), Message, strict=True)
-    except msgspec.ValidationError as exc:
-        raise RemoteProtocolError(f"invalid {name} message: {exc}") from exc

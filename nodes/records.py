@@ -1,7 +1,9 @@
-"""The test node's result: per-sample records, per-batch procedures, written as "localexit-records/1".
+"""The test node's result: per-sample records and per-batch procedures of one run, as the contract's
+``localexit-records/1`` document (:class:`contract.records.Records`, which defines and checks it).
 
-See docs/INTERFACES.md for the schema. A :class:`RecordsResult` exists only for a complete run (the test
-node raises instead of returning a partial one), and :func:`write_records` writes it atomically.
+A :class:`RecordsResult` exists only for a complete run (the test node raises instead of returning a
+partial one); it turns its stamps into the document when built, and :func:`write_records` writes that
+atomically.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.atomic import write_json_atomic
+from contract.atomic import write_json_atomic
+from contract.records import BatchTimes, Overall, Records, Samples
 from nodes.errors import UsageError
-from nodes.timing import NS_PER_MS, BatchStamps, ClockEstimate, procedures_ms
-
-RECORDS_SCHEMA = "localexit-records/1"
+from nodes.timing import NS_PER_MS, BatchStamps, ClockCheck, NodeClock, procedures_ms
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,10 @@ class SampleRecord:
     id: int
     label: int
     pred: int
-    exit: str
+    exit: str  # "edge" or "cloud" (contract.names.EXIT_SOURCES)
     entropy: float | None
     latency_ms: float
     cloud_entropy: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.exit not in ("edge", "cloud"):
-            raise ValueError(f"exit must be 'edge' or 'cloud', got {self.exit!r}")
 
 
 @dataclass(frozen=True)
@@ -39,24 +36,29 @@ class BatchRecord:
     size: int
     stamps: BatchStamps
 
-    def __post_init__(self) -> None:
-        if self.size != self.stamps.local + self.stamps.cloud:
-            raise ValueError(f"batch {self.index}: size {self.size} != local + cloud")
+    def to_times(self) -> BatchTimes:
+        """The batch as the records file stores it: its counts and the time of each procedure (ms)."""
+        return BatchTimes(
+            index=self.index,
+            size=self.size,
+            local=self.stamps.local,
+            cloud=self.stamps.cloud,
+            procedures_ms=procedures_ms(self.stamps),
+            latency_ms=(self.stamps.t_done - self.stamps.t_send) / NS_PER_MS,
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "size": self.size,
-            "local": self.stamps.local,
-            "cloud": self.stamps.cloud,
-            "procedures_ms": procedures_ms(self.stamps),
-            "latency_ms": (self.stamps.t_done - self.stamps.t_send) / NS_PER_MS,
-        }
+        return self.to_times().to_json()
+
+
+def _number(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else x
 
 
 @dataclass(frozen=True)
 class RecordsResult:
-    """A complete run as the test node saw it (warm-up batches excluded)."""
+    """A complete run as the test node saw it (warm-up batches excluded). ``records`` is the document it
+    makes, built (and so checked) with the result: a run the contract would refuse raises ``ValueError``."""
 
     config: dict[str, Any]
     samples: tuple[SampleRecord, ...]
@@ -64,16 +66,39 @@ class RecordsResult:
     first_send_ns: int
     last_recv_ns: int
     warmup_batches: int
-    clock: dict[str, ClockEstimate] = field(default_factory=dict)
+    clock: dict[str, NodeClock] = field(default_factory=dict)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clock_check: ClockCheck | None = None
+    records: Records = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.samples:
             raise ValueError("a run needs at least one measured sample")
-        if sum(b.size for b in self.batches) != len(self.samples):
-            raise ValueError("batch sizes do not add up to the number of samples")
-        if self.last_recv_ns < self.first_send_ns:
-            raise ValueError("last_recv_ns is before first_send_ns")
+        s = self.samples
+        records = Records(
+            config=dict(self.config),
+            samples=Samples(
+                id=tuple(r.id for r in s),
+                label=tuple(r.label for r in s),
+                pred=tuple(r.pred for r in s),
+                exit=tuple(r.exit for r in s),
+                entropy=tuple(_number(r.entropy) for r in s),
+                latency_ms=tuple(r.latency_ms for r in s),
+                cloud_entropy=tuple(_number(r.cloud_entropy) for r in s),
+            ),
+            batches=tuple(b.to_times() for b in self.batches),
+            overall=Overall(
+                first_send_ns=self.first_send_ns,
+                last_recv_ns=self.last_recv_ns,
+                measured_samples=len(s),
+                overall_latency_ms=self.overall_latency_ms,
+            ),
+            warmup_batches=self.warmup_batches,
+            clock={node: c.to_json() for node, c in self.clock.items()},
+            nodes=self.nodes,
+            extra={"clock_check": None if self.clock_check is None else self.clock_check.to_json()},
+        )
+        object.__setattr__(self, "records", records)
 
     @property
     def overall_latency_ms(self) -> float:
@@ -81,48 +106,14 @@ class RecordsResult:
         return (self.last_recv_ns - self.first_send_ns) / NS_PER_MS / len(self.samples)
 
     def to_json(self) -> dict[str, Any]:
-        def num(x: float | None) -> float | None:
-            return None if x is None or math.isnan(x) else x
-
-        s = self.samples
-        return {
-            "schema": RECORDS_SCHEMA,
-            "config": dict(self.config),
-            "samples": {
-                "id": [r.id for r in s],
-                "label": [r.label for r in s],
-                "pred": [r.pred for r in s],
-                "exit": [r.exit for r in s],
-                "entropy": [num(r.entropy) for r in s],
-                "latency_ms": [r.latency_ms for r in s],
-                "cloud_entropy": [num(r.cloud_entropy) for r in s],
-            },
-            "batches": [b.to_json() for b in self.batches],
-            "overall": {
-                "first_send_ns": self.first_send_ns,
-                "last_recv_ns": self.last_recv_ns,
-                "measured_samples": len(s),
-                "overall_latency_ms": self.overall_latency_ms,
-            },
-            "warmup": {"batches": self.warmup_batches},
-            "clock": {
-                node: {
-                    "offset_ns": c.offset_ns,
-                    "rtt_ns": c.rtt_ns,
-                    "uncertainty_ns": c.uncertainty_ns,
-                    "probes": c.probes,
-                }
-                for node, c in self.clock.items()
-            },
-            "nodes": self.nodes,
-        }
+        return self.records.to_json()
 
 
 def write_records(result: RecordsResult, path: str | Path) -> Path:
     """Write ``result`` as JSON to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
     path = Path(path)
     try:
-        write_json_atomic(path, result.to_json(), indent=None, allow_nan=False)
+        write_json_atomic(path, result.to_json(), indent=None)
     except OSError as exc:
         raise UsageError(f"cannot write records to {path}: {exc.strerror or exc}") from exc
     return path

@@ -1,6 +1,7 @@
 """The test node: streams a test set to the edge in batches and collects one record per sample.
 
     python -m nodes.test --edge 127.0.0.1:9000 --cloud 127.0.0.1:9001 --dataset fashion-mnist --out rec.json
+    python -m nodes.test --edge 127.0.0.1:9000 --cloud 127.0.0.1:9001 --serve   # runs asked for on stdin
 
 It connects to the cloud first (to get a session id), then to the edge. By default it is closed loop, as
 in the paper: the next batch goes out when every prediction of the previous one has arrived;
@@ -26,10 +27,31 @@ import numpy as np
 from models import ImageDataset, load_dataset
 from nodes import cli
 from nodes.errors import NodeError, NodeTimeout, PeerError, RemoteProtocolError, UsageError
-from nodes.handshake import client_handshake, describe
-from nodes.messages import Batch, ClockProbe, ClockReply, Error, Hello, Predictions, Ready, Shutdown
+from nodes.handshake import client_handshake, configure, describe
+from nodes.messages import (
+    Batch,
+    ClockProbe,
+    ClockReply,
+    Configure,
+    Error,
+    Hello,
+    Predictions,
+    Ready,
+    Shutdown,
+)
 from nodes.records import BatchRecord, RecordsResult, SampleRecord, write_records
-from nodes.timing import NS_PER_MS, BatchStamps, ClockEstimate, clock_offset
+from nodes.timing import (
+    NS_PER_MS,
+    BatchStamps,
+    ClockError,
+    ClockEstimate,
+    NodeClock,
+    check_clocks,
+    clock_domain,
+    clock_offset,
+    correct_stamps,
+    node_clock,
+)
 from nodes.transport import FramedStream, open_stream
 
 log = logging.getLogger(__name__)
@@ -65,8 +87,6 @@ class ClientConfig:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if self.batch_size < 1 or self.inflight < 1 or self.warmup_batches < 0 or self.clock_probes < 1:
             raise ValueError("batch_size, inflight and clock_probes must be >= 1, warmup_batches >= 0")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
 
@@ -210,6 +230,19 @@ async def _probe(stream: FramedStream, n: int) -> ClockEstimate:
     return clock_offset(samples)
 
 
+async def _clocks(conns: Connections, before: dict[str, ClockEstimate], probes: int) -> dict[str, NodeClock]:
+    """Probe each node again after the run; with the probes before it, how its stamps are corrected."""
+    local = clock_domain()
+    clocks = {}
+    for node, stream, ready in (
+        ("edge", conns.edge, conns.edge_ready),
+        ("cloud", conns.cloud, conns.cloud_ready),
+    ):
+        after = await _probe(stream, probes)
+        clocks[node] = node_clock(before[node], after, peer_domain=ready.clock_domain, local_domain=local)
+    return clocks
+
+
 def _select(cfg: ClientConfig, data: ImageDataset) -> np.ndarray:
     n = len(data) if cfg.samples is None else cfg.samples
     if n > len(data):
@@ -226,6 +259,8 @@ def _node_info(stream: FramedStream, ready: Ready) -> dict[str, Any]:
         "model": ready.model,
         "exit": ready.exit,
         "threshold": ready.threshold,
+        "checkpoint": ready.checkpoint,
+        "sha256": ready.sha256,
     }
 
 
@@ -234,7 +269,7 @@ def _build_result(
     data: ImageDataset,
     measured: list[_Pending],
     edge_ready: Ready,
-    clock: dict[str, ClockEstimate],
+    clock: dict[str, NodeClock],
     nodes: dict[str, dict[str, Any]],
 ) -> RecordsResult:
     samples: list[SampleRecord] = []
@@ -266,7 +301,7 @@ def _build_result(
             if last_cloud is None or t > last_cloud[1]:
                 last_cloud = (msg, t)
         n_cloud = sum(len(m.sample_ids) for m, _ in p.cloud)
-        stamps = BatchStamps(
+        raw = BatchStamps(
             t_send=p.t_send,
             t_edge_recv=e.t_edge_recv_ns,
             t_edge_done=e.t_edge_done_ns,
@@ -277,6 +312,7 @@ def _build_result(
             t_cloud_done=last_cloud[0].t_cloud_done_ns if last_cloud else None,
             t_cloud_reply=last_cloud[1] if last_cloud else None,
         )
+        stamps = correct_stamps(raw, clock["edge"], clock["cloud"])
         batches.append(BatchRecord(index=index, size=len(p.ids), stamps=stamps))
     config = {
         "model": edge_ready.model,
@@ -298,50 +334,105 @@ def _build_result(
         warmup_batches=cfg.warmup_batches,
         clock=clock,
         nodes=nodes,
+        clock_check=check_clocks([b.stamps for b in batches], clock),
     )
 
 
-async def run_test_client(cfg: ClientConfig, dataset: ImageDataset | None = None) -> RecordsResult:
-    """Run the test set through the edge and cloud nodes; the complete result, or an error naming the
-    node that failed (:class:`~nodes.errors.PeerError`, :class:`~nodes.errors.HandshakeError`)."""
-    data = dataset if dataset is not None else load_dataset(cfg.dataset, "test", cfg.data_dir)
+@dataclass(eq=False)
+class Connections:
+    """The test node's connections to the cloud and the edge, past the handshake, with the latest
+    :class:`Ready` of each (the configuration it runs). A run uses them from start to end; a serving
+    test node keeps them for its next run (:mod:`nodes.serve`)."""
+
+    cloud: FramedStream
+    edge: FramedStream
+    cloud_ready: Ready
+    edge_ready: Ready
+
+    @classmethod
+    async def open(cls, cfg: ClientConfig) -> Connections:
+        """Connect to the cloud (which gives the session id), then to the edge, expecting in hello the
+        model, exit and threshold of ``cfg`` (``None``: whatever they run)."""
+        streams: list[FramedStream] = []
+        try:
+            cloud = await open_stream(*cfg.cloud, node="cloud", timeout=cfg.timeout)
+            streams.append(cloud)
+            cloud_ready = await client_handshake(
+                cloud, Hello(role="test", model=cfg.model, exit=cfg.exit, token=cfg.token)
+            )
+            edge = await open_stream(*cfg.edge, node="edge", timeout=cfg.timeout)
+            streams.append(edge)
+            edge_ready = await client_handshake(
+                edge,
+                Hello(
+                    role="test",
+                    model=cfg.model,
+                    exit=cfg.exit,
+                    threshold=cfg.threshold,
+                    token=cfg.token,
+                    session=cloud_ready.session,
+                ),
+            )
+        except BaseException:
+            for s in streams:
+                await s.close()
+            raise
+        return cls(cloud, edge, cloud_ready, edge_ready)
+
+    async def configure(self, request: Configure) -> None:
+        """Reconfigure the cloud, then the edge (:func:`nodes.handshake.configure`); only between runs.
+        A refusal (:class:`~nodes.errors.ConfigureError`) leaves the node that refused as it was."""
+        self.cloud_ready = await configure(self.cloud, request)
+        self.edge_ready = await configure(self.edge, request)
+
+    def check_same_model(self) -> None:
+        e, c = self.edge_ready, self.cloud_ready
+        if (e.model, e.exit) != (c.model, c.exit):
+            raise NodeError(
+                f"the edge runs {describe(e.model, e.exit, None)} but the cloud runs "
+                f"{describe(c.model, c.exit, None)}; start both with the same checkpoint and --exit"
+            )
+
+    async def close(self) -> None:
+        """Say goodbye to both nodes and close (never raises for a peer that is gone)."""
+        for s in (self.cloud, self.edge):
+            if not s.closed:
+                with contextlib.suppress(Exception):
+                    await s.send(Shutdown("test done"), timeout=1.0)
+            await s.close()
+
+
+async def measure(cfg: ClientConfig, data: ImageDataset, conns: Connections) -> RecordsResult:
+    """One run over ``conns``: clock probes, the warm-up batches, the measured ones, clock probes again
+    (the records' edge and cloud stamps are corrected by the offsets, :mod:`nodes.timing`); the complete
+    result, or an error naming the node that failed. After an error ``conns`` may hold replies still in
+    flight: close them."""
+    conns.check_same_model()
     order = _select(cfg, data)
     run = _Run(cfg, data)
-    streams: list[FramedStream] = []
     readers: list[asyncio.Task[None]] = []
     try:
-        cloud = await open_stream(*cfg.cloud, node="cloud", timeout=cfg.timeout)
-        streams.append(cloud)
-        cloud_ready = await client_handshake(
-            cloud, Hello(role="test", model=cfg.model, exit=cfg.exit, token=cfg.token)
-        )
-        edge = await open_stream(*cfg.edge, node="edge", timeout=cfg.timeout)
-        streams.append(edge)
-        edge_ready = await client_handshake(
-            edge,
-            Hello(
-                role="test",
-                model=cfg.model,
-                exit=cfg.exit,
-                threshold=cfg.threshold,
-                token=cfg.token,
-                session=cloud_ready.session,
-            ),
-        )
-        if (edge_ready.model, edge_ready.exit) != (cloud_ready.model, cloud_ready.exit):
-            raise NodeError(
-                f"the edge runs {describe(edge_ready.model, edge_ready.exit, None)} but the cloud "
-                f"runs {describe(cloud_ready.model, cloud_ready.exit, None)}; start both with the "
-                "same checkpoint and --exit"
-            )
-        clock = {"edge": await _probe(edge, cfg.clock_probes), "cloud": await _probe(cloud, cfg.clock_probes)}
+        before = {
+            "edge": await _probe(conns.edge, cfg.clock_probes),
+            "cloud": await _probe(conns.cloud, cfg.clock_probes),
+        }
         loop = asyncio.get_running_loop()
-        readers = [loop.create_task(run.read(edge, "edge")), loop.create_task(run.read(cloud, "cloud"))]
+        readers = [
+            loop.create_task(run.read(conns.edge, "edge")),
+            loop.create_task(run.read(conns.cloud, "cloud")),
+        ]
         cli.settle_heap()
-        measured = await run.stream_batches(edge, order)
+        measured = await run.stream_batches(conns.edge, order)
         run.finished = True
-        nodes = {"edge": _node_info(edge, edge_ready), "cloud": _node_info(cloud, cloud_ready)}
-        return _build_result(cfg, data, measured, edge_ready, clock, nodes)
+        for t in readers:  # (the replies to the probes after the run are _probe's, not the readers')
+            t.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        clock = await _clocks(conns, before, cfg.clock_probes)
+        nodes = {
+            "edge": _node_info(conns.edge, conns.edge_ready),
+            "cloud": _node_info(conns.cloud, conns.cloud_ready),
+        }
+        return _build_result(cfg, data, measured, conns.edge_ready, clock, nodes)
     finally:
         gc.unfreeze()  # (for callers in a long-lived process: what was frozen is collectable again)
         run.finished = True
@@ -350,11 +441,18 @@ async def run_test_client(cfg: ClientConfig, dataset: ImageDataset | None = None
         for t in readers:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        for s in streams:
-            if not s.closed:
-                with contextlib.suppress(Exception):
-                    await s.send(Shutdown("test done"), timeout=1.0)
-            await s.close()
+
+
+async def run_test_client(cfg: ClientConfig, dataset: ImageDataset | None = None) -> RecordsResult:
+    """Run the test set through the edge and cloud nodes; the complete result, or an error naming the
+    node that failed (:class:`~nodes.errors.PeerError`, :class:`~nodes.errors.HandshakeError`)."""
+    data = dataset if dataset is not None else load_dataset(cfg.dataset, "test", cfg.data_dir)
+    _select(cfg, data)  # (a --samples the set cannot give is refused before connecting)
+    conns = await Connections.open(cfg)
+    try:
+        return await measure(cfg, data, conns)
+    finally:
+        await conns.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,11 +500,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--clock-probes",
         type=cli.positive_int,
         default=5,
-        help="round trips to each node before the run, to measure its clock's offset (default 5)",
+        help="round trips to each node before and after the run, to measure its clock's offset and "
+        "drift (default 5)",
     )
-    p.add_argument("--out", type=Path, required=True, help="records file to write (JSON)")
+    p.add_argument(
+        "--strict-clocks",
+        action="store_true",
+        help="fail the run (exit code 1, after writing the records) when a clock offset's uncertainty or "
+        "drift exceeds 10%% of a procedure it corrects; without it the run only warns",
+    )
+    p.add_argument("--out", type=Path, default=None, help="records file to write (JSON; required)")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="run many runs instead of one: read one request per line on stdin (JSON: the run's options, "
+        "the configuration to give the nodes and the records file), answer one line on stdout each, "
+        "until stdin closes (see nodes/serve.py); only --edge, --cloud, --token, --timeout and "
+        "--clock-probes apply then",
+    )
     cli.add_common_args(p)
     return p
+
+
+#: Options that belong to one run: a serving test node takes them from each request instead.
+RUN_OPTIONS = ("dataset", "data_dir", "samples", "batch_size", "inflight", "warmup_batches", "model", "exit",
+               "threshold", "seed", "out")  # fmt: skip
+
+
+def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--out`` is required for one run; a serving test node refuses the run options it would ignore."""
+    if not args.serve:
+        if args.out is None:
+            parser.error("--out FILE is required (or --serve)")
+        return
+    given = [name for name in RUN_OPTIONS if getattr(args, name) != parser.get_default(name)]
+    if given:
+        shown = ", ".join("--" + name.replace("_", "-") for name in given)
+        parser.error(f"--serve takes each run's options from its request: leave out {shown}")
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -442,6 +572,14 @@ async def amain(args: argparse.Namespace) -> int:
             raise NodeError("interrupted by a signal; the run is incomplete and no records were written")
     result = run.result()
     write_records(result, args.out)
+    check = result.clock_check
+    for warning in check.warnings if check is not None else ():
+        log.warning("clocks: %s", warning)
+    if args.strict_clocks and check is not None and not check.trusted:
+        raise ClockError(
+            f"the clock offsets are not known well enough for the procedure times (--strict-clocks): "
+            f"{check.warnings[0]}; the records, written to {args.out}, say more"
+        )
     edge_n = sum(1 for s in result.samples if s.exit == "edge")
     log.info(
         "done: %d samples (%d at the edge, %d in the cloud), overall latency %.3f ms/sample -> %s",
@@ -455,8 +593,23 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_mode(parser, args)
     cli.setup_logging(args.verbose)
+    cli.apply_env_defaults("test", argv)
+    if args.serve:
+        from nodes.serve import serve  # (nodes.serve builds on this module)
+
+        return cli.run_entry(
+            serve(
+                args.edge,
+                args.cloud,
+                token=cli.token_from(args),
+                timeout=args.timeout,
+                clock_probes=args.clock_probes,
+            )
+        )
     return cli.run_entry(amain(args))
 
 

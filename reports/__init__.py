@@ -15,8 +15,6 @@ from reports.claims import Claim, Comparison, claims_table, compare, evaluate_cl
 from reports.control import Control, ControlPair, control_table, scenario_control
 from reports.errors import ReportError
 from reports.loader import (
-    RESULTS_SCHEMA,
-    TRAINLOG_SCHEMA,
     ResultsFile,
     RunSeries,
     TrainLog,
@@ -28,9 +26,7 @@ from reports.stats import Estimate
 from reports.tables import TABLE_FORMATS, Scenario, Table, TableFormat, group_scenarios, render
 
 __all__ = [
-    "RESULTS_SCHEMA",
     "TABLE_FORMATS",
-    "TRAINLOG_SCHEMA",
     "Claim",
     "Comparison",
     "Control",

@@ -1,4 +1,5 @@
-"""``python -m reports RESULTS... --out DIR``: build the Markdown/HTML report from results files."""
+"""``python -m reports RESULTS... --out DIR``: build the Markdown/HTML report from results files;
+``python -m reports export RESULTS... --out FILE.csv``: every run and batch of them as one tidy CSV."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
 from reports import claims, tables
+from reports.export import export_csv
 from reports.loader import load_results
 from reports.tables import TABLE_FORMATS
 
@@ -23,14 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m reports",
         description="Turn localexit results files (and training logs) into tables, figures and a "
-        "Markdown + self-contained HTML report.",
+        "Markdown + self-contained HTML report. `python -m reports export --help`: every run as one CSV.",
     )
     p.add_argument(
         "results",
         nargs="+",
         type=Path,
         metavar="RESULTS",
-        help="results files (schema localexit/1) or folders of them",
+        help="results files (schema localexit/1 or /2) or folders of them",
     )
     p.add_argument(
         "--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)"
@@ -64,8 +66,52 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reports export",
+        description="Write every run of localexit results files as one tidy (long-format) CSV: one row per "
+        "run and figure, and one per batch and per-batch figure. In Python: pandas.read_csv(FILE).",
+    )
+    p.add_argument(
+        "results",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="results files (schema localexit/1 or /2) or folders of them",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, metavar="FILE", help="the CSV file (written atomically)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return p
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``python -m reports export``; returns 0 on success, 2 on bad input (one line on stderr)."""
+    args = _export_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        done = export_csv(args.results, args.out)
+    except LocalExitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"csv: {done.path} ({done.rows} rows: {done.runs} run(s) of {done.files} file(s))")
+    if done.unaligned_batch_rows:
+        print(
+            f"note: {done.unaligned_batch_rows} of {done.batch_rows} batch rows have no batch index "
+            "(aligned=false): their files predate per_batch_ids, and procedures that only some batches "
+            "had cannot be lined up"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0 on success, 2 on bad input (message on stderr, no traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:  # a results file named "export" is passed as ./export
+        return export_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         # Here, not at the top: matplotlib (figures) and scipy (intervals) come with the `report` extra,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.errors import LocalExitError
+from contract.errors import LocalExitError
 
 
 class ReportError(LocalExitError):

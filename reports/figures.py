@@ -17,10 +17,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from contract.names import LOCAL_EXITS, PROCEDURES
 from reports import stats
 from reports.claims import compare
 from reports.control import TOLERANCE, scenario_control
-from reports.loader import LOCAL_EXITS, PROCEDURES, ResultsFile, RunSeries, TrainLog
+from reports.loader import ResultsFile, RunSeries, TrainLog
 from reports.stats import Estimate
 from reports.tables import Scenario
 

@@ -1,62 +1,50 @@
-"""Read and validate results files (``localexit/1``) and training logs (``localexit-trainlog/1``).
+"""Read results files and training logs for the report.
 
-A file that is not JSON, has another schema version or lacks a field the report needs is refused with a
-``ReportError`` naming the file and the field, before any table is drawn.
+Results files are read through the contract (``contract.results``): its one validator, and every
+version it reads, an older one upgraded. A file that is not JSON, has a schema this version does not
+read or lacks a field the report needs is refused with a ``ReportError`` naming the file and the field,
+before any table is drawn. Training logs (``localexit-trainlog/1``) are validated here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from contract.errors import SchemaError
+from contract.jsonfile import read_json
+from contract.names import CLOUD, LOCAL_EXITS, MODEL_KINDS, PROCEDURES, TRAINLOG_SCHEMA
+from contract.results import SUMMARY_FIELDS, Results, Run
+from contract.rules import is_number
 from reports import stats
 from reports.errors import ReportError
 
 logger = logging.getLogger(__name__)
 
-RESULTS_SCHEMA = "localexit/1"
-TRAINLOG_SCHEMA = "localexit-trainlog/1"
-MODEL_KINDS = ("standard", "sem", "mem")
-LOCAL_EXITS = tuple(range(1, 9))
-PROCEDURES = ("1", "2", "3-1", "3-2", "4", "5")
-#: Summary figures every run must carry; the ones in NULLABLE are null when no sample exited there.
-SUMMARY_FIELDS = (
-    "samples",
-    "local_exits",
-    "cloud_exits",
-    "edge_accuracy",
-    "cloud_accuracy",
-    "overall_accuracy",
-    "edge_latency_ms",
-    "cloud_latency_ms",
-    "overall_latency_ms",
-)
-NULLABLE = frozenset({"edge_accuracy", "cloud_accuracy", "edge_latency_ms", "cloud_latency_ms"})
-CONFIG_FIELDS = ("model", "exit", "threshold", "batch_size", "dataset", "samples", "links")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+__all__ = [
+    "PROCEDURES",
+    "SUMMARY_FIELDS",
+    "ResultsFile",
+    "RunSeries",
+    "TrainLog",
+    "load_results",
+    "load_train_logs",
+    "parse_results",
+    "parse_train_log",
+    "scenario_key",
+]
 
 
 def _read_json(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise ReportError(f"{path}: not a text (JSON) file") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(
-            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from exc
+        return read_json(path)
+    except SchemaError as exc:
+        raise ReportError(str(exc)) from exc
 
 
 def _need_mapping(path: Path, data: object, where: str) -> Mapping[str, Any]:
@@ -71,42 +59,42 @@ def _need(path: Path, data: Mapping[str, Any], key: str, where: str) -> Any:
     return data[key]
 
 
-def _check_schema(path: Path, data: Mapping[str, Any], expected: str) -> None:
-    schema = data.get("schema")
-    if schema is None:
-        raise ReportError(f"{path}: missing field 'schema' (expected {expected!r})")
-    if schema != expected:
-        raise ReportError(
-            f"{path}: schema {schema!r} is not supported; this version of reports reads {expected!r}"
-        )
-
-
 @dataclass(frozen=True)
 class ResultsFile:
-    """One validated results file: a configuration and its repeated runs."""
+    """One results file: ``results`` is the typed document (``contract.results.Results``); ``config``,
+    ``environment``, ``runs`` and ``aggregate`` are the same as JSON objects in the current version, for
+    code that reads recorded settings by name."""
 
     path: Path
-    config: Mapping[str, Any]
-    environment: Mapping[str, Any]
-    runs: tuple[Mapping[str, Any], ...]
-    aggregate: Mapping[str, Any]
+    results: Results
 
-    def __post_init__(self) -> None:
-        if not self.runs:
-            raise ValueError(f"{self.path}: a results file needs at least one run")
+    @cached_property
+    def config(self) -> Mapping[str, Any]:
+        return self.results.config.to_json()
+
+    @property
+    def environment(self) -> Mapping[str, Any]:
+        return self.results.environment
+
+    @cached_property
+    def runs(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(run.to_json() for run in self.results.runs)
+
+    @cached_property
+    def aggregate(self) -> Mapping[str, Any]:
+        return self.results.to_json()["aggregate"]
 
     @property
     def kind(self) -> str:
-        return str(self.config["model"])
+        return self.results.config.model
 
     @property
     def exit(self) -> int | None:
-        value = self.config["exit"]
-        return None if value is None else int(value)
+        return self.results.config.exit
 
     @property
     def threshold(self) -> float:
-        return float(self.config["threshold"])
+        return self.results.config.threshold
 
     @property
     def label(self) -> str:
@@ -119,53 +107,42 @@ class ResultsFile:
 
     def values(self, metric: str) -> list[float]:
         """One summary figure across runs, leaving out runs where it is null."""
-        return [float(run["summary"][metric]) for run in self.runs if run["summary"][metric] is not None]
+        return [v for run in self.results.runs if (v := run.summary.get(metric)) is not None]
 
     @property
     def blocked(self) -> bool:
-        """Whether the runs carry the block they ran in (a blocked study); older files do not."""
-        return "block" in self.runs[0]
+        """Whether the runs carry the block they ran in (a blocked study)."""
+        return self.results.blocked
 
-    def _series(self, value: Callable[[Mapping[str, Any]], float | None]) -> RunSeries:
-        kept = [(run, v) for run in self.runs if (v := value(run)) is not None]
+    def _series(self, value: Callable[[Run], float | None]) -> RunSeries:
+        kept = [(run, v) for run in self.results.runs if (v := value(run)) is not None]
         return RunSeries(
             tuple(v for _, v in kept),
-            tuple(int(run["block"]) for run, _ in kept) if self.blocked else None,
+            tuple(run.block for run, _ in kept if run.block is not None) if self.blocked else None,
         )
 
     def series(self, metric: str) -> RunSeries:
         """One summary figure per run (runs where it is null left out), with each run's block."""
-        return self._series(
-            lambda run: None if run["summary"][metric] is None else float(run["summary"][metric])
-        )
+        return self._series(lambda run: run.summary.get(metric))
 
     def procedure_series(self, name: str) -> RunSeries:
         """Each run's mean per-batch time of procedure ``name`` (ms), with each run's block; runs where
         no batch went through it are left out."""
-
-        def mean_of(run: Mapping[str, Any]) -> float | None:
-            proc = run["procedures_ms"].get(name)
-            return float(proc["mean"]) if isinstance(proc, Mapping) and _is_number(proc.get("mean")) else None
-
-        return self._series(mean_of)
+        return self._series(lambda run: _procedure_mean(run, name))
 
     def procedures_total_series(self) -> RunSeries:
         """Each run's sum of the mean per-batch times of the procedures it had (ms): the height of its
         stacked procedure bar."""
 
-        def total(run: Mapping[str, Any]) -> float | None:
-            means = [
-                float(p["mean"])
-                for name in PROCEDURES
-                if isinstance(p := run["procedures_ms"].get(name), Mapping) and _is_number(p.get("mean"))
-            ]
+        def total(run: Run) -> float | None:
+            means = [m for name in PROCEDURES if (m := _procedure_mean(run, name)) is not None]
             return sum(means) if means else None
 
         return self._series(total)
 
     def resource_series(self, field: str, which: str) -> RunSeries:
         """Each run's ``edge_cpu_percent``/``edge_rss_mib`` ``mean`` or ``max``; unsampled runs left out."""
-        return self._series(lambda run: None if run[field][which] is None else float(run[field][which]))
+        return self._series(lambda run: _resource(run, field).get(which))
 
     def metric(self, metric: str) -> float | None:
         """Median of a summary figure across runs (None when no run has it, e.g. no local exit)."""
@@ -174,38 +151,37 @@ class ResultsFile:
 
     def procedure_mean(self, name: str) -> float | None:
         """Median across runs of the mean per-batch time of procedure ``name`` (ms)."""
-        vals = [
-            float(run["procedures_ms"][name]["mean"])
-            for run in self.runs
-            if isinstance(run["procedures_ms"].get(name), Mapping)
-            and _is_number(run["procedures_ms"][name].get("mean"))
-        ]
+        vals = [m for run in self.results.runs if (m := _procedure_mean(run, name)) is not None]
         return stats.median(vals) if vals else None
 
     def resource(self, field: str, which: str) -> float | None:
         """Median across runs of ``edge_cpu_percent``/``edge_rss_mib`` ``mean`` or ``max`` (None: unsampled)."""
-        vals = [float(run[field][which]) for run in self.runs if run[field][which] is not None]
+        vals = [v for run in self.results.runs if (v := _resource(run, field).get(which)) is not None]
         return stats.median(vals) if vals else None
 
     def batch_latencies_by_run(self) -> list[list[float]]:
         """Per-batch latencies (ms) of each run that stored them. Kept per run: batches of one run share
         its machine state, so they describe that run and are never pooled into one sample."""
-        out: list[list[float]] = []
-        for run in self.runs:
-            per_batch = run.get("per_batch_ms")
-            if isinstance(per_batch, Mapping) and isinstance(per_batch.get("latency"), list):
-                values = [float(v) for v in per_batch["latency"] if _is_number(v)]
-                if values:
-                    out.append(values)
-        return out
+        return [list(lat) for run in self.results.runs if (lat := run.per_batch_ms.get("latency"))]
+
+
+def _procedure_mean(run: Run, name: str) -> float | None:
+    proc = run.procedures_ms.get(name)
+    return None if proc is None else proc.mean
+
+
+def _resource(run: Run, field: str) -> Any:
+    if field not in ("edge_cpu_percent", "edge_rss_mib"):
+        raise KeyError(f"no resource {field!r}: edge_cpu_percent or edge_rss_mib")
+    return getattr(run, field)
 
 
 @dataclass(frozen=True)
 class RunSeries:
     """One figure of one point, one value per run, with the block each run ran in.
 
-    ``blocks`` is None for files whose runs carry no block index (written before studies ran points in
-    blocks); such runs cannot be paired with another point's.
+    ``blocks`` is None for files whose runs carry no block index (runs outside a blocked study); such
+    runs cannot be paired with another point's.
     """
 
     values: tuple[float, ...]
@@ -220,76 +196,12 @@ class RunSeries:
         return {} if self.blocks is None else dict(zip(self.blocks, self.values, strict=True))
 
 
-def _validate_run(path: Path, index: int, run: object) -> Mapping[str, Any]:
-    where = f"runs[{index}]"
-    run = _need_mapping(path, run, where)
-    if "block" in run:
-        block = run["block"]
-        if not isinstance(block, int) or isinstance(block, bool) or block < 0:
-            raise ReportError(f"{path}: {where}.block must be a block index (an integer ≥ 0), got {block!r}")
-    summary = _need_mapping(path, _need(path, run, "summary", f"{where}."), f"{where}.summary")
-    for field in SUMMARY_FIELDS:
-        value = _need(path, summary, field, f"{where}.summary.")
-        if value is None and field in NULLABLE:
-            continue
-        if not _is_number(value):
-            raise ReportError(f"{path}: {where}.summary.{field} must be a number, got {value!r}")
-    procedures = _need_mapping(path, _need(path, run, "procedures_ms", f"{where}."), f"{where}.procedures_ms")
-    for name, raw in procedures.items():
-        if raw is None:  # no batch went through this procedure (e.g. no cloud exit)
-            continue
-        proc = _need_mapping(path, raw, f"{where}.procedures_ms[{name!r}]")
-        if proc and not _is_number(proc.get("mean")):
-            raise ReportError(f"{path}: {where}.procedures_ms[{name!r}].mean must be a number")
-    for field in ("edge_cpu_percent", "edge_rss_mib"):
-        res = _need_mapping(path, _need(path, run, field, f"{where}."), f"{where}.{field}")
-        for which in ("mean", "max"):
-            value = _need(path, res, which, f"{where}.{field}.")
-            if value is not None and not _is_number(value):  # null: nothing was sampled
-                raise ReportError(f"{path}: {where}.{field}.{which} must be a number or null, got {value!r}")
-    return run
-
-
-def _check_blocks(path: Path, runs: tuple[Mapping[str, Any], ...]) -> None:
-    """A blocked study runs every point once per block: all runs carry a block, each a different one."""
-    with_block = [i for i, run in enumerate(runs) if "block" in run]
-    if with_block and len(with_block) != len(runs):
-        missing = next(i for i in range(len(runs)) if i not in with_block)
-        raise ReportError(f"{path}: runs[{missing}] has no block while other runs have one")
-    seen: dict[int, int] = {}
-    for i in with_block:
-        block = int(runs[i]["block"])
-        if block in seen:
-            raise ReportError(
-                f"{path}: runs[{seen[block]}] and runs[{i}] both ran in block {block}; a study runs each "
-                "point once per block"
-            )
-        seen[block] = i
-
-
 def parse_results(path: Path, data: object) -> ResultsFile:
-    """Validate the decoded JSON of one results file."""
-    data = _need_mapping(path, data, "the top level")
-    _check_schema(path, data, RESULTS_SCHEMA)
-    config = _need_mapping(path, _need(path, data, "config", ""), "config")
-    for field in CONFIG_FIELDS:
-        _need(path, config, field, "config.")
-    if config["model"] not in MODEL_KINDS:
-        raise ReportError(f"{path}: config.model must be one of {MODEL_KINDS}, got {config['model']!r}")
-    exit_ = config["exit"]
-    if config["model"] in ("sem", "mem") and exit_ not in LOCAL_EXITS:
-        raise ReportError(f"{path}: config.exit must be 1..8 for model {config['model']}, got {exit_!r}")
-    if not _is_number(config["threshold"]) or not 0.0 <= float(config["threshold"]) <= 1.0:
-        raise ReportError(f"{path}: config.threshold must be a number in [0, 1], got {config['threshold']!r}")
-    _need_mapping(path, config["links"], "config.links")
-    environment = _need_mapping(path, _need(path, data, "environment", ""), "environment")
-    runs = _need(path, data, "runs", "")
-    if not isinstance(runs, list) or not runs:
-        raise ReportError(f"{path}: 'runs' must be a non-empty list of runs")
-    checked = tuple(_validate_run(path, i, run) for i, run in enumerate(runs))
-    _check_blocks(path, checked)
-    aggregate = _need_mapping(path, _need(path, data, "aggregate", ""), "aggregate")
-    return ResultsFile(path=path, config=config, environment=environment, runs=checked, aggregate=aggregate)
+    """Validate the decoded JSON of one results file (through the contract)."""
+    try:
+        return ResultsFile(path=path, results=Results.from_json(data))
+    except SchemaError as exc:
+        raise ReportError(f"{path}: {exc}") from exc
 
 
 def _expand(paths: Iterable[Path | str], what: str) -> list[Path]:
@@ -333,24 +245,18 @@ def load_results(paths: Iterable[Path | str]) -> list[ResultsFile]:
 
 def scenario_key(res: ResultsFile) -> tuple[str, ...]:
     """What must agree for two results to share a figure: dataset, links, batch size, edge limits, the
-    cloud's CPU set and the TCP congestion control in force (where recorded)."""
-    cfg = res.config
+    cloud's CPU set, the TCP congestion control in force (where recorded), and whether the nodes ran in
+    containers (``--isolation docker``: a testbed of its own, compared with namespaces, not pooled)."""
+    cfg = res.results.config
     return (
-        str(cfg["dataset"]),
-        json.dumps(cfg["links"], sort_keys=True),
-        str(cfg["batch_size"]),
-        json.dumps(cfg.get("edge_limits"), sort_keys=True),
-        json.dumps(cfg.get("cloud_cpuset"), sort_keys=True),
-        str(congestion_control(cfg)),
+        cfg.dataset,
+        json.dumps(cfg.links, sort_keys=True),
+        str(cfg.batch_size),
+        json.dumps(cfg.edge_limits, sort_keys=True),
+        json.dumps(cfg.cloud_cpuset, sort_keys=True),
+        str(cfg.congestion_control),
+        *(["containers"] if cfg.isolation == "docker" else []),
     )
-
-
-def congestion_control(cfg: Mapping[str, Any]) -> str | None:
-    """The TCP congestion control the nodes' connections used, or None where not recorded (files
-    written before the harness recorded it)."""
-    tcp = cfg.get("tcp_congestion_control")
-    name = tcp.get("name") if isinstance(tcp, dict) else None
-    return name if isinstance(name, str) else None
 
 
 @dataclass(frozen=True)
@@ -379,7 +285,7 @@ class TrainLog:
         ys: list[float] = []
         for epoch in self.epochs:
             acc = epoch.get(split)
-            if isinstance(acc, Mapping) and _is_number(acc.get(exit_key)):
+            if isinstance(acc, Mapping) and is_number(acc.get(exit_key)):
                 xs.append(int(epoch["epoch"]))
                 ys.append(float(acc[exit_key]))
         return xs, ys
@@ -389,9 +295,9 @@ def _accuracy_map(path: Path, data: object, where: str) -> dict[str, float]:
     data = _need_mapping(path, data, where)
     out: dict[str, float] = {}
     for key, value in data.items():
-        if key != "cloud" and key not in {str(k) for k in LOCAL_EXITS}:
+        if key != CLOUD and key not in {str(k) for k in LOCAL_EXITS}:
             raise ReportError(f"{path}: {where} has unknown exit {key!r} (expected '1'..'8' or 'cloud')")
-        if not _is_number(value):
+        if not is_number(value):
             raise ReportError(f"{path}: {where}[{key!r}] must be a number, got {value!r}")
         out[key] = float(value)
     return out
@@ -400,7 +306,13 @@ def _accuracy_map(path: Path, data: object, where: str) -> dict[str, float]:
 def parse_train_log(path: Path, data: object) -> TrainLog:
     """Validate the decoded JSON of one training log."""
     data = _need_mapping(path, data, "the top level")
-    _check_schema(path, data, TRAINLOG_SCHEMA)
+    schema = data.get("schema")
+    if schema is None:
+        raise ReportError(f"{path}: missing field 'schema' (expected {TRAINLOG_SCHEMA!r})")
+    if schema != TRAINLOG_SCHEMA:
+        raise ReportError(
+            f"{path}: schema {schema!r} is not supported; this version of reports reads {TRAINLOG_SCHEMA!r}"
+        )
     model = _need_mapping(path, _need(path, data, "model", ""), "model")
     kind = _need(path, model, "kind", "model.")
     if kind not in MODEL_KINDS:
@@ -413,7 +325,7 @@ def parse_train_log(path: Path, data: object) -> TrainLog:
         raise ReportError(f"{path}: 'epochs' must be a list")
     for i, raw in enumerate(epochs):
         epoch = _need_mapping(path, raw, f"epochs[{i}]")
-        if not _is_number(_need(path, epoch, "epoch", f"epochs[{i}].")):
+        if not is_number(_need(path, epoch, "epoch", f"epochs[{i}].")):
             raise ReportError(f"{path}: epochs[{i}].epoch must be a number")
         _accuracy_map(
             path, _need(path, epoch, "train_accuracy", f"epochs[{i}]."), f"epochs[{i}].train_accuracy"

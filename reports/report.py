@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from models.atomic import atomic_open
-from reports import claims, control, figures, paper, tables
+from contract.atomic import write_atomic
+from reports import claims, control, export, figures, paper, tables
 from reports.errors import ReportError
 from reports.loader import ResultsFile, TrainLog, load_results, load_train_logs
 from reports.tables import TABLE_FORMATS, Table, TableFormat
@@ -55,11 +55,6 @@ class FigureBlock:
 
 
 Block = Heading | Paragraph | TableBlock | FigureBlock
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    with atomic_open(path, "wb") as fh:
-        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _config_paragraph(scn: tables.Scenario, t: float) -> Paragraph:
@@ -269,7 +264,8 @@ def build_report(
     """Build the whole report from results files/folders (and training logs); return ``report.md``.
 
     Writes ``report.md``, ``report.html``, ``figures/*.png|svg`` and ``tables/<name>.txt|md|tex`` under
-    ``out_dir``. Raises ``ReportError`` for unreadable or invalid inputs, naming the file.
+    ``out_dir``, and every table's raw numbers as ``tables/<name>.csv`` whatever the formats. Raises
+    ``ReportError`` for unreadable or invalid inputs, naming the file.
     """
     unknown = [f for f in table_formats if f not in TABLE_FORMATS]
     if unknown:
@@ -285,11 +281,12 @@ def build_report(
     for b in blocks:
         if isinstance(b, TableBlock):
             for fmt in table_formats:
-                _atomic_write(
+                write_atomic(
                     out_dir / "tables" / f"{b.name}.{_SUFFIX[fmt]}", tables.render(b.table, fmt) + "\n"
                 )
+            write_atomic(out_dir / "tables" / f"{b.name}.csv", export.table_csv(b.table))
     md = out_dir / "report.md"
-    _atomic_write(md, to_markdown(blocks, out_dir))
-    _atomic_write(out_dir / "report.html", to_html(blocks))
+    write_atomic(md, to_markdown(blocks, out_dir))
+    write_atomic(out_dir / "report.html", to_html(blocks))
     logger.info("report written to %s", md)
     return md

@@ -13,9 +13,10 @@ from typing import Literal
 
 from tabulate import tabulate
 
+from contract.names import LOCAL_EXITS, PROCEDURES
 from reports import stats
 from reports.errors import ReportError
-from reports.loader import LOCAL_EXITS, PROCEDURES, ResultsFile, TrainLog, scenario_key
+from reports.loader import ResultsFile, TrainLog, scenario_key
 
 Cell = float | int | str | None
 TableFormat = Literal["terminal", "github", "latex"]

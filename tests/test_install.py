@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Top-level modules that only the extras bring.
 EXTRAS_ONLY = ("matplotlib", "scipy", "zmq", "msgpack")
 # The packages the distribution ships, and the modules among them that draw figures (the `report` extra).
-PACKAGES = ("harness", "nodes", "netem", "models", "reports")
+PACKAGES = ("contract", "harness", "nodes", "netem", "models", "reports")
 DRAW_FIGURES = ("reports.figures", "reports.report")
 
 # Imports every module (but those that draw figures) and asks every console script for --help; prints

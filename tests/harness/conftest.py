@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-import models
 from harness.config import RunConfig
 from harness.runner import NodeCommands, Plan
+from models.checkpoint import save_checkpoint
+from models.cnn import ModelConfig, build_model
 
 FAKE_NODE = Path(__file__).with_name("fake_node.py")
 
@@ -21,18 +22,14 @@ FAKE_NODE = Path(__file__).with_name("fake_node.py")
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MEM checkpoint with 4 channels per block, built untrained for the synthetic set (fast to load)."""
-    model = models.build_model(
-        models.ModelConfig(kind="mem", exit=None, widths=(4,) * 9, pool_after=(2, 4, 6))
-    )
-    return models.save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny-mem.pt", dataset="synthetic")
+    model = build_model(ModelConfig(kind="mem", exit=None, widths=(4,) * 9, pool_after=(2, 4, 6)))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny-mem.pt", dataset="synthetic")
 
 
 @pytest.fixture(scope="session")
 def tiny_sem3_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = models.build_model(models.ModelConfig(kind="sem", exit=3, widths=(4,) * 9, pool_after=(2, 4, 6)))
-    return models.save_checkpoint(
-        model, tmp_path_factory.mktemp("ckpt") / "tiny-sem3.pt", dataset="synthetic"
-    )
+    model = build_model(ModelConfig(kind="sem", exit=3, widths=(4,) * 9, pool_after=(2, 4, 6)))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny-sem3.pt", dataset="synthetic")
 
 
 @pytest.fixture
@@ -50,6 +47,7 @@ def small_config(tiny_checkpoint: Path) -> RunConfig:
         isolation="loopback",
         ready_timeout_s=10.0,
         run_timeout_s=30.0,
+        busy_retries=0,  # (a shared test machine must not re-run these; test_busy.py covers re-runs)
     )
 
 

@@ -190,3 +190,13 @@ def test_an_improvement_must_also_be_shown_again() -> None:
     assert any(c.verdict == "improvement" for c in first.comparisons)
     report = confirmed(first, compare(base, make_results(seed=200, batch_ms=2.6)))
     assert not any(c.verdict == "improvement" for c in report.comparisons)
+
+
+def test_results_without_per_batch_times_are_refused() -> None:
+    """The check compares per-batch times: a results file that holds none (a hand-written one) cannot
+    pass it by having nothing to compare."""
+    base = make_results(seed=0)
+    for run in base["runs"]:
+        run["per_batch_ms"], run["per_batch_ids"] = {}, None
+    with pytest.raises(ResultsError, match="the baseline records no per-batch times"):
+        compare(base, make_results(seed=1))

@@ -87,7 +87,7 @@ def test_mismatched_checkpoint(capsys: pytest.CaptureFixture[str], tiny_sem3_che
     [
         (["--exit", "9"], "exit 9 is out of range"),
         (["--exit", "0"], "exit 0 is out of range"),
-        (["--model", "sem"], "needs --exit"),
+        (["--model", "sem"], "--model/--exit: a sem model needs a local exit K in 1..8"),
         (["--model", "standard", "--exit", "3"], "only the cloud exit"),
         (["--threshold", "1.5"], "[0, 1]"),
         (["--batch-size", "0"], "positive integer"),
@@ -144,7 +144,7 @@ def test_keyboard_interrupt_exits_130(
 
 def test_check_with_unusable_baseline(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "check", "--baseline", str(tmp_path / "missing.json"))
-    assert code == 2 and "does not exist" in err
+    assert code == 2 and "missing.json: no such file" in err
     bad = tmp_path / "b.json"
     bad.write_text('{"schema": "something/2"}')
     code, _, err = run_cli(capsys, "check", "--baseline", str(bad))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-import models
+from models.checkpoint import default_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The README's experiment, with the edge in a cgroup (its fork enters it) and the log on stderr.
@@ -57,7 +57,7 @@ class Trial:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped MEM checkpoint, copied: its path in the nodes' argv tells this test's nodes apart."""
     path = tmp_path_factory.mktemp("signals") / "mem.pt"
-    shutil.copyfile(models.default_checkpoint("mem", 5, "fashion-mnist"), path)
+    shutil.copyfile(default_checkpoint("mem", 5, "fashion-mnist"), path)
     return path
 
 

@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import (
-    ModelConfig,
-    ModelError,
-    exits_locally,
-    load_checkpoint,
-    normalized_entropy,
-    save_checkpoint,
-)
+from contract.rules import exits_locally
+from models import ModelError
 from models import calibration as cal_mod
 from models.calibration import (
     CalibrationFile,
@@ -28,7 +22,10 @@ from models.calibration import (
     main,
     threshold_for_target,
 )
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.cnn import ModelConfig
 from models.datasets import ImageDataset, ValidationSplit, synthetic_dataset
+from models.entropy import normalized_entropy
 from models.errors import DatasetError
 from models.train import TrainConfig, train
 
@@ -76,7 +73,7 @@ def test_threshold_is_the_largest_t_a_brute_force_finds(seed: int) -> None:
         t = threshold_for_target(e, c, target)
         assert t == _brute_force(e, c, target)
         if t is not None:  # and the edge's own rule gives the promised accuracy with it
-            local = exits_locally(torch.tensor(e, dtype=torch.float32), t).numpy()
+            local = exits_locally(e.astype(np.float32), t)
             assert c[local].mean() >= target
 
 
@@ -173,7 +170,7 @@ def test_calibration_file_round_trip_and_lookups(tmp_path: Path) -> None:
     ("over", "message"),
     [
         ({"target_accuracy": 1.2}, "target accuracy"),
-        ({"thresholds": {"1": 1.5, "5": 0.2}}, "exit 1: a threshold"),
+        ({"thresholds": {"1": 1.5, "5": 0.2}}, r"exit 1: the exit threshold T .* \[0, 1\], got 1.5"),
         ({"temperatures": {"1": 0.0, "5": 1.0}}, "exit 1: a temperature"),
         ({"temperatures": {"1": 1.0}}, "same, non-empty set"),
         ({"checkpoint_sha256": "xyz"}, "64 hex digits"),
@@ -259,7 +256,7 @@ def test_calibrate_command_on_a_checkpoint_uses_the_validation_split_only(
             assert not right.any() or float(right.float().mean()) < target
             continue
         reached += 1
-        local = exits_locally(normalized_entropy(outputs[k]), t)
+        local = torch.from_numpy(exits_locally(normalized_entropy(outputs[k]).numpy(), t))
         assert right[local].float().mean() >= target
         assert cal.achieved[k]["local_fraction"] == pytest.approx(float(local.float().mean()))
     assert reached >= 1
@@ -317,7 +314,7 @@ def test_calibrate_command_missing_checkpoint(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_a_model_without_local_exits_is_refused(tmp_path: Path) -> None:
-    from models import build_model
+    from models.cnn import build_model
 
     path = save_checkpoint(
         build_model(ModelConfig(kind="standard", **TINY)), tmp_path / "s.pt", dataset="synthetic"

@@ -7,15 +7,9 @@ from typing import Any
 import pytest
 import torch
 
-from models import (
-    CheckpointError,
-    ModelConfig,
-    build_model,
-    check_matches,
-    load_checkpoint,
-    save_checkpoint,
-    synthetic_dataset,
-)
+from models import CheckpointError, synthetic_dataset
+from models.checkpoint import check_matches, load_checkpoint, save_checkpoint
+from models.cnn import ModelConfig, build_model
 from models.train import TrainConfig, main, parse_loss_weights, train
 
 TINY: dict[str, Any] = {"widths": (4, 4, 6, 6, 8, 8, 8, 8, 8), "pool_after": (1, 2, 4)}
@@ -145,7 +139,7 @@ SHIPPED = ["standard", *(f"sem-{k}" for k in range(1, 9)), "mem"]
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoints_load_and_meet_the_accuracy_bar(name: str) -> None:
-    from models import ZOO_DIR
+    from models.checkpoint import ZOO_DIR
 
     path = ZOO_DIR / "fashion-mnist" / f"{name}.pt"
     _, meta = load_checkpoint(path)
@@ -157,7 +151,8 @@ def test_shipped_checkpoints_load_and_meet_the_accuracy_bar(name: str) -> None:
 
 
 def test_shipped_mem_accuracy_is_what_its_log_says() -> None:
-    from models import ZOO_DIR, DatasetError, load_dataset
+    from models import DatasetError, load_dataset
+    from models.checkpoint import ZOO_DIR
     from models.train import evaluate
 
     try:
@@ -175,7 +170,7 @@ def test_shipped_mem_accuracy_is_what_its_log_says() -> None:
 def test_train_command_never_writes_into_the_shipped_zoo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from models import ZOO_DIR
+    from models.checkpoint import ZOO_DIR
 
     before = {p: p.stat().st_mtime_ns for p in ZOO_DIR.rglob("*")}
     monkeypatch.chdir(tmp_path)

@@ -5,15 +5,10 @@ from typing import Any
 import pytest
 import torch
 
-from models import (
-    CLOUD,
-    LOCAL_EXITS,
-    ModelConfig,
-    ModelError,
-    build_model,
-    parse_model_choice,
-    partition,
-)
+from contract.names import CLOUD, LOCAL_EXITS
+from models import ModelError
+from models.cnn import ModelConfig, build_model, parse_model_choice
+from models.partition import partition
 
 TINY: dict[str, Any] = {"widths": (4, 4, 6, 6, 8, 8, 8, 8, 8), "pool_after": (1, 2, 4)}
 
@@ -101,7 +96,8 @@ def test_parse_model_choice() -> None:
     assert parse_model_choice("standard", None).kind == "standard"
     with pytest.raises(ModelError, match="out of range"):
         parse_model_choice("mem", 9)
-    with pytest.raises(ModelError, match="needs --exit"):
+    with pytest.raises(ModelError, match="a sem model needs a local exit"):
         parse_model_choice("sem", None)
-    with pytest.raises(ModelError, match="unknown model"):
+    with pytest.raises(ModelError, match="must be one of standard, sem, mem"):
         parse_model_choice("resnet", 1)
+    assert parse_model_choice("standard", 9).kind == "standard"  # its one exit, named by its block

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models import exits_locally, normalized_entropy
+from models.entropy import normalized_entropy
 
 
 def test_uniform_is_one_and_one_hot_is_zero() -> None:
@@ -27,13 +27,6 @@ def test_matches_definition() -> None:
 def test_always_in_unit_interval(row: list[float]) -> None:
     eps = normalized_entropy(torch.tensor([row]))
     assert 0.0 <= eps.item() <= 1.0
-
-
-def test_threshold_is_strict() -> None:
-    eps = torch.tensor([0.1, 0.3, 0.5])
-    assert exits_locally(eps, 0.3).tolist() == [True, False, False]
-    with pytest.raises(ValueError, match="threshold"):
-        exits_locally(eps, 1.5)
 
 
 def test_rejects_bad_shape() -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models import ModelConfig, build_model, save_checkpoint
+from models.checkpoint import save_checkpoint
+from models.cnn import ModelConfig, build_model
 
 
 @pytest.fixture(scope="session")

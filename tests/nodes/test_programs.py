@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.names import RECORDS_SCHEMA
 from models import synthetic_dataset
 from nodes import PeerError
-from nodes.records import RECORDS_SCHEMA
 from nodes.test import ClientConfig, run_test_client
 
 pytestmark = pytest.mark.slow

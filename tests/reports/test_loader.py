@@ -42,32 +42,38 @@ def test_binary_file(tmp_path: Path) -> None:
 
 def test_other_schema(write: Writer) -> None:
     doc = _one()
-    doc["schema"] = "localexit/2"
-    path = write("v2.json", doc)
-    with pytest.raises(
-        ReportError, match=r"v2\.json: schema 'localexit/2' is not supported; .*'localexit/1'"
-    ):
+    doc["schema"] = "localexit/3"
+    path = write("v3.json", doc)
+    with pytest.raises(ReportError, match=r"v3\.json: schema 'localexit/3' is newer .*: upgrade localexit"):
+        load_results([path])
+    doc["schema"] = "localexit-trainlog/1"
+    path = write("log.json", doc)
+    with pytest.raises(ReportError, match=r"log\.json: schema 'localexit-trainlog/1' is not supported"):
         load_results([path])
 
 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.pop("schema"), "missing field 'schema'"),
-        (lambda d: d.pop("runs"), "missing field 'runs'"),
-        (lambda d: d["config"].pop("threshold"), "missing field config.'threshold'"),
+        (lambda d: d.pop("schema"), "missing field schema"),
+        (lambda d: d.pop("runs"), "missing field runs"),
+        (lambda d: d["config"].pop("threshold"), r"missing field config\.threshold"),
         (
             lambda d: d["runs"][1]["summary"].pop("overall_accuracy"),
-            r"missing field runs\[1\].summary.'overall_accuracy'",
+            r"missing field runs\[1\]\.summary\.overall_accuracy",
         ),
         (
             lambda d: d["runs"][0]["summary"].update(local_exits=None),
-            r"runs\[0\].summary.local_exits must be a number",
+            r"runs\[0\]\.summary\.local_exits must be an integer ≥ 0, got None",
         ),
-        (lambda d: d["runs"][0].pop("edge_rss_mib"), r"missing field runs\[0\].'edge_rss_mib'"),
-        (lambda d: d["config"].update(exit=9), "config.exit must be 1..8"),
-        (lambda d: d["config"].update(model="big"), "config.model must be one of"),
-        (lambda d: d.update(runs=[]), "'runs' must be a non-empty list"),
+        (lambda d: d["runs"][0].pop("edge_rss_mib"), r"missing field runs\[0\]\.edge_rss_mib"),
+        (
+            lambda d: d["config"].update(exit=9),
+            "config.exit: exit 9 is out of range: sem models have local exits 1..8",
+        ),
+        (lambda d: d["config"].update(model="big"), "config.model: the model must be one of"),
+        (lambda d: d["config"].update(threshold=1.5), r"config\.threshold: .* in \[0, 1\], got 1\.5"),
+        (lambda d: d.update(runs=[]), "runs must be a non-empty list"),
     ],
 )
 def test_missing_or_bad_fields(write: Writer, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -163,9 +169,9 @@ def test_blocks_of_a_blocked_study(write: Writer) -> None:
     [
         ((0, 0), r"runs\[0\] and runs\[1\] both ran in block 0; a study runs each point once per block"),
         ((0, None), r"runs\[1\] has no block while other runs have one"),
-        ((0, -1), r"runs\[1\].block must be a block index \(an integer ≥ 0\), got -1"),
-        ((True, 1), r"runs\[0\].block must be a block index \(an integer ≥ 0\), got True"),
-        (("1", 2), r"runs\[0\].block must be a block index"),
+        ((0, -1), r"runs\[1\]\.block must be an integer ≥ 0, got -1"),
+        ((True, 1), r"runs\[0\]\.block must be an integer ≥ 0, got True"),
+        (("1", 2), r"runs\[0\]\.block must be an integer ≥ 0, got '1'"),
     ],
 )
 def test_bad_blocks_refused(write: Writer, blocks: tuple[object, object], message: str) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reports import claims, load_results, render, tables
-from reports.loader import parse_results
+from reports.loader import ResultsFile, parse_results
 from reports.tables import Scenario
 from tests.reports.conftest import Study
 
@@ -125,6 +126,11 @@ def test_missing_values_shown_as_dash() -> None:
         tables.Table("t", ("a", "b"), ((1,),), ("g", ".2f"))
 
 
+def _with_config(res: ResultsFile, config: Mapping[str, Any]) -> ResultsFile:
+    """``res`` with another configuration, read through the loader as a file with it would be."""
+    return parse_results(res.path, {**res.results.to_json(), "config": dict(config)})
+
+
 def test_mechanism_and_environment(scn: Scenario) -> None:
     mech = tables.mechanism_table(scn.results)
     assert mech.rows == (
@@ -135,25 +141,25 @@ def test_mechanism_and_environment(scn: Scenario) -> None:
     )
     assert mech.note.startswith("Isolation: netns.")
     pinned = {**scn.results[0].config, "cloud_cpuset": {"cpuset": "2-3", "mechanism": "sched_setaffinity"}}
-    with_cloud = tables.mechanism_table([dataclasses.replace(scn.results[0], config=pinned)])
+    with_cloud = tables.mechanism_table([_with_config(scn.results[0], pinned)])
     assert ("cloud", "cpuset", "2-3", "sched_setaffinity") in with_cloud.rows
     pinned["edge_limits"] = {"cpus": "0.5", "cpuset": None, "memory": None, "mechanism": "cgroup-v1"}
-    (placed,) = tables.group_scenarios([dataclasses.replace(scn.results[0], config=pinned)])
+    (placed,) = tables.group_scenarios([_with_config(scn.results[0], pinned)])
     assert placed.caption(0.3).endswith("batch 32, edge cpus 0.5, cloud CPUs 2-3, T = 0.3")
     assert scn.caption(0.3).endswith("batch 32, T = 0.3")  # nothing set: nothing added
     chosen = {
         **scn.results[0].config,
         "tcp_congestion_control": {"name": "cubic", "mechanism": "sysctl-netns", "requested": "cubic"},
     }
-    with_tcp = tables.mechanism_table([dataclasses.replace(scn.results[0], config=chosen)])
+    with_tcp = tables.mechanism_table([_with_config(scn.results[0], chosen)])
     assert ("all TCP", "congestion control", "cubic", "sysctl-netns") in with_tcp.rows
-    (chosen_scn,) = tables.group_scenarios([dataclasses.replace(scn.results[0], config=chosen)])
+    (chosen_scn,) = tables.group_scenarios([_with_config(scn.results[0], chosen)])
     assert chosen_scn.caption(0.3).endswith("batch 32, TCP cubic, T = 0.3")
     kernels = {
         **chosen,
         "tcp_congestion_control": {"name": "bbr", "mechanism": "kernel-default", "requested": None},
     }
-    (default_scn,) = tables.group_scenarios([dataclasses.replace(scn.results[0], config=kernels)])
+    (default_scn,) = tables.group_scenarios([_with_config(scn.results[0], kernels)])
     assert default_scn.caption(0.3).endswith(
         "batch 32, T = 0.3"
     )  # the kernel's: in the table, not the caption

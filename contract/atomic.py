@@ -1,8 +1,4 @@
-"""Atomic file writes, shared by every package: readers see the old file or the whole new one, never part.
-
-``models`` is the package every other one may import (it depends on none of them), so the one copy of
-this lives here.
-"""
+"""The one atomic file write: readers see the old file or the whole new one, never part of it."""
 
 from __future__ import annotations
 
@@ -21,6 +17,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
     On any exception (Ctrl-C included) the temporary file is removed and ``path`` is left untouched.
     The file is made 0644 (``mkstemp`` makes 0600): checkpoints, logs and results are meant to be shared.
+    Missing parent folders are created.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}")
@@ -40,8 +37,20 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
-def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 1, allow_nan: bool = True) -> None:
-    """Write ``data`` as JSON (and a final newline) to ``path`` atomically."""
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def write_json_atomic(
+    path: str | Path, data: Any, *, indent: int | None = 1, allow_nan: bool = False
+) -> None:
+    """Write ``data`` as JSON (and a final newline) to ``path`` atomically.
+
+    Strict JSON by default (NaN and infinities raise ``ValueError`` before anything is replaced): other
+    programs read these files, and JSON has no NaN.
+    """
     with atomic_open(path, "w") as fh:
         json.dump(data, fh, indent=indent, allow_nan=allow_nan)
         fh.write("\n")

@@ -1,0 +1,378 @@
+"""A study's testbed: one link's testbed and its three nodes, started once and reused for many runs.
+
+``run_once`` (``harness.runner``) starts fresh node processes for every run: bringing up namespaces and
+three processes (two of which load torch) costs seconds, most of a short run. A study runs many points
+on one link, so :class:`StudyBed` brings the testbed and the nodes up once and runs each point through
+a serving test node (``python -m nodes.test --serve``, see ``nodes.serve``): for each run it sends one
+request line -- the checkpoint, exit and threshold the nodes are to run, the run's options, the records
+file -- and the test node reconfigures the cloud and the edge (``nodes.messages.Configure``), runs the
+warm-up batches and the measured ones, and answers one line. The edge is sampled (``ResourceSampler``)
+during each run.
+
+While a run is under way every process of the bed is watched as in ``run_once``: when one dies, the run
+fails with the culprit (the first to end, node or delay line) and its log. A failed bed is not reused:
+the study closes it and brings up a fresh one for its next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import netem
+from netem._proc import signals_deferred
+from netem.errors import HelperExited
+from nodes.errors import UsageError
+from nodes.serve import SERVE_PROTOCOL, Reply, RunDone, RunFailed, RunRequest, Serving, decode_reply
+
+from .errors import NodeFailure
+from .placement import NodePlacement
+from .processes import (
+    HELPER_RANK,
+    NODE_RANKS,
+    POLL_S,
+    REACTION_S,
+    Ended,
+    ExitWatcher,
+    NodeProcess,
+    ResourceSampler,
+    _culprit,
+)
+from .runner import (
+    NodeCommands,
+    Plan,
+    TestbedFactory,
+    TestbedLike,
+    _check_cpus,
+    _hostport,
+    _started,
+    check_applied,
+    choose_ports,
+    new_prefix,
+    node_env,
+    node_pid,
+    placement_of,
+)
+
+logger = logging.getLogger(__name__)
+
+#: How long the serving test node gets to exit by itself once its stdin is closed, before SIGTERM.
+SERVE_EXIT_S = 2.0
+
+
+class StudyCommands(NodeCommands):
+    """``NodeCommands`` plus the argv of the serving test node."""
+
+    def test_server(self, edge: tuple[str, int], cloud: tuple[str, int]) -> list[str]:
+        return [
+            self.python,
+            "-m",
+            "nodes.test",
+            "--serve",
+            "--edge",
+            _hostport(*edge),
+            "--cloud",
+            _hostport(*cloud),
+        ]
+
+
+class ServingTest(NodeProcess):
+    """The serving test node: its requests go to its stdin, its replies (one JSON line each on stdout)
+    to :attr:`replies`, ``None`` once stdout has closed."""
+
+    def __init__(self, popen: subprocess.Popen[Any], log_path: Path, log_file: IO[bytes]) -> None:
+        self.replies: queue.Queue[str | None] = queue.Queue()
+        super().__init__("test", popen, log_path, log_file)
+
+    def _read_stdout(self) -> None:  # (instead of NodeProcess's, which looks for READY)
+        assert self.popen.stdout is not None  # started with a pipe
+        for raw in self.popen.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            self._stdout_lines.append(line)  # (shown with the log's tail)
+            self.replies.put(line)
+        self.replies.put(None)
+
+    def send(self, request: RunRequest) -> None:
+        """Write one request line; a test node that is gone is noticed by the caller's watch."""
+        assert self.popen.stdin is not None  # started with a pipe
+        with contextlib.suppress(BrokenPipeError):
+            self.popen.stdin.write(request.to_json() + b"\n")
+            self.popen.stdin.flush()
+
+    def stop(self) -> int | None:
+        """Close stdin (the node's cue to exit 0), give it ``SERVE_EXIT_S``, then stop it as any node."""
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.popen.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=SERVE_EXIT_S)
+        return super().stop()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One run on a bed: the test node's records and the edge's samples taken meanwhile."""
+
+    records: dict[str, Any]
+    duration_s: float
+    cpu_percent: list[float]
+    rss_mib: list[float]
+    host_other_percent: list[float]
+    in_window: bool  # samples only from the measured phase (not the warm-up), by the shared clock
+
+
+class StudyBed:
+    """The testbed of one link with its cloud, edge and serving test node, for many runs.
+
+    Use as a context manager: ``__enter__`` brings the testbed up (refusing, as ``run_experiment`` does,
+    what it cannot apply), starts the cloud and the edge with ``plan``'s configuration -- only the first
+    one: each run configures the nodes again -- and the test node; ``__exit__`` stops them and tears the
+    testbed down, in reverse order. ``plan`` also gives what every run on the bed shares: the link, the
+    edge limits, the cloud's CPUs, the congestion control, the isolation and the timeouts.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        workdir: Path,
+        *,
+        factory: TestbedFactory | None = None,
+        commands: StudyCommands | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.workdir = workdir
+        self._factory = factory or netem.make_testbed
+        self._commands = commands or StudyCommands()
+        self._notify = notify
+        self._stack = contextlib.ExitStack()
+        self.tb: TestbedLike | None = None
+        self._nodes: dict[str, NodeProcess] = {}
+
+    @property
+    def testbed(self) -> TestbedLike:
+        if self.tb is None:
+            raise RuntimeError("the bed is not up: use it as a context manager")
+        return self.tb
+
+    def __enter__(self) -> StudyBed:
+        try:
+            self._up()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stack.close()
+
+    def _up(self) -> None:
+        plan, cfg, stack = self.plan, self.plan.config, self._stack
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        tb_config = netem.TestbedConfig(
+            prefix=new_prefix(),
+            edge_cloud=plan.edge_cloud,
+            test_edge=plan.test_edge,
+            edge_limits=plan.edge_limits,
+            tcp_congestion_control=cfg.tcp_cc,
+            log_dir=self.workdir,
+        )
+        tb = self.tb = stack.enter_context(self._factory(tb_config, isolation=cfg.isolation))
+        for notice in check_applied(cfg, tb):
+            if self._notify:
+                self._notify(notice)
+        # (as run_once starts a run's nodes, for the same placement, threads and checks)
+        placement = placement_of(plan)
+        cloud_port, edge_port = choose_ports(cfg, tb)
+        commands = self._commands
+        cloud_argv = commands.cloud(plan, tb.bind_address("cloud"), cloud_port)
+        cloud = stack.enter_context(
+            _started(tb, "cloud", cloud_argv, self.workdir, pipe_stdout=True, placed=placement.cloud)
+        )
+        edge_to_cloud = tb.connect_address("edge", "cloud", cloud_port)
+        edge_argv = commands.edge(
+            plan, tb.bind_address("edge"), edge_port, edge_to_cloud, placement.edge.threads
+        )
+        # (as in run_once: both start at once when the edge reaches the cloud without a relay between)
+        direct = edge_to_cloud == (tb.bind_address("cloud"), cloud_port)
+        if not direct:
+            cloud.wait_ready(cfg.ready_timeout_s)
+        edge = stack.enter_context(
+            _started(tb, "edge", edge_argv, self.workdir, pipe_stdout=True, placed=placement.edge)
+        )
+        if direct:
+            cloud.wait_ready(cfg.ready_timeout_s)
+        edge.wait_ready(cfg.ready_timeout_s)
+        for node, placed in ((cloud, placement.cloud), (edge, placement.edge)):
+            if placed.affinity is not None:
+                _check_cpus(node, placed.affinity, node_pid(tb, node))
+        test_argv = commands.test_server(
+            tb.connect_address("test", "edge", edge_port), tb.connect_address("test", "cloud", cloud_port)
+        )
+        test = stack.enter_context(self._start_test(tb, test_argv, placement.test))
+        if placement.test.affinity is not None:
+            _check_cpus(test, placement.test.affinity, node_pid(tb, test))
+        self._nodes = {"test": test, "edge": edge, "cloud": cloud}
+        first = self._await_reply(cfg.ready_timeout_s, what="to start serving")
+        if not isinstance(first, Serving) or first.protocol != SERVE_PROTOCOL:
+            raise test.failure(f"started with {first!r} instead of serving {SERVE_PROTOCOL}")
+
+    @contextlib.contextmanager
+    def _start_test(self, tb: TestbedLike, argv: list[str], placed: NodePlacement) -> Iterator[ServingTest]:
+        log_path = self.workdir / "test.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 -- NodeProcess.stop closes it
+        logger.info("starting the serving test node: %s", " ".join(argv))
+        node: ServingTest | None = None
+        try:
+            with signals_deferred():  # (a Ctrl-C unwinds once the node is in hand, for `finally` to stop)
+                try:
+                    popen = tb.popen(
+                        "test",
+                        argv,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log_file,
+                        env=node_env(tb, "test", placed=placed),
+                        **({"cpus": placed.affinity} if placed.affinity is not None else {}),
+                    )
+                except OSError as exc:
+                    raise NodeFailure("test", f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+                node = ServingTest(popen, log_path, log_file)
+            yield node
+        finally:
+            if node is not None:
+                node.stop()
+            else:
+                log_file.close()
+
+    def run(self, plan: Plan, records_path: Path) -> Measured:
+        """Run ``plan``'s point once on this bed; ``NodeFailure`` when a process of the bed dies or the
+        run fails (close the bed then: it is not reused)."""
+        cfg = plan.config
+        if plan.edge_cloud != self.plan.edge_cloud or cfg.isolation != self.plan.config.isolation:
+            raise ValueError(f"{cfg.label()} is not a point of this bed's link")
+        test = self._nodes["test"]
+        assert isinstance(test, ServingTest)  # (set so by _up)
+        pids = {name: node_pid(self.testbed, node) for name, node in self._nodes.items()}
+        others = [pid for name, pid in pids.items() if pid != self._nodes[name].pid]
+        request = RunRequest(
+            out=str(records_path),
+            checkpoint=str(plan.checkpoint),
+            sha256=plan.checkpoint_sha256,
+            model=cfg.model,
+            exit=plan.node_exit,
+            threshold=cfg.threshold,
+            dataset=cfg.dataset,
+            data_dir=str(cfg.data_dir) if cfg.data_dir is not None else None,
+            samples=plan.samples,
+            batch_size=cfg.batch_size,
+            inflight=cfg.inflight,
+            warmup_batches=cfg.warmup_batches,
+            seed=cfg.seed,
+        )
+        records_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with ResourceSampler(pids["edge"], others=others) as sampler:
+            test.send(request)
+            reply = self._await_reply(cfg.run_timeout_s, what="to finish the run (--run-timeout)")
+        duration = time.monotonic() - started
+        if not isinstance(reply, RunDone):
+            raise test.failure(f"answered a run with {reply!r}")
+        records = _read_records(records_path)
+        overall = records.get("overall", {}) if isinstance(records, dict) else {}
+        idx, in_window = sampler.window(
+            int(overall.get("first_send_ns", 0)), int(overall.get("last_recv_ns", 0))
+        )
+        return Measured(
+            records=records,
+            duration_s=duration,
+            cpu_percent=[sampler.cpu_percent[i] for i in idx],
+            rss_mib=[sampler.rss_mib[i] for i in idx],
+            host_other_percent=[sampler.host_other_percent[i] for i in idx],
+            in_window=in_window,
+        )
+
+    def _await_reply(self, timeout_s: float, *, what: str) -> Reply:
+        """The test node's next reply, while watching every process of the bed as ``wait_for_test``
+        does: when one ends first, raise for it (after up to ``REACTION_S`` for the others' reactions);
+        a failure the test node reports with every process alive is raised against the node it names."""
+        test = self._nodes["test"]
+        assert isinstance(test, ServingTest)
+        tb = self.testbed
+        helper_pids = getattr(tb, "helper_pids", None)  # netem.Testbed: its delay lines and relays
+        link_check = getattr(tb, "check", None)  # netem.Testbed: raises HelperExited if one died
+        deadline = time.monotonic() + timeout_s
+        reply: Reply | None = None
+        failed_at: float | None = None
+        ended: list[Ended] = []
+        links: dict[str, HelperExited] = {}
+        with ExitWatcher() as watcher:
+            for label, pid in (helper_pids() if helper_pids is not None else {}).items():
+                watcher.add(label, pid, HELPER_RANK)
+            for node in self._nodes.values():
+                watcher.add(node.name, node.pid, NODE_RANKS.get(node.name, len(NODE_RANKS) + 1))
+            while True:
+                if reply is None:
+                    with contextlib.suppress(queue.Empty):
+                        line = test.replies.get(timeout=POLL_S)
+                        if line is not None:
+                            reply = _decode(test, line)
+                else:
+                    time.sleep(POLL_S)
+                for end in watcher.wait(0):
+                    owner = self._nodes.get(end.key)
+                    ended.append(replace(end, code=owner.popen.poll()) if owner and end.code is None else end)
+                if link_check is not None:
+                    try:
+                        link_check()
+                    except HelperExited as exc:
+                        links.setdefault(exc.label, exc)
+                        if all(end.key != exc.label for end in ended):
+                            ended.append(Ended(exc.label, exc.returncode, time.monotonic_ns()))
+                now = time.monotonic()
+                if isinstance(reply, (Serving, RunDone)):
+                    return reply
+                if ended:
+                    test_reacted = reply is not None or any(end.key == "test" for end in ended[1:])
+                    if test_reacted or time.monotonic_ns() - ended[0].seen_ns >= REACTION_S * 1e9:
+                        raise _culprit(ended, self._nodes, links)
+                elif isinstance(reply, RunFailed):
+                    # (a node that died is the cause, not the test node's report of it: give its end
+                    # the moment it takes to be seen)
+                    failed_at = failed_at if failed_at is not None else now
+                    if now - failed_at >= REACTION_S:
+                        blamed = self._nodes.get(reply.node or "test", test)
+                        raise blamed.failure(f"the run failed: {reply.message}")
+                elif now > deadline:
+                    raise test.failure(f"did not answer within {timeout_s:g} s {what}")
+
+
+def _decode(test: NodeProcess, line: str) -> Reply:
+    try:
+        return decode_reply(line)
+    except UsageError as exc:
+        raise test.failure(f"printed something other than a reply: {line[:200]!r}") from exc
+
+
+def _read_records(path: Path) -> dict[str, Any]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NodeFailure(
+            "test", f"reported its run done, but its records file {path} is unreadable: {exc}"
+        ) from exc
+    if not isinstance(records, dict):
+        raise NodeFailure("test", f"its records file {path} does not hold a JSON object")
+    path.unlink()  # (a records file is MiBs; the run keeps what it needs of it)
+    return records

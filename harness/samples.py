@@ -1,0 +1,226 @@
+"""Every run's per-sample records, kept beside the results file as a compressed NumPy archive.
+
+The test node records each measured sample: its id, label, prediction, where it exited, the edge's
+normalized entropy and its latency. The results file keeps figures and per-batch times; the samples go
+to ``<results>.samples.npz`` (``numpy.savez_compressed``, schema ``localexit-samples/1``), which the
+results file names with its SHA-256, so that every per-sample figure can be recomputed from the run
+(:meth:`SampleTable.summary` gives those of the summary) and a file that does not belong to it is
+refused. Runs discarded as measured on a busy host are in it too, told apart by ``attempt`` and
+``kept``.
+
+In memory each run carries its columns as ``sample_records`` (the records file's ``samples`` object);
+:func:`externalize`, called by ``harness.results.write_results``, moves them into the archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract.atomic import atomic_open
+from contract.names import SAMPLES_SCHEMA
+from reports import stats
+
+from .errors import ResultsError
+
+#: A run's per-sample columns while the results are in memory (moved to the archive when written).
+RECORDS_FIELD = "sample_records"
+#: The results file's reference to its archive: ``{"path", "sha256", "schema", "rows"}``.
+FILE_FIELD = "samples_file"
+EXITS = ("edge", "cloud")
+
+
+@dataclass(frozen=True, eq=False)
+class SampleTable:
+    """One row per measured sample of every run (and every discarded attempt), as NumPy columns.
+
+    ``run``: the run's index; ``attempt``: 0 for a run's first try; ``kept``: False for a discarded
+    attempt; ``exit``: ``"edge"`` or ``"cloud"``; ``entropy``/``cloud_entropy``: NaN where the node
+    sent none; ``latency_ms``: the sample's batch sent → its prediction back.
+    """
+
+    run: np.ndarray
+    attempt: np.ndarray
+    kept: np.ndarray
+    id: np.ndarray
+    label: np.ndarray
+    prediction: np.ndarray
+    exit: np.ndarray
+    entropy: np.ndarray
+    cloud_entropy: np.ndarray
+    latency_ms: np.ndarray
+
+    def __post_init__(self) -> None:
+        lengths = {f.name: len(getattr(self, f.name)) for f in fields(self)}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"sample columns have different lengths: {lengths}")
+        if not np.isin(self.exit, EXITS).all():
+            raise ValueError("sample exits must be 'edge' or 'cloud'")
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    @classmethod
+    def from_columns(
+        cls, columns: Mapping[str, Sequence[Any]], *, run: int, attempt: int = 0, kept: bool = True
+    ) -> SampleTable:
+        """The rows of one run from the test node's ``samples`` object (``id``, ``label``, ``pred``,
+        ``exit``, ``entropy``, ``latency_ms`` and, where present, ``cloud_entropy``)."""
+        n = len(columns["id"])
+
+        def floats(name: str) -> np.ndarray:
+            values = columns.get(name)
+            if values is None:
+                return np.full(n, np.nan)
+            return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+        return cls(
+            run=np.full(n, run, dtype=np.int32),
+            attempt=np.full(n, attempt, dtype=np.int32),
+            kept=np.full(n, kept, dtype=bool),
+            id=np.asarray(columns["id"], dtype=np.int64),
+            label=np.asarray(columns["label"], dtype=np.int64),
+            prediction=np.asarray(columns["pred"], dtype=np.int64),
+            exit=np.asarray(columns["exit"], dtype="<U5"),
+            entropy=floats("entropy"),
+            cloud_entropy=floats("cloud_entropy"),
+            latency_ms=np.asarray(columns["latency_ms"], dtype=np.float64),
+        )
+
+    @classmethod
+    def concat(cls, tables: Sequence[SampleTable]) -> SampleTable:
+        return cls(**{f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(cls)})
+
+    def select(self, run: int, attempt: int | None = None) -> SampleTable:
+        """The rows of run ``run``: its kept attempt, or attempt ``attempt``."""
+        rows = self.run == run
+        rows &= self.kept if attempt is None else self.attempt == attempt
+        return SampleTable(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def summary(self) -> dict[str, Any]:
+        """The per-sample figures of a run's summary (paper §4.1), computed as ``harness.results`` does:
+        ``samples``, ``local_exits``, ``cloud_exits``, the three accuracies and the edge and cloud
+        latencies. (The overall latency is the run's wall time per sample, not a per-sample figure.)"""
+        correct = self.prediction == self.label
+        edge = self.exit == "edge"
+        cloud = ~edge
+
+        def accuracy(rows: np.ndarray) -> float | None:
+            n = int(rows.sum())
+            return int((correct & rows).sum()) / n if n else None
+
+        def latency(rows: np.ndarray) -> float | None:
+            return stats.mean(self.latency_ms[rows].tolist()) if rows.any() else None
+
+        return {
+            "samples": len(self),
+            "local_exits": int(edge.sum()),
+            "cloud_exits": int(cloud.sum()),
+            "edge_accuracy": accuracy(edge),
+            "cloud_accuracy": accuracy(cloud),
+            "overall_accuracy": accuracy(np.ones(len(self), dtype=bool)),
+            "edge_latency_ms": latency(edge),
+            "cloud_latency_ms": latency(cloud),
+        }
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        np.savez_compressed(buffer, schema=np.array(SAMPLES_SCHEMA), **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "samples file") -> SampleTable:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                schema = str(archive["schema"]) if "schema" in archive.files else None
+                if schema != SAMPLES_SCHEMA:
+                    raise ResultsError(f"{source}: schema is {schema!r}, expected {SAMPLES_SCHEMA!r}")
+                return cls(**{f.name: archive[f.name] for f in fields(cls)})
+        except (OSError, ValueError, KeyError) as exc:
+            raise ResultsError(f"{source} is not a usable {SAMPLES_SCHEMA} archive: {exc}") from exc
+
+
+def samples_path(results_path: Path) -> Path:
+    """``results/x.json`` → ``results/x.samples.npz``."""
+    path = Path(results_path)
+    stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+    return path.with_name(f"{stem}.samples.npz")
+
+
+def table_of(results: Mapping[str, Any]) -> SampleTable | None:
+    """The in-memory per-sample columns of every run and discarded attempt, as one table (None: none)."""
+    tables = []
+    for kept, runs in ((True, results.get("runs") or []), (False, results.get("discarded_runs") or [])):
+        for run in runs:
+            columns = run.get(RECORDS_FIELD)
+            if isinstance(columns, Mapping):
+                tables.append(
+                    SampleTable.from_columns(
+                        columns, run=int(run["index"]), attempt=int(run.get("attempt", 0)), kept=kept
+                    )
+                )
+    return SampleTable.concat(tables) if tables else None
+
+
+def externalize(path: Path, results: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the runs' per-sample columns to the archive beside ``path`` (atomically) and return the
+    results to write at ``path``: without the columns, naming the archive and its SHA-256.
+
+    The archive is written first, so a results file never names one that is not there; a results file
+    whose write then fails leaves an archive that no results file names. Results without columns (read
+    back from a file) are returned as they are.
+    """
+    table = table_of(results)
+    if table is None:
+        return dict(results)
+    data = table.to_bytes()
+    archive = samples_path(path)
+    with atomic_open(archive, "wb") as fh:
+        fh.write(data)
+    out = dict(results)
+    for key in ("runs", "discarded_runs"):
+        if key in out:
+            out[key] = [{k: v for k, v in run.items() if k != RECORDS_FIELD} for run in out[key]]
+    out[FILE_FIELD] = {
+        "path": archive.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "schema": SAMPLES_SCHEMA,
+        "rows": len(table),
+    }
+    return out
+
+
+def load_samples(results_path: Path, results: Mapping[str, Any] | None = None) -> SampleTable:
+    """The per-sample table of the results file at ``results_path`` (``results``: its content, if read
+    already); ``ResultsError`` when it names none, or the archive is missing or not the one it names."""
+    path = Path(results_path)
+    if results is None:
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ResultsError(f"cannot read results file {path}: {exc}") from exc
+    ref = results.get(FILE_FIELD) if isinstance(results, Mapping) else None
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("path"), str):
+        raise ResultsError(f"{path} names no per-sample file (written before the harness kept them?)")
+    archive = path.parent / ref["path"]
+    try:
+        data = archive.read_bytes()
+    except OSError as exc:
+        raise ResultsError(
+            f"the per-sample file of {path}, {archive}, cannot be read: {exc.strerror}"
+        ) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.get("sha256"):
+        raise ResultsError(
+            f"{archive} is not the per-sample file {path} was written with (SHA-256 {digest[:12]}…, the "
+            f"results file names {str(ref.get('sha256'))[:12]}…)"
+        )
+    return SampleTable.from_bytes(data, str(archive))
