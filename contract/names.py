@@ -63,8 +63,8 @@ RESULTS_SCHEMA = schema_id(RESULTS_FAMILY, RESULTS_VERSION)
 RECORDS_SCHEMA = "localexit-records/1"
 #: A training log (``models.train`` writes, ``reports`` reads).
 TRAINLOG_SCHEMA = "localexit-trainlog/1"
-#: A sweep's manifest, ``sweep.json`` (``harness.sweep``), and a blocked study's (``harness.study``).
-SWEEP_MANIFEST_SCHEMA = "localexit-sweep/1"
+#: A study's manifest, ``sweep.json`` (``harness.study``; version 1 was that of sweeps that ran every
+#: point once, in grid order).
 STUDY_SCHEMA = "localexit-sweep/2"
 #: The per-sample records kept beside a results file (``harness.samples``).
 SAMPLES_SCHEMA = "localexit-samples/1"

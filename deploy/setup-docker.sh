@@ -55,8 +55,10 @@ mv deploy/wheels/deps/localexit-*.whl deploy/wheels/project/
 log "building $image on $base"
 previous=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
 docker build -q -f deploy/Dockerfile --build-arg "BASE=$base" -t "$image" . >/dev/null
-# the image this build replaces (its layers stay as the next build's cache), unless a container uses it
+# the image this build replaces, unless a container uses it, and the stage that copied the sources and
+# wheels (each change of the code makes a new one); the dependencies' stage stays, the next build's cache
 if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
   docker image rm "$previous" >/dev/null 2>&1 || true
 fi
+docker image prune --force --filter label=org.localexit.stage=wheels >/dev/null
 log "$image ready: $(docker image inspect -f '{{.Id}}' "$image" | cut -c1-19), $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"

@@ -3,7 +3,7 @@
 Imported by ``harness/__init__.py`` before anything in the package imports torch. With
 ``OMP_PROC_BIND`` (or ``OMP_PLACES``, ``GOMP_CPU_AFFINITY``, ``KMP_AFFINITY``) in its environment, libgomp
 pins the main thread of the process to one CPU as torch loads, and every node the harness then starts
-inherits that one CPU (measured: ``sched_getaffinity`` went from {0, 1} to {0} at ``import harness``).
+inherits that one CPU (``sched_getaffinity`` of the harness narrows to one CPU at ``import torch``).
 So they are taken out of this process's environment here, and ``harness.runner.node_env`` gives them
 back to the nodes, where a user's own setting wins as before.
 """

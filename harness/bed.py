@@ -22,20 +22,18 @@ import logging
 import queue
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 import netem
-from netem._proc import signals_deferred
 from netem.errors import HelperExited
 from nodes.errors import UsageError
 from nodes.serve import SERVE_PROTOCOL, Reply, RunDone, RunFailed, RunRequest, Serving, decode_reply
 
 from .errors import NodeFailure
-from .placement import NodePlacement
 from .processes import (
     HELPER_RANK,
     NODE_RANKS,
@@ -45,22 +43,18 @@ from .processes import (
     ExitWatcher,
     NodeProcess,
     ResourceSampler,
-    _culprit,
+    culprit,
 )
 from .runner import (
     NodeCommands,
     Plan,
     TestbedFactory,
     TestbedLike,
-    _check_cpus,
-    _hostport,
-    _started,
     check_applied,
-    choose_ports,
+    hostport,
     new_prefix,
-    node_env,
     node_pid,
-    placement_of,
+    start_nodes,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,9 +73,9 @@ class StudyCommands(NodeCommands):
             "nodes.test",
             "--serve",
             "--edge",
-            _hostport(*edge),
+            hostport(*edge),
             "--cloud",
-            _hostport(*cloud),
+            hostport(*cloud),
         ]
 
 
@@ -89,9 +83,9 @@ class ServingTest(NodeProcess):
     """The serving test node: its requests go to its stdin, its replies (one JSON line each on stdout)
     to :attr:`replies`, ``None`` once stdout has closed."""
 
-    def __init__(self, popen: subprocess.Popen[Any], log_path: Path, log_file: IO[bytes]) -> None:
+    def __init__(self, name: str, popen: subprocess.Popen[Any], log_path: Path, log_file: IO[bytes]) -> None:
         self.replies: queue.Queue[str | None] = queue.Queue()
-        super().__init__("test", popen, log_path, log_file)
+        super().__init__(name, popen, log_path, log_file)
 
     def _read_stdout(self) -> None:  # (instead of NodeProcess's, which looks for READY)
         assert self.popen.stdout is not None  # started with a pipe
@@ -192,73 +186,26 @@ class StudyBed:
         for notice in check_applied(cfg, tb):
             if self._notify:
                 self._notify(notice)
-        # (as run_once starts a run's nodes, for the same placement, threads and checks)
-        placement = placement_of(plan)
-        cloud_port, edge_port = choose_ports(cfg, tb)
+        # (the nodes start as a run's do: the same placement, threads and checks)
         commands = self._commands
-        cloud_argv = commands.cloud(plan, tb.bind_address("cloud"), cloud_port)
-        cloud = stack.enter_context(
-            _started(tb, "cloud", cloud_argv, self.workdir, pipe_stdout=True, placed=placement.cloud)
+        nodes = start_nodes(
+            plan,
+            tb,
+            self.workdir,
+            stack,
+            commands=commands,
+            test_argv=commands.test_server,
+            serving=ServingTest,
         )
-        edge_to_cloud = tb.connect_address("edge", "cloud", cloud_port)
-        edge_argv = commands.edge(
-            plan, tb.bind_address("edge"), edge_port, edge_to_cloud, placement.edge.threads
-        )
-        # (as in run_once: both start at once when the edge reaches the cloud without a relay between)
-        direct = edge_to_cloud == (tb.bind_address("cloud"), cloud_port)
-        if not direct:
-            cloud.wait_ready(cfg.ready_timeout_s)
-        edge = stack.enter_context(
-            _started(tb, "edge", edge_argv, self.workdir, pipe_stdout=True, placed=placement.edge)
-        )
-        if direct:
-            cloud.wait_ready(cfg.ready_timeout_s)
-        edge.wait_ready(cfg.ready_timeout_s)
-        for node, placed in ((cloud, placement.cloud), (edge, placement.edge)):
-            if placed.affinity is not None:
-                _check_cpus(node, placed.affinity, node_pid(tb, node))
-        test_argv = commands.test_server(
-            tb.connect_address("test", "edge", edge_port), tb.connect_address("test", "cloud", cloud_port)
-        )
-        test = stack.enter_context(self._start_test(tb, test_argv, placement.test))
-        if placement.test.affinity is not None:
-            _check_cpus(test, placement.test.affinity, node_pid(tb, test))
-        self._nodes = {"test": test, "edge": edge, "cloud": cloud}
+        self._nodes = nodes.by_name()
         first = self._await_reply(cfg.ready_timeout_s, what="to start serving")
         if not isinstance(first, Serving) or first.protocol != SERVE_PROTOCOL:
-            raise test.failure(f"started with {first!r} instead of serving {SERVE_PROTOCOL}")
-
-    @contextlib.contextmanager
-    def _start_test(self, tb: TestbedLike, argv: list[str], placed: NodePlacement) -> Iterator[ServingTest]:
-        log_path = self.workdir / "test.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 -- NodeProcess.stop closes it
-        logger.info("starting the serving test node: %s", " ".join(argv))
-        node: ServingTest | None = None
-        try:
-            with signals_deferred():  # (a Ctrl-C unwinds once the node is in hand, for `finally` to stop)
-                try:
-                    popen = tb.popen(
-                        "test",
-                        argv,
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        stderr=log_file,
-                        env=node_env(tb, "test", placed=placed),
-                        **({"cpus": placed.affinity} if placed.affinity is not None else {}),
-                    )
-                except OSError as exc:
-                    raise NodeFailure("test", f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-                node = ServingTest(popen, log_path, log_file)
-            yield node
-        finally:
-            if node is not None:
-                node.stop()
-            else:
-                log_file.close()
+            raise nodes.test.failure(f"started with {first!r} instead of serving {SERVE_PROTOCOL}")
 
     def run(self, plan: Plan, records_path: Path) -> Measured:
-        """Run ``plan``'s point once on this bed; ``NodeFailure`` when a process of the bed dies or the
-        run fails (close the bed then: it is not reused)."""
+        """Run ``plan``'s point once on this bed, the test node's records written to ``records_path``
+        (left there: the caller removes it once it has what it needs); ``NodeFailure`` when a process
+        of the bed dies or the run fails (close the bed then: it is not reused)."""
         cfg = plan.config
         if plan.edge_cloud != self.plan.edge_cloud or cfg.isolation != self.plan.config.isolation:
             raise ValueError(f"{cfg.label()} is not a point of this bed's link")
@@ -341,12 +288,15 @@ class StudyBed:
                         if all(end.key != exc.label for end in ended):
                             ended.append(Ended(exc.label, exc.returncode, time.monotonic_ns()))
                 now = time.monotonic()
-                if isinstance(reply, (Serving, RunDone)):
-                    return reply
                 if ended:
+                    # A process that ended before the reply was seen fails the run whatever the test
+                    # node answered, as in `run`: the run may have measured its loss (a delay line
+                    # gone, a node restarting), and the bed is not whole for the next run.
                     test_reacted = reply is not None or any(end.key == "test" for end in ended[1:])
                     if test_reacted or time.monotonic_ns() - ended[0].seen_ns >= REACTION_S * 1e9:
-                        raise _culprit(ended, self._nodes, links)
+                        raise culprit(ended, self._nodes, links)
+                elif isinstance(reply, (Serving, RunDone)):
+                    return reply
                 elif isinstance(reply, RunFailed):
                     # (a node that died is the cause, not the test node's report of it: give its end
                     # the moment it takes to be seen)
@@ -374,5 +324,4 @@ def _read_records(path: Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(records, dict):
         raise NodeFailure("test", f"its records file {path} does not hold a JSON object")
-    path.unlink()  # (a records file is MiBs; the run keeps what it needs of it)
     return records

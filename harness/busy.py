@@ -7,16 +7,20 @@ retries; every attempt is kept -- the discarded ones apart from the runs the fig
 saying why -- and a run still over the limit after the last retry is kept and marked ``busy``, never
 silently mixed in with quiet ones.
 
-The decision (:func:`judge`) is pure, and :func:`repeat_while_busy` is the loop around any function
-that measures one attempt, so a study's runs are judged as the harness's are.
+The decision (:func:`judge`) is pure, :func:`repeat_while_busy` is the loop around any function
+that measures one attempt, and :func:`rerun_while_busy` that loop telling the user: ``run`` and a
+study (``harness.study``) re-run their runs through it, so a study's runs are judged as ``run``'s are.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: Mean CPU of other programs (100 = one core) above which a run counts as measured on a busy host:
 #: half a core. That is well above the background of an otherwise idle host and well below one program
@@ -83,3 +87,31 @@ def repeat_while_busy(
         if on_discard is not None:
             on_discard(run, verdict)
         attempt += 1
+
+
+def rerun_while_busy(
+    measure: Callable[[int], dict[str, Any]],
+    *,
+    limit: float,
+    retries: int,
+    where: str,
+    notify: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`repeat_while_busy`, logging each discarded attempt and telling ``notify`` of it and of a
+    run kept busy; ``where`` names the run in those lines (``run 2/5``, ``block 1: mem-2-…``)."""
+
+    def discard(run: dict[str, Any], verdict: Verdict) -> None:
+        # (at INFO when the caller tells the user itself, so the line is not printed twice)
+        (logger.info if notify else logger.warning)("%s: %s; running it again", where, verdict.reason)
+        if notify:
+            notify(f"{where}: {verdict.reason}: running it again ({run['attempt'] + 1}/{retries})")
+
+    kept, thrown = repeat_while_busy(measure, limit=limit, retries=retries, on_discard=discard)
+    if kept["busy"]:
+        reason = judge(other_load(kept), limit, 0, 0).reason
+        (logger.info if notify else logger.warning)(
+            "%s: %s after %d re-run(s); kept, marked busy", where, reason, len(thrown)
+        )
+        if notify:
+            notify(f"{where}: {reason} after {len(thrown)} re-run(s); kept, marked busy")
+    return kept, thrown

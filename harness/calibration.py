@@ -18,8 +18,8 @@ MATMUL_SIZE = 96
 MATMUL_ITERS = 20
 PY_ITERS = 40_000
 REPETITIONS = 15
-#: A fresh process runs its first ~0.1 s of this workload up to 50 % slower (measured here: caches,
-#: page faults, CPU frequency), so the workload is run this long before anything is timed.
+#: A fresh process runs its first ~0.1 s of this workload markedly slower (caches, page faults, CPU
+#: frequency), so the workload is run this long before anything is timed.
 WARMUP_S = 0.25
 
 

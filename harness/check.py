@@ -1,52 +1,48 @@
-"""The CI latency regression check: compare a results file against a baseline, fairly and cautiously.
+"""The CI latency regression check: compare a results file against a baseline, run by run.
 
-The rule, applied to each latency (overall = the per-batch end-to-end time, edge and cloud = the per-batch
-time along each path, and every procedure):
+The run is the unit of replication: batches of one run share its machine state (where the kernel
+placed the nodes, how warm they were, what else ran), so they are not independent samples and no
+verdict rests on them. Each run gives one value per metric -- the median of its per-batch times --
+and the two sides are compared through those values. The metrics: overall (the per-batch end-to-end
+time), edge and cloud (the per-batch time along each path) and every procedure.
 
 1. **Calibration.** Each run recorded ``calibration_ms``, a fixed CPU workload timed in that run, so
    ``r = min(baseline calibrations) / min(current calibrations)`` -- each side's least disturbed
-   timing -- says how much faster the baseline's CPU was. Each metric's per-batch values are multiplied
-   by ``1 + (r − 1) · share``, where ``share`` is the part of the metric that scales with CPU speed. On
-   an unshaped link everything does (transfers are serialisation and kernel copies), so ``share`` = 1.
-   On a shaped link (a rate or a delay) the transfers do not: ``share`` is 1 for the compute procedures
-   2 and 4, 0 for the transfers 1, 3-1, 3-2 and 5, and for the edge, cloud and overall paths the
-   baseline's median compute on the path over the path's median. A uniformly 20 % slower machine then
-   does not look like a regression, and a link-bound run is not over-corrected. (``--no-calibration``
-   compares raw times.)
-2. **Size.** The relative change of the medians, ``median(current) / median(baseline) − 1``, must exceed
-   the tolerance (default 10 %), and the medians must differ by more than ``min_delta_ms`` (default
-   0.5 ms): millisecond-scale procedures move by tens of percent between two invocations on this
-   2-core VM with the code unchanged (seen: procedure 1 0.32 → 0.36 ms, p = 0.007; a tiny model's
-   edge compute 1.78 → 2.11 ms, p = 2e-11, over 3 runs × 40 batches each side).
-3. **Significance.** The Mann–Whitney U test on the per-batch samples must give p < alpha (default 0.01).
-   Batches of one run share that run's conditions (a node process that started cold, where the kernel
-   placed it), so per-batch significance cannot see run-to-run variation; when a side holds several
-   runs (``record-baseline --repeat 3``; the check re-runs as many), a change no larger than the spread
-   of that side's per-run medians is *inconclusive*. Both sides count: three runs are few to estimate
-   a spread from, and on the build VM an unchanged build once came out 35 % slower in one procedure
-   (a tiny model's cloud compute, 2.48 → 3.34 ms) than a baseline recorded a minute before, outside the
-   baseline's spread.
+   timing -- says how much faster the baseline's CPU was. The current side's values are multiplied by
+   ``1 + (r − 1) · share``, where ``share`` is the part of the metric that scales with CPU speed: 1 on
+   an unshaped link (transfers are serialisation and kernel copies); on a shaped link (a rate or a
+   delay) 1 for the compute procedures 2 and 4, 0 for the transfers 1, 3-1, 3-2 and 5, and for the
+   edge, cloud and overall paths the baseline's compute on the path over the path's time. A uniformly
+   slower machine then does not look like a regression, and a link-bound run is not over-corrected.
+   (``--no-calibration`` compares raw times.)
+2. **The interval.** ``R`` = median over the current runs / median over the baseline runs, with its
+   two-sided ``1 − alpha`` percentile-bootstrap interval ``[lo, hi]``, each side's runs resampled on
+   their own (:func:`reports.stats.unpaired_ratio_ci`). Unpaired: the baseline was recorded earlier,
+   so no baseline run shared a time window with a current run, and pairing them would claim a
+   cancellation of shared load that never happened. Fewer than ``MIN_RUNS`` runs on a side give no
+   interval, and every verdict is then *inconclusive* -- never a pass.
+3. **The verdict.** With ``t = max(tolerance, min_delta_ms / baseline median)`` (a change must exceed
+   the tolerance and ``min_delta_ms`` milliseconds to matter):
+
+   - *regression*: ``lo > 1`` and ``R > 1 + t``. The interval's lower end says the slow-down is more
+     than the runs' own spread; the point estimate says it is large enough to matter. Asking for
+     ``lo > 1 + t`` instead would need, with five runs a side and a 5 % run-to-run variation, about a
+     20 % slow-down before a 10 % tolerance could flag it; ``lo > 1`` alone would flag real but
+     negligible changes. By chance ``lo > 1`` holds in about ``alpha / 2`` of no-change checks.
+   - *improvement*: ``hi < 1`` and ``R < 1 − t``.
+   - *pass*: the whole interval within ``[1 − t, 1 + t]``: any change is within the tolerance.
+   - *inconclusive*: anything else -- an interval too wide to rule a change in or out.
 
 4. **A quiet machine.** Each run recorded how much CPU *other* programs used while it ran
-   (``host_other_cpu_percent``, 100 = one core). If either side's busiest run exceeds ``busy_limit``
-   (default 50, half a core), other work may have slowed the nodes, so a regression (or improvement)
-   found on it is reported as inconclusive.
-
+   (``host_other_cpu_percent``, 100 = one core). If either side's busiest run exceeds ``busy_limit``,
+   a regression (or improvement) found on it is *inconclusive*.
 5. **Confirmation.** When ``check`` runs the configuration itself, a regression (or improvement) must
-   show again in a fresh re-run (``--confirm N``, default 1 re-run), compared with the baseline by the
-   same rule; one that does not is *inconclusive* (:func:`confirmed`). On the build VM the speed of a
-   whole run moves with the machine's state, with every procedure together (a tiny model's cloud compute
-   varied with a 17 % standard deviation across 183 fresh runs, and its per-run median correlated 0.93
-   with the test → edge hop's), and that state can last across several runs: the five runs of each side
-   then shift together, beyond both sides' spreads (an unchanged build once came out 2.25 → 3.05 ms,
-   +35 %, with a calibration ratio of 0.983). No calibration timed before or beside the run tracked it
-   (hot, after a sleep like a node's, pinned to each CPU or not: at best a 0.5 rank correlation). A real
-   regression is in the code and shows again; a state of the machine mostly does not. A results file given
-   with ``--results`` cannot be re-run, so it is compared once.
+   show again in a fresh re-run compared with the baseline by the same rule (:func:`confirmed`); one that
+   does not is *inconclusive*. A whole machine can be slow for several runs in a row, every run of one
+   side together, which no interval over that side's runs can see; a regression in the code shows again.
 
-A change that passes 2 but not 3 is *inconclusive* (too noisy to call), as is a metric with fewer than
-``min_samples`` batches on either side; neither fails the check. Exit codes: 0 no regression (pass,
-improvement or inconclusive), 1 at least one regression, 2 unusable input.
+Exit codes: 0 no regression (pass, improvement or inconclusive), 1 at least one regression, 2 unusable
+input.
 """
 
 from __future__ import annotations
@@ -61,7 +57,7 @@ from contract.names import PROCEDURES
 from contract.results import Results
 from reports import stats
 
-from .errors import ResultsError
+from .errors import HarnessError, ResultsError
 from .results import as_results
 
 #: Metric name → key of ``per_batch_ms``.
@@ -87,11 +83,15 @@ WORKLOAD_KEYS = (
     "cloud_cpuset",
 )
 DEFAULT_TOLERANCE = 0.10
-DEFAULT_ALPHA = 0.01
+#: The interval is the two-sided 1 − alpha one: 95 %, as every interval of the reports.
+DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_SAMPLES = 8
 DEFAULT_MIN_DELTA_MS = 0.5
 #: Mean CPU of other programs (100 = one core) above which a run's machine counts as busy.
 DEFAULT_BUSY_LIMIT = 50.0
+#: Runs a side needs for an interval (``record-baseline --repeat 3`` or more; 5 is better: with 3 a
+#: side, ``lo > 1`` means only that every current run was slower than every baseline run).
+MIN_RUNS = stats.MIN_RUNS_FOR_INTERVAL
 
 VERDICTS = ("pass", "improvement", "inconclusive", "regression", "absent")
 CONFIRMED_VERDICTS = ("regression", "improvement")
@@ -99,14 +99,16 @@ CONFIRMED_VERDICTS = ("regression", "improvement")
 
 @dataclass(frozen=True)
 class Comparison:
-    """One metric's verdict."""
+    """One metric's verdict: each side's median over its runs (of the runs' per-batch medians, ms), the
+    ratio current / baseline with its interval (None: too few runs), and the runs behind each side."""
 
     metric: str
     baseline_median: float | None
     current_median: float | None
-    change: float | None  # relative change of the medians
-    p_value: float | None
-    n_baseline: int
+    change: float | None  # ratio of the medians − 1
+    low: float | None  # the ratio's interval
+    high: float | None
+    n_baseline: int  # runs with a batch on this path
     n_current: int
     verdict: str
     note: str = ""
@@ -114,6 +116,8 @@ class Comparison:
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, not {self.verdict!r}")
+        if (self.low is None) != (self.high is None):
+            raise ValueError("an interval has both ends or neither")
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class CheckReport:
     busy_limit: float = DEFAULT_BUSY_LIMIT
     min_delta_ms: float = DEFAULT_MIN_DELTA_MS
     confirmations: int = 0  # fresh re-runs that each regression and improvement had to show again in
+    runs: tuple[int, int] = (0, 0)  # (baseline, current) runs in the files
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -135,6 +140,11 @@ class CheckReport:
     def changes(self) -> list[Comparison]:
         """The regressions and improvements: the verdicts a re-run must confirm (:func:`confirmed`)."""
         return [c for c in self.comparisons if c.verdict in CONFIRMED_VERDICTS]
+
+    @property
+    def too_few_runs(self) -> bool:
+        """Whether a side holds fewer than ``MIN_RUNS`` runs, so that no metric could be judged."""
+        return min(self.runs) < MIN_RUNS
 
     @property
     def exit_code(self) -> int:
@@ -163,6 +173,11 @@ COMPUTE = ("2", "4")
 TRANSFERS = ("1", "3-1", "3-2", "5")
 
 
+def run_medians(results: Results, key: str) -> list[float]:
+    """One value per run: the median of the run's per-batch times of ``key`` (runs with none left out)."""
+    return [stats.median(values) for run in results.runs if (values := run.per_batch_ms.get(key))]
+
+
 def compute_share(baseline: Results, key: str) -> float:
     """The part of metric ``key`` that scales with CPU speed, from the baseline (in [0, 1])."""
     links = baseline.config.links
@@ -177,7 +192,7 @@ def compute_share(baseline: Results, key: str) -> float:
         return 0.0
 
     def med(k: str) -> float:
-        values = [v for run in baseline.runs for v in run.per_batch_ms.get(k, ())]
+        values = run_medians(baseline, k)
         return stats.median(values) if values else 0.0
 
     total = med(key)
@@ -187,31 +202,8 @@ def compute_share(baseline: Results, key: str) -> float:
     return min(1.0, max(0.0, compute / total))
 
 
-def run_spread(results: Results, key: str) -> float | None:
-    """(max − min) / median of the per-run medians of ``key``; None with fewer than two runs."""
-    medians = [stats.median(values) for run in results.runs if (values := run.per_batch_ms.get(key))]
-    if len(medians) < 2:
-        return None
-    mid = stats.median(medians)
-    return (max(medians) - min(medians)) / mid if mid > 0 else None
-
-
-def _spread(baseline: Results, current: Results, key: str) -> tuple[float, str] | None:
-    """The larger run-to-run spread of ``key`` over the two sides, and which side it is; None when
-    neither side holds several runs."""
-    spreads = [
-        (spread, side)
-        for results, side in ((baseline, "baseline"), (current, "current run"))
-        if (spread := run_spread(results, key)) is not None
-    ]
-    return max(spreads) if spreads else None
-
-
-def _samples(results: Results, key: str, scales: Sequence[float]) -> list[float]:
-    values: list[float] = []
-    for run, scale in zip(results.runs, scales, strict=True):
-        values.extend(v * scale for v in run.per_batch_ms.get(key, ()))
-    return values
+def _batches(results: Results, key: str) -> int:
+    return sum(len(run.per_batch_ms.get(key, ())) for run in results.runs)
 
 
 def check_compatible(baseline: Results | Mapping[str, Any], current: Results | Mapping[str, Any]) -> None:
@@ -236,6 +228,48 @@ def check_compatible(baseline: Results | Mapping[str, Any], current: Results | M
         )
 
 
+def _needs_scipy() -> None:
+    try:
+        import scipy.stats  # noqa: F401 -- the intervals are scipy.stats.bootstrap's
+    except ModuleNotFoundError as exc:
+        raise HarnessError(
+            "the check's run-level intervals need scipy: pip install 'localexit[report]'"
+        ) from exc
+
+
+def judge(
+    base: Sequence[float],
+    cur: Sequence[float],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    alpha: float = DEFAULT_ALPHA,
+    min_delta_ms: float = DEFAULT_MIN_DELTA_MS,
+) -> tuple[str, str, stats.Estimate]:
+    """The verdict on one metric from its per-run values (ms) on each side, by the module's rule 3:
+    ``(verdict, note, estimate of current / baseline)``. Busy machines and confirmation are the
+    caller's."""
+    est = stats.unpaired_ratio_ci(cur, base, 1.0 - alpha)
+    if est.interval is None:
+        return (
+            "inconclusive",
+            f"too few runs for an interval ({len(base)} baseline, {len(cur)} current; at least {MIN_RUNS} "
+            "a side are needed)",
+            est,
+        )
+    lo, hi = est.interval
+    band = max(tolerance, min_delta_ms / stats.median(base))
+    if stats.verdict(est, "greater", 1.0, min_n=MIN_RUNS) == stats.SUPPORTED and est.value > 1 + band:
+        return "regression", "", est
+    if stats.verdict(est, "less", 1.0, min_n=MIN_RUNS) == stats.SUPPORTED and est.value < 1 - band:
+        return "improvement", "", est
+    limit = f"±{100 * tolerance:g}%" + (f" (±{min_delta_ms:g} ms)" if band > tolerance else "")
+    if 1 - band <= lo and hi <= 1 + band:
+        return "pass", "" if band == tolerance else f"within {limit}", est
+    if lo <= 1 <= hi:
+        return "inconclusive", f"interval holds 1 and reaches beyond {limit}", est
+    return "inconclusive", f"a change within {limit} at the median, whose interval reaches beyond", est
+
+
 def compare(
     baseline: Results | Mapping[str, Any],
     current: Results | Mapping[str, Any],
@@ -248,7 +282,9 @@ def compare(
     min_delta_ms: float = DEFAULT_MIN_DELTA_MS,
 ) -> CheckReport:
     """Apply the module's rule to every metric. A results document given as decoded JSON is read
-    through the contract (``ResultsError`` if it is not a usable results file)."""
+    through the contract (``ResultsError`` if it is not a usable results file). ``alpha``: the
+    interval is the two-sided ``1 − alpha`` one; ``min_samples``: fewer batches than this on a side
+    (over all its runs) make a metric inconclusive."""
     if tolerance < 0 or not 0 < alpha < 1 or min_delta_ms < 0:
         raise ValueError("tolerance and min_delta_ms must be ≥ 0 and alpha in (0, 1)")
     baseline, current = as_results(baseline, "the baseline"), as_results(current, "the current run")
@@ -258,22 +294,19 @@ def compare(
                 f"the {side} records no per-batch times (per_batch_ms), which the check compares"
             )
     check_compatible(baseline, current)
+    _needs_scipy()
     base_cal = _calibrations(baseline)
     cur_cal = _calibrations(current)
     ratio: float | None = None
-    cur_scales = [1.0] * len(cur_cal)
+    cur_scale = 1.0
     if use_calibration and all(c is not None for c in base_cal + cur_cal):
         # Each side's best calibration, like each calibration is its best repetition: the machine's
-        # speed when undisturbed. On a host whose CPUs switch between a fast and a slower state every few
-        # seconds, a run's calibration may catch only the slow one; taking the median across runs then
-        # turned that into a correction (seen in the CI test suite, on a fresh clone: baseline 2.96, 3.91
-        # and 3.82 ms against a current 2.5 ms, so an unchanged build's compute was scaled up 1.49x and
-        # failed the check).
+        # speed when undisturbed. A run's calibration may catch only a slow state of a CPU that
+        # switches between two; the best of a side does not.
         reference = min(c for c in base_cal if c is not None)
         best = min(c for c in cur_cal if c is not None)
-        cur_scales = [reference / best] * len(cur_cal)
+        cur_scale = reference / best
         ratio = best / reference
-    base_scales = [1.0] * len(base_cal)
     loads = (host_load(baseline), host_load(current))
     busy = [
         f"{side} ran while other programs used {load:.0f}% CPU"
@@ -284,53 +317,46 @@ def compare(
     comparisons = []
     for metric, key in METRICS.items():
         share = compute_share(baseline, key)
-        base = _samples(baseline, key, base_scales)
-        cur = _samples(current, key, [1 + (scale - 1) * share for scale in cur_scales])
+        base = run_medians(baseline, key)
+        scale = 1 + (cur_scale - 1) * share
+        cur = [v * scale for v in run_medians(current, key)]
         if not base and not cur:
             comparisons.append(
-                Comparison(metric, None, None, None, None, 0, 0, "absent", "no batch on this path")
+                Comparison(metric, None, None, None, None, None, 0, 0, "absent", "no batch on this path")
             )
             continue
-        if len(base) < min_samples or len(cur) < min_samples:
+        m_base = stats.median(base) if base else None
+        m_cur = stats.median(cur) if cur else None
+        note = ""
+        if not base or not cur:
+            note = f"no batch on this path in the {'baseline' if not base else 'current run'}"
+        elif min(_batches(baseline, key), _batches(current, key)) < min_samples:
+            note = f"fewer than {min_samples} batches on one side"
+        elif min(base) <= 0 or min(cur) <= 0:
+            note = "a run's median time is 0: no ratio to take"
+        if note:
             comparisons.append(
-                Comparison(
-                    metric,
-                    stats.median(base) if base else None,
-                    stats.median(cur) if cur else None,
-                    None,
-                    None,
-                    len(base),
-                    len(cur),
-                    "inconclusive",
-                    f"fewer than {min_samples} batches on one side",
-                )
+                Comparison(metric, m_base, m_cur, None, None, None, len(base), len(cur), "inconclusive", note)
             )
             continue
-        m_base, m_cur = stats.median(base), stats.median(cur)
-        change = m_cur / m_base - 1.0 if m_base > 0 else 0.0
-        _u, p = stats.mann_whitney_u(cur, base)
-        if abs(change) <= tolerance:
-            verdict, note = "pass", ""
-        elif abs(m_cur - m_base) <= min_delta_ms:
-            verdict, note = "pass", f"beyond ±{100 * tolerance:g}% but within {min_delta_ms:g} ms"
-        elif p >= alpha:
-            verdict, note = (
-                "inconclusive",
-                f"change beyond ±{100 * tolerance:g}% but not significant (p ≥ {alpha:g})",
-            )
-        elif busy:
+        verdict, note, est = judge(base, cur, tolerance=tolerance, alpha=alpha, min_delta_ms=min_delta_ms)
+        if verdict in CONFIRMED_VERDICTS and busy:
             verdict, note = "inconclusive", f"machine busy: {'; '.join(busy)} (limit {busy_limit:g}%)"
-        elif (spread := _spread(baseline, current, key)) is not None and abs(change) <= spread[0]:
-            verdict, note = (
-                "inconclusive",
-                f"within the {spread[1]}'s run-to-run spread ({100 * spread[0]:.0f}%)",
+        comparisons.append(
+            Comparison(
+                metric, m_base, m_cur, est.value - 1.0, est.low, est.high, len(base), len(cur), verdict, note
             )
-        elif change > 0:
-            verdict, note = "regression", ""
-        else:
-            verdict, note = "improvement", ""
-        comparisons.append(Comparison(metric, m_base, m_cur, change, p, len(base), len(cur), verdict, note))
-    return CheckReport(tuple(comparisons), ratio, tolerance, alpha, loads, busy_limit, min_delta_ms)
+        )
+    return CheckReport(
+        tuple(comparisons),
+        ratio,
+        tolerance,
+        alpha,
+        loads,
+        busy_limit,
+        min_delta_ms,
+        runs=(len(baseline.runs), len(current.runs)),
+    )
 
 
 def confirmed(report: CheckReport, again: CheckReport) -> CheckReport:
@@ -361,6 +387,10 @@ def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
+def _pct(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.0f}%"
+
+
 def format_report(report: CheckReport) -> str:
     rows = []
     for c in report.comparisons:
@@ -370,7 +400,7 @@ def format_report(report: CheckReport) -> str:
                 "–" if c.baseline_median is None else f"{c.baseline_median:.3f}",
                 "–" if c.current_median is None else f"{c.current_median:.3f}",
                 "–" if c.change is None else f"{100 * c.change:+.1f}%",
-                "–" if c.p_value is None else f"{c.p_value:.2g}",
+                "–" if c.low is None or c.high is None else f"[{_pct(c.low)}, {_pct(c.high)}]",
                 f"{c.n_baseline}/{c.n_current}",
                 c.verdict.upper() if c.verdict == "regression" else c.verdict,
                 c.note,
@@ -382,15 +412,16 @@ def format_report(report: CheckReport) -> str:
         else f"calibration: this machine ran the fixed workload at {report.calibration_ratio:.3f}× the "
         "baseline's time; current latencies are scaled by the inverse"
     )
+    confidence = f"{100 * (1 - report.alpha):g}%"
     table = tabulate(
         rows,
         headers=[
-            "latency (ms/batch, median)",
+            "latency (ms/batch, median of runs)",
             "baseline",
             "current",
             "change",
-            "p (MWU)",
-            "batches",
+            f"{confidence} interval",
+            "runs",
             "verdict",
             "note",
         ],
@@ -401,9 +432,16 @@ def format_report(report: CheckReport) -> str:
         if n_reg
         else "no regression"
     )
+    if report.too_few_runs:
+        verdict += (
+            f" -- but NOT a pass: {report.runs[0]} baseline and {report.runs[1]} current run(s), and an "
+            f"interval needs at least {MIN_RUNS} a side (record the baseline with --repeat 5)"
+        )
     rule = (
-        f"rule: regression = change > {100 * report.tolerance:g}% and > {report.min_delta_ms:g} ms and "
-        f"Mann–Whitney p < {report.alpha:g}, "
+        "rule: each run gives its median per-batch time; change = median over current runs / median "
+        f"over baseline runs − 1, with its {confidence} bootstrap interval over each side's runs. "
+        f"regression = interval above 0 and change > {100 * report.tolerance:g}% and > "
+        f"{report.min_delta_ms:g} ms; pass = interval within that band; otherwise inconclusive; "
         f"on a machine whose other programs used ≤ {report.busy_limit:g}% CPU"
     )
     load = ", ".join(

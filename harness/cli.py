@@ -348,6 +348,12 @@ def cmd_train(argv: Sequence[str]) -> int:
     return int(train.main(list(argv), prog=f"{PROG} train"))
 
 
+def cmd_calibrate(argv: Sequence[str]) -> int:
+    from models import calibration
+
+    return int(calibration.main(list(argv), prog=f"{PROG} calibrate"))
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -361,6 +367,8 @@ def dispatch(argv: Sequence[str]) -> int:
     args_list = with_command(argv)
     if args_list[0] == "train":  # (its options are models.train's, parsed there)
         return cmd_train(args_list[1:])
+    if args_list[0] == "calibrate":  # (likewise models.calibration's)
+        return cmd_calibrate(args_list[1:])
     args = parse(args_list)
     commands = {
         "run": cmd_run,

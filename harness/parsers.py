@@ -2,8 +2,8 @@
 
 ``python -m harness COMMAND [options]``; without a COMMAND (the first argument an option, or none at
 all) the command is ``run``, so the README's ``python -m harness --model mem --exit 5 --bw 10mbit``
-is ``python -m harness run --model mem --exit 5 --bw 10mbit``. ``train`` is listed here but parsed by
-``models.train`` itself (the same program as ``python -m models.train``).
+is ``python -m harness run --model mem --exit 5 --bw 10mbit``. ``train`` and ``calibrate`` are listed here
+but parsed by ``models.train`` and ``models.calibration`` (the same programs as ``python -m models.…``).
 
 Errors of argparse itself are one ``error: …`` line and one line saying where the help is, exit code 2,
 as every other user error of the harness; a negative link value written with a space (``--bw -5mbit``)
@@ -18,8 +18,8 @@ import importlib.metadata
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from contract.cli import Parser
 from contract.names import DEFAULT_DATASET, ISOLATIONS, LOCAL_EXITS, MODEL_KINDS
 
 from .busy import DEFAULT_BUSY_RETRIES, DEFAULT_MAX_OTHER_CPU
@@ -37,13 +37,6 @@ TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 #: A value that argparse would take for an option because it starts with "-" and is not a plain
 #: negative number (which argparse accepts): a negative quantity such as -5mbit, -5ms, -1% or -.5.
 _NEGATIVE_VALUE_RE = re.compile(r"-\.?[0-9]")
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the harness's error format (argparse's own prints the whole usage block first)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}\nsee {self.prog} --help\n")
 
 
 def join_negative_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -387,7 +380,7 @@ def configure_check(parser: argparse.ArgumentParser) -> None:
         "--alpha",
         type=float,
         default=check.DEFAULT_ALPHA,
-        help="significance level of the Mann–Whitney U test (default 0.01)",
+        help="the run-level interval of current / baseline is the two-sided 1 − ALPHA one (default 0.05)",
     )
     parser.add_argument(
         "--min-samples",
@@ -541,6 +534,13 @@ COMMANDS: tuple[tuple[str, str, str, Callable[[argparse.ArgumentParser], None] |
         "train",
         "train a model (options: train --help)",
         "Train a local-exit model.",
+        None,
+    ),
+    (
+        "calibrate",
+        "choose each exit's threshold for a target accuracy (options: calibrate --help)",
+        "From a validation split held out of the training set, the largest threshold per exit that keeps "
+        "the local exits' accuracy at or above a target.",
         None,
     ),
 )

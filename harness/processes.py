@@ -300,12 +300,12 @@ def wait_for_test(
                     return
                 test_reacted = any(end.key == test.name for end in ended[1:])
                 if test_reacted or time.monotonic_ns() - first.seen_ns >= REACTION_S * 1e9:
-                    raise _culprit(ended, nodes, links)
+                    raise culprit(ended, nodes, links)
             elif time.monotonic() > deadline:
                 raise test.failure(f"did not finish within {timeout_s:g} s (--run-timeout)")
 
 
-def _culprit(
+def culprit(
     ended: list[Ended], nodes: Mapping[str, NodeProcess], links: Mapping[str, HelperExited]
 ) -> NodeFailure | PortInUseError:
     """The error for ``ended[0]``, the first process of the run to end, with the others' reactions."""
@@ -357,10 +357,9 @@ class ResourceSampler:
 
     Start it once the run's processes are up: the process trees are looked up again only every
     ``tree_refresh_s``. Looking them up reads every process's ``/proc`` entry (psutil finds children by
-    their parent), about 1 ms per tree on a quiet VM (2 ms per sample with both), and the sampler's
-    thread shares the CPUs with the nodes it measures: at every sample it held up the computing node's
-    OpenMP worker for milliseconds (``perf sched``: 1.7-2.4 ms runs of the sampler's thread on that CPU,
-    2026-11-27). Reading the known processes' counters costs a tenth of that.
+    their parent), and the sampler's thread shares the CPUs with the nodes it measures, so a lookup at
+    every sample would hold up the computing node's OpenMP workers for milliseconds; reading the known
+    processes' counters costs a tenth of that (docs/design-notes.md).
 
     ``others``: PIDs of the run's processes outside this process's tree (nodes in containers, children
     of the container runtime), counted with it, not as other programs.

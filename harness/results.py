@@ -26,7 +26,7 @@ from contract.results import SUMMARY_FIELDS, Distribution, Resource, Results, Ru
 from reports import stats
 
 from .errors import ConfigError, ResultsError
-from .samples import externalize
+from .samples import SampleTable, externalize
 
 #: Free space an output location needs before a run starts. A results file keeps every batch's timings:
 #: a few hundred KiB per repeat for the whole Fashion-MNIST test set, so a few MiB leave room for it and
@@ -274,12 +274,15 @@ def load_results(path: Path) -> dict[str, Any]:
     return as_results(data, str(path)).to_json()
 
 
-def write_results(path: Path, results: Mapping[str, Any]) -> None:
+def write_results(
+    path: Path, results: Mapping[str, Any], *, earlier_samples: SampleTable | None = None
+) -> None:
     """Validate, then write atomically: the runs' per-sample records first, beside it
-    (``harness.samples``), then the results file, which names them."""
+    (``harness.samples``; ``earlier_samples``: rows of runs whose columns are no longer in memory), then
+    the results file, which names them."""
     document = as_results(results).to_json()
     try:
-        write_json_atomic(path, externalize(path, document))
+        write_json_atomic(path, externalize(path, document, earlier_samples))
     except OSError as exc:
         raise ResultsError(f"cannot write results file {path}: {exc.strerror or exc}") from exc
 

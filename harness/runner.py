@@ -109,7 +109,7 @@ class NodeCommands:
     def cloud(self, plan: Plan, host: str, port: int) -> list[str]:
         return [
             self.python, "-m", "nodes.cloud",
-            "--listen", _hostport(host, port),
+            "--listen", hostport(host, port),
             "--checkpoint", str(plan.checkpoint), "--exit", str(plan.node_exit),
         ]  # fmt: skip
 
@@ -118,7 +118,7 @@ class NodeCommands:
     ) -> list[str]:
         argv = [
             self.python, "-m", "nodes.edge",
-            "--listen", _hostport(host, port), "--cloud", _hostport(*cloud),
+            "--listen", hostport(host, port), "--cloud", hostport(*cloud),
             "--checkpoint", str(plan.checkpoint), "--exit", str(plan.node_exit),
             "--threshold", repr(plan.config.threshold),
         ]  # fmt: skip
@@ -130,7 +130,7 @@ class NodeCommands:
         cfg = plan.config
         argv = [
             self.python, "-m", "nodes.test",
-            "--edge", _hostport(*edge), "--cloud", _hostport(*cloud),
+            "--edge", hostport(*edge), "--cloud", hostport(*cloud),
             "--dataset", cfg.dataset, "--samples", str(plan.samples),
             "--batch-size", str(cfg.batch_size), "--inflight", str(cfg.inflight),
             "--warmup-batches", str(cfg.warmup_batches), "--seed", str(cfg.seed),
@@ -142,7 +142,8 @@ class NodeCommands:
         return argv
 
 
-def _hostport(host: str, port: int) -> str:
+def hostport(host: str, port: int) -> str:
+    """``host:port`` as the nodes' ``--listen``/``--edge``/``--cloud`` take it (IPv6 in brackets)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -381,12 +382,13 @@ def _started(
     workdir: Path,
     *,
     pipe_stdout: bool,
-    cpus: frozenset[int] | None = None,
-    placed: NodePlacement | None = None,
+    pipe_stdin: bool = False,
+    placed: NodePlacement,
+    node_type: type[NodeProcess] = NodeProcess,
 ) -> Iterator[NodeProcess]:
-    """Start node ``name`` with its log file; ``cpus`` (or ``placed``'s) is the affinity it starts with."""
-    if placed is not None:
-        cpus = placed.affinity
+    """Start node ``name`` with its log file, its environment and ``placed``'s affinity; stopped on exit.
+    ``pipe_stdin``: its stdin is a pipe (a serving test node's requests), else ``/dev/null``."""
+    cpus = placed.affinity
     log_path = workdir / f"{name}.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 -- NodeProcess.stop closes it
     logger.info("starting %s node: %s", name, " ".join(argv))
@@ -398,15 +400,15 @@ def _started(
                 popen = tb.popen(
                     name,
                     argv,
-                    stdin=subprocess.DEVNULL,
-                    env=node_env(tb, name, cpus, placed=placed),
+                    stdin=subprocess.PIPE if pipe_stdin else subprocess.DEVNULL,
+                    env=node_env(tb, name, placed=placed),
                     stdout=subprocess.PIPE if pipe_stdout else log_file,
                     stderr=log_file,
                     **({"cpus": cpus} if cpus is not None else {}),
                 )
             except OSError as exc:
                 raise NodeFailure(name, f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
-            node = NodeProcess(name, popen, log_path, log_file)
+            node = node_type(name, popen, log_path, log_file)
         yield node
     finally:
         if node is not None:
@@ -461,64 +463,117 @@ def _wait_test(
     )
 
 
+@dataclass(frozen=True)
+class StartedNodes:
+    """The three node processes of a run (or of a study's bed), started by :func:`start_nodes`."""
+
+    test: NodeProcess
+    edge: NodeProcess
+    cloud: NodeProcess
+
+    def by_name(self) -> dict[str, NodeProcess]:
+        return {"test": self.test, "edge": self.edge, "cloud": self.cloud}
+
+
+#: The test node's argv, given the addresses at which it reaches the edge and the cloud.
+TestArgv = Callable[[tuple[str, int], tuple[str, int]], list[str]]
+
+
+def start_nodes(
+    plan: Plan,
+    tb: TestbedLike,
+    workdir: Path,
+    stack: contextlib.ExitStack,
+    *,
+    commands: NodeCommands,
+    test_argv: TestArgv,
+    serving: type[NodeProcess] | None = None,
+) -> StartedNodes:
+    """Start the cloud, the edge and the test node of ``plan`` on ``tb`` (their logs in ``workdir``),
+    each entered into ``stack``, which stops them in reverse order.
+
+    The placement (``harness.placement``) is applied to all three: each node starts with its CPU set
+    as its affinity, which is read back from the kernel once it runs (a set not in force fails the
+    start), and with its thread count (its environment; the edge's also as ``--threads``). Returns once
+    the cloud and the edge are ready and the test node is started. ``serving``: the process type of a
+    test node that serves runs on its stdin (``harness.bed``), started with stdin and stdout piped;
+    None: a test node that runs once, its output in its log.
+    """
+    cfg = plan.config
+    placement = placement_of(plan)
+    cloud_port, edge_port = choose_ports(cfg, tb)
+    cloud = stack.enter_context(
+        _started(
+            tb,
+            "cloud",
+            commands.cloud(plan, tb.bind_address("cloud"), cloud_port),
+            workdir,
+            pipe_stdout=True,
+            placed=placement.cloud,
+        )
+    )
+    edge_to_cloud = tb.connect_address("edge", "cloud", cloud_port)
+    edge_argv = commands.edge(plan, tb.bind_address("edge"), edge_port, edge_to_cloud, placement.edge.threads)
+    # The edge retries connecting to the cloud until that listens, so both can start at once (saving
+    # an interpreter start-up) when the edge reaches the cloud directly; a shaping relay in between
+    # would accept the edge's connection and then drop it while the cloud is not up yet.
+    direct = edge_to_cloud == (tb.bind_address("cloud"), cloud_port)
+    if not direct:
+        cloud.wait_ready(cfg.ready_timeout_s)
+    edge = stack.enter_context(
+        _started(tb, "edge", edge_argv, workdir, pipe_stdout=True, placed=placement.edge)
+    )
+    if direct:
+        cloud.wait_ready(cfg.ready_timeout_s)
+    edge.wait_ready(cfg.ready_timeout_s)
+    for node, placed in ((cloud, placement.cloud), (edge, placement.edge)):
+        if placed.affinity is not None:
+            _check_cpus(node, placed.affinity, node_pid(tb, node))
+    argv = test_argv(
+        tb.connect_address("test", "edge", edge_port), tb.connect_address("test", "cloud", cloud_port)
+    )
+    test = stack.enter_context(
+        _started(
+            tb,
+            "test",
+            argv,
+            workdir,
+            pipe_stdout=serving is not None,
+            pipe_stdin=serving is not None,
+            placed=placement.test,
+            node_type=serving or NodeProcess,
+        )
+    )
+    if placement.test.affinity is not None:  # (at once: it may finish quickly, but stays until reaped)
+        _check_cpus(test, placement.test.affinity, node_pid(tb, test))
+    return StartedNodes(test=test, edge=edge, cloud=cloud)
+
+
 def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, attempt: int = 0) -> dict[str, Any]:
     """One repeat (its ``attempt``-th try) with fresh node processes; returns the ``runs[]`` entry, which
     holds the run's per-sample records (``sample_records``) until the results are written."""
     cfg = plan.config
-    placement = placement_of(plan)
     rundir = ctx.workdir / (f"run-{index}" if attempt == 0 else f"run-{index}-retry-{attempt}")
     rundir.mkdir(parents=True, exist_ok=True)
     records_path = rundir / "records.json"
     calibration_ms = calibrate() if cfg.calibrate else None
-    cloud_port, edge_port = choose_ports(cfg, tb)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        cloud = stack.enter_context(
-            _started(
-                tb,
-                "cloud",
-                ctx.commands.cloud(plan, tb.bind_address("cloud"), cloud_port),
-                rundir,
-                pipe_stdout=True,
-                placed=placement.cloud,
-            )
-        )
-        edge_to_cloud = tb.connect_address("edge", "cloud", cloud_port)
-        edge_argv = ctx.commands.edge(
-            plan, tb.bind_address("edge"), edge_port, edge_to_cloud, placement.edge.threads
-        )
-        # The edge retries connecting to the cloud until that listens, so both can start at once (saving
-        # an interpreter start-up) when the edge reaches the cloud directly; a shaping relay in between
-        # would accept the edge's connection and then drop it while the cloud is not up yet.
-        direct = edge_to_cloud == (tb.bind_address("cloud"), cloud_port)
-        if not direct:
-            cloud.wait_ready(cfg.ready_timeout_s)
-        edge = stack.enter_context(
-            _started(tb, "edge", edge_argv, rundir, pipe_stdout=True, placed=placement.edge)
-        )
-        if direct:
-            cloud.wait_ready(cfg.ready_timeout_s)
-        edge.wait_ready(cfg.ready_timeout_s)
-        for node, placed in ((cloud, placement.cloud), (edge, placement.edge)):
-            if placed.affinity is not None:
-                _check_cpus(node, placed.affinity, node_pid(tb, node))
-        test_argv = ctx.commands.test(
+        nodes = start_nodes(
             plan,
-            tb.connect_address("test", "edge", edge_port),
-            tb.connect_address("test", "cloud", cloud_port),
-            records_path,
+            tb,
+            rundir,
+            stack,
+            commands=ctx.commands,
+            test_argv=lambda edge, cloud: ctx.commands.test(plan, edge, cloud, records_path),
         )
-        test = stack.enter_context(
-            _started(tb, "test", test_argv, rundir, pipe_stdout=False, placed=placement.test)
-        )
-        if placement.test.affinity is not None:  # (at once: it may finish quickly, but stays until reaped)
-            _check_cpus(test, placement.test.affinity, node_pid(tb, test))
         schedule = stack.enter_context(scheduled(tb, plan.schedule))  # (time 0: the test node's start)
         # (started once every process of the run is up: it looks the process trees up only now and then)
-        pids = {node.name: node_pid(tb, node) for node in (edge, cloud, test)}
-        others = [pid for node in (edge, cloud, test) if (pid := pids[node.name]) != node.pid]
+        processes = (nodes.edge, nodes.cloud, nodes.test)
+        pids = {node.name: node_pid(tb, node) for node in processes}
+        others = [pid for node in processes if (pid := pids[node.name]) != node.pid]
         sampler = stack.enter_context(ResourceSampler(pids["edge"], others=others))
-        _wait_test(tb, test, [edge, cloud], cfg.run_timeout_s, schedule.check)
+        _wait_test(tb, nodes.test, [nodes.edge, nodes.cloud], cfg.run_timeout_s, schedule.check)
     duration = time.monotonic() - started
     try:
         records = json.loads(records_path.read_text(encoding="utf-8"))
@@ -552,7 +607,7 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, attempt: 
 def check_run_clocks(run: dict[str, Any], records_path: Path, *, strict: bool) -> None:
     """Warn about a run whose clock corrections the test node does not trust; with ``--strict-clocks``
     fail it. That is a failed measurement, not a mistake of the user: a ``NodeFailure`` of the node that
-    measured it (exit code 1; a sweep records the point as failed and goes on), with the node logs and
+    measured it (exit code 1; a study records the run as failed and goes on), with the node logs and
     records kept."""
     warnings = results_mod.clock_warnings(run)
     for warning in warnings:
@@ -631,23 +686,13 @@ def run_until_quiet(
     """Run ``index`` again while other programs used more CPU than ``--max-other-cpu`` during it, up to
     ``--busy-retries`` times (``harness.busy``); returns the kept run and the discarded attempts."""
     cfg = plan.config
-    where = f"run {index + 1}/{cfg.repeat}"
-
-    def discard(run: dict[str, Any], verdict: busy.Verdict) -> None:
-        logger.warning("%s: %s; running it again", where, verdict.reason)
-        if notify:
-            notify(f"{where}: {verdict.reason}: running it again ({run['attempt'] + 1}/{cfg.busy_retries})")
-
-    kept, thrown = busy.repeat_while_busy(
+    return busy.rerun_while_busy(
         lambda attempt: run_once(plan, tb, index, ctx, attempt),
         limit=cfg.max_other_cpu,
         retries=cfg.busy_retries,
-        on_discard=discard,
+        where=f"run {index + 1}/{cfg.repeat}",
+        notify=notify,
     )
-    if kept["busy"] and notify:
-        reason = busy.judge(busy.other_load(kept), cfg.max_other_cpu, 0, 0).reason
-        notify(f"{where}: {reason} after {len(thrown)} re-run(s); kept, marked busy")
-    return kept, thrown
 
 
 def new_prefix() -> str:

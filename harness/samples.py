@@ -9,7 +9,10 @@ refused. Runs discarded as measured on a busy host are in it too, told apart by 
 ``kept``.
 
 In memory each run carries its columns as ``sample_records`` (the records file's ``samples`` object);
-:func:`externalize`, called by ``harness.results.write_results``, moves them into the archive.
+:func:`externalize`, called by ``harness.results.write_results``, moves them into the archive. A study
+rewrites a point's results file after each run, when only the new run's columns are in memory: it
+passes the rows of the runs written before, read back from the archive (:func:`earlier_rows`), and the
+archive is written again with every run so far.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -102,7 +105,18 @@ class SampleTable:
         """The rows of run ``run``: its kept attempt, or attempt ``attempt``."""
         rows = self.run == run
         rows &= self.kept if attempt is None else self.attempt == attempt
+        return self.where(rows)
+
+    def where(self, rows: np.ndarray) -> SampleTable:
+        """The rows where the boolean mask ``rows`` is true."""
         return SampleTable(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def of_attempts(self, attempts: Collection[tuple[int, int, bool]]) -> SampleTable:
+        """The rows of the attempts ``(run, attempt, kept)`` listed."""
+        rows = np.zeros(len(self), dtype=bool)
+        for run, attempt, kept in attempts:
+            rows |= (self.run == run) & (self.attempt == attempt) & (self.kept == kept)
+        return self.where(rows)
 
     def summary(self) -> dict[str, Any]:
         """The per-sample figures of a run's summary (paper §4.1), computed as ``harness.results`` does:
@@ -170,17 +184,40 @@ def table_of(results: Mapping[str, Any]) -> SampleTable | None:
     return SampleTable.concat(tables) if tables else None
 
 
-def externalize(path: Path, results: Mapping[str, Any]) -> dict[str, Any]:
+def attempts_of(results: Mapping[str, Any]) -> set[tuple[int, int, bool]]:
+    """``(run, attempt, kept)`` of every run and discarded attempt of ``results``, as the archive's
+    columns tell them apart."""
+    return {
+        (int(run["index"]), int(run.get("attempt", 0)), kept)
+        for kept, runs in ((True, results.get("runs") or []), (False, results.get("discarded_runs") or []))
+        for run in runs
+    }
+
+
+def earlier_rows(path: Path, results: Mapping[str, Any]) -> SampleTable | None:
+    """The archive rows of the runs and discarded attempts of ``results`` (what the results file at
+    ``path`` holds and is to hold again), read back from the archive that file names, for
+    :func:`externalize` to write again beside the new ones; None when it holds no run. A missing or
+    foreign archive raises ``ResultsError``."""
+    attempts = attempts_of(results)
+    if not attempts:
+        return None
+    return load_samples(path).of_attempts(attempts)
+
+
+def externalize(path: Path, results: Mapping[str, Any], earlier: SampleTable | None = None) -> dict[str, Any]:
     """Write the runs' per-sample columns to the archive beside ``path`` (atomically) and return the
     results to write at ``path``: without the columns, naming the archive and its SHA-256.
 
-    The archive is written first, so a results file never names one that is not there; a results file
-    whose write then fails leaves an archive that no results file names. Results without columns (read
-    back from a file) are returned as they are.
+    ``earlier``: rows of runs whose columns are no longer in memory (:func:`earlier_rows`), written
+    first. The archive is written before the results file, so a results file never names one that is
+    not there; a results file whose write then fails leaves an archive that no results file names.
+    Results without columns (read back from a file) and no ``earlier`` rows are returned as they are.
     """
-    table = table_of(results)
-    if table is None:
+    tables = [t for t in (earlier, table_of(results)) if t is not None]
+    if not tables:
         return dict(results)
+    table = SampleTable.concat(tables)
     data = table.to_bytes()
     archive = samples_path(path)
     with atomic_open(archive, "wb") as fh:

@@ -9,9 +9,15 @@ a point's results file holds all its runs, each with its ``block`` and its ``pos
 
 The nodes of a link are started once (``harness.bed``) and reconfigured for each run; a node that dies
 fails that run only: the run is recorded as failed, the nodes are started again, and the study goes on.
+Each run is measured as ``run`` measures one: run again while other programs used the CPU
+(``harness.busy``: the discarded attempts in the file's ``discarded_runs``, the kept one marked
+``busy`` when still over the limit), its clocks checked (``--strict-clocks`` fails it), its samples in
+the point's archive (``harness.samples``).
 
 Files (in the output folder, as a sweep's): ``points/<label>.json``, each point's results file,
-rewritten atomically after each of its runs with every run so far; and ``sweep.json``, the manifest
+rewritten atomically after each of its runs with every run so far, and beside it
+``points/<label>.samples.npz``, the per-sample archive of every run and attempt so far (those of an
+earlier invocation read back and written again with the new one's); and ``sweep.json``, the manifest
 (schema ``localexit-sweep/2``): the order seed, the order itself (block, position, point) with each
 run's status, and each point's status, rewritten after each run. Run again, the same study resumes: the
 runs not in a results file yet run, in the recorded order.
@@ -19,13 +25,14 @@ runs not in a results file yet run, in the recorded order.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +42,7 @@ from tqdm import tqdm
 from contract.atomic import write_json_atomic
 from contract.names import STUDY_SCHEMA
 
+from . import busy
 from .config import RunConfig, config_from_dict, config_to_dict
 from .errors import ConfigError, NodeFailure, ResultsError
 from .results import (
@@ -44,6 +52,7 @@ from .results import (
     resource_summary,
     write_results,
 )
+from .samples import RECORDS_FIELD, SampleTable, earlier_rows
 from .sweep import MANIFEST_NAME, SweepSpec, exclusive, point_path
 
 if TYPE_CHECKING:
@@ -110,10 +119,12 @@ def _same_study(recorded: object, spec: SweepSpec) -> bool:
 
 @dataclass(frozen=True)
 class Recorded:
-    """What a point's results file already holds for a study: its runs, and the blocks they ran in."""
+    """What a point's results file already holds for a study: its runs, the attempts of those runs
+    discarded as measured on a busy host (``harness.busy``), and the blocks the runs ran in."""
 
     runs: tuple[dict[str, Any], ...] = ()
     blocks: frozenset[int] = frozenset()
+    discarded: tuple[dict[str, Any], ...] = ()
 
 
 def recorded_runs(path: Path, cfg: RunConfig, spec: SweepSpec) -> Recorded:
@@ -140,13 +151,16 @@ def recorded_runs(path: Path, cfg: RunConfig, spec: SweepSpec) -> Recorded:
     if stored != config_to_dict(cfg):
         return Recorded()
     runs = tuple(data["runs"])
+    discarded = tuple(data["discarded_runs"])
     study = data["config"].get("study")
     if study is None and all(run.get("block") is None for run in runs):
-        return Recorded(runs, frozenset(range(spec.base.repeat)))
+        return Recorded(runs, frozenset(range(spec.base.repeat)), discarded)
     if not _same_study(study, spec):
         return Recorded()
     kept = tuple(run for run in runs if isinstance(run.get("block"), int) and 0 <= run["block"] < cfg.repeat)
-    return Recorded(kept, frozenset(run["block"] for run in kept))
+    indices = {run["index"] for run in kept}
+    thrown = tuple(run for run in discarded if run["index"] in indices)
+    return Recorded(kept, frozenset(run["block"] for run in kept), thrown)
 
 
 @dataclass
@@ -328,9 +342,16 @@ def _run(
         return outcome
     environment = collect_environment()
     runs = {label: list(rec.runs) for label, rec in state.recorded.items()}
+    discarded = {label: list(rec.discarded) for label, rec in state.recorded.items()}
     study = study_config(state.spec)
     bar = tqdm(total=len(state.order), initial=outcome.skipped, unit="run", desc="study", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)  # fmt: skip
+
+    def tell(text: str) -> None:
+        if notify is not None:
+            with tqdm.external_write_mode():  # (the notice on a line of its own, not across the bar)
+                notify(text)
+
     started = time.monotonic()
     calibration: float | None = None
     block: int | None = None
@@ -339,7 +360,7 @@ def _run(
     beds = _Beds(workdir, factory, commands, notify)
     try:
         for slot in todo:
-            plan = plans[slot.label]
+            plan, cfg = plans[slot.label], slot.point
             bar.set_postfix_str(f"block {slot.block}: {slot.label}")
             if slot.block != block:
                 # Once a block, not around every run as `run` does: a calibration costs 0.3 s, as much
@@ -347,33 +368,32 @@ def _run(
                 block = slot.block
                 calibration = calibrate() if plan.config.calibrate else None
             try:
-                bed = beds.bed_for(plan)
-                measured = bed.run(plan, bed.workdir / f"records-b{slot.block}-p{slot.position}.json")
-                point_runs = runs[slot.label]
-                run = build_run(
-                    len(point_runs),
-                    measured.records,
-                    cpu_percent=measured.cpu_percent,
-                    rss_mib=measured.rss_mib,
-                    duration_s=measured.duration_s,
-                    calibration_ms=calibration,
-                    block=slot.block,
-                    position=slot.position,
+                point_runs, point_discarded = runs[slot.label], discarded[slot.label]
+                index = len(point_runs)
+                # (re-run on a busy host as `run` does: every attempt kept, the last one marked busy)
+                run, thrown = busy.rerun_while_busy(
+                    functools.partial(_measure, beds, plan, slot, index, calibration),
+                    limit=cfg.max_other_cpu,
+                    retries=cfg.busy_retries,
+                    where=f"block {slot.block}: {slot.label}",
+                    notify=tell,
                 )
-                run["edge_resources_window"] = "measured-phase" if measured.in_window else "whole-run"
-                run["host_other_cpu_percent"] = resource_summary(measured.host_other_percent)
+                path = point_path(state.out_dir, slot.point)
+                bed = beds.current
+                assert bed is not None  # (the bed of the run just measured)
                 config = {**results_config(plan, bed.testbed, [*point_runs, run]), "study": study}
-                results = build_results(config, environment, [*point_runs, run])
-                write_results(point_path(state.out_dir, slot.point), results)
-                point_runs.append(run)
+                results = build_results(config, environment, [*point_runs, run], [*point_discarded, *thrown])
+                earlier = _earlier_samples(path, {"runs": point_runs, "discarded_runs": point_discarded})
+                write_results(path, results, earlier_samples=earlier)
+                # (the per-sample columns are in the archive now: a study's memory holds none of them)
+                point_runs.append(_without_samples(run))
+                point_discarded += [_without_samples(attempt) for attempt in thrown]
                 state.mark(slot, "done")
                 outcome.done += 1
                 if on_run is not None:
-                    on_run(slot, run)
+                    on_run(slot, point_runs[-1])
             except NodeFailure as exc:  # (a ComponentFailure too: a delay line that died)
-                # That run alone failed: the nodes start again for the next one, as a sweep goes on
-                # past a failed point.
-                beds.close()
+                # That run alone failed: the study goes on with the next, as past a failed point.
                 state.mark(slot, "failed", str(exc))
                 outcome.failed += 1
                 bar.write(f"run of {slot.label} in block {slot.block} failed: {exc}")
@@ -391,6 +411,54 @@ def _run(
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     return outcome
+
+
+def _measure(
+    beds: _Beds, plan: Plan, slot: Slot, index: int, calibration_ms: float | None, attempt: int
+) -> dict[str, Any]:
+    """Attempt ``attempt`` of ``slot``'s run, on the bed of its link: its ``runs[]`` entry with the
+    samples' columns, its clocks checked as ``run`` checks them (``--strict-clocks`` fails the run)."""
+    from .runner import check_run_clocks
+
+    bed = beds.bed_for(plan)
+    retry = f"-retry-{attempt}" if attempt else ""
+    records_path = bed.workdir / f"records-b{slot.block}-p{slot.position}{retry}.json"
+    try:
+        measured = bed.run(plan, records_path)
+    except NodeFailure:
+        beds.close()  # (a bed a run failed on is not reused: the next run starts its nodes again)
+        raise
+    run = build_run(
+        index,
+        measured.records,
+        cpu_percent=measured.cpu_percent,
+        rss_mib=measured.rss_mib,
+        duration_s=measured.duration_s,
+        calibration_ms=calibration_ms,
+        block=slot.block,
+        position=slot.position,
+    )
+    run["edge_resources_window"] = "measured-phase" if measured.in_window else "whole-run"
+    run["host_other_cpu_percent"] = resource_summary(measured.host_other_percent)
+    run[RECORDS_FIELD] = measured.records.get("samples")
+    check_run_clocks(run, records_path, strict=plan.config.strict_clocks)  # (its records kept if it fails)
+    records_path.unlink()  # (a records file is MiBs; the run holds what it needs of it)
+    return run
+
+
+def _without_samples(run: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in run.items() if key != RECORDS_FIELD}
+
+
+def _earlier_samples(path: Path, earlier: Mapping[str, Any]) -> SampleTable | None:
+    """The archive rows of the runs ``earlier`` (a point's results so far, as its file holds them),
+    to be written again with a new run's; a point's file whose archive is gone or not its own keeps
+    its runs, and its archive holds the new runs only from then on."""
+    try:
+        return earlier_rows(path, earlier)
+    except ResultsError as exc:
+        logger.warning("%s: the per-sample records of its earlier runs are lost: %s", path.name, exc)
+        return None
 
 
 class _Beds:

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from contract.atomic import write_json_atomic
+from contract.cli import Parser
 from contract.errors import LocalExitError
 from contract.names import (
     CALIBRATION_FAMILY,
@@ -333,9 +334,7 @@ def calibrate_checkpoint(
 
 
 def build_parser(prog: str = "python -m models.calibration") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog, description="Choose each local exit's threshold T for a target accuracy."
-    )
+    p = Parser(prog=prog, description="Choose each local exit's threshold T for a target accuracy.")
     p.add_argument("--checkpoint", type=Path, required=True, help="the model to calibrate")
     p.add_argument(
         "--target-accuracy", type=float, required=True, help="accuracy the local exits must keep, e.g. 0.95"

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from contract.atomic import write_json_atomic
+from contract.cli import Parser
 from contract.errors import LocalExitError
 from contract.names import CLOUD, DATASETS, DEFAULT_DATASET, LOCAL_EXITS, MODEL_KINDS, TRAINLOG_SCHEMA
 from models.checkpoint import save_checkpoint, zoo_name
@@ -276,7 +277,7 @@ def train_and_save(
 
 
 def build_parser(prog: str = "python -m harness train") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Train a local-exit model (paper §3.2) on the CPU.")
+    p = Parser(prog=prog, description="Train a local-exit model (paper §3.2) on the CPU.")
     p.add_argument("--model", choices=MODEL_KINDS, help="model family")
     p.add_argument("--exit", type=int, help="the local exit of a sem model (1..8)")
     p.add_argument("--all", action="store_true", help="train standard, sem-1..8 and mem one after another")

@@ -198,11 +198,11 @@ def settle_heap() -> None:
     """Collect once, then move every object that survived start-up (torch, the model, the dataset) to
     the garbage collector's permanent generation, so that no collection during the run scans them.
 
-    Measured on the nodes (2-vCPU VM): a full collection of a process that has loaded torch and a model
-    scans about 170 000 objects and takes 40-55 ms, and even a young-generation one took 0.5-0.9 ms. Either
-    lands in the middle of a batch -- or, in another node, takes a core from the two-thread compute of
-    one -- and shows up as a procedure several times its usual length. After this call, collections only
-    see the run's own short-lived objects.
+    A full collection of a process that has loaded torch and a model scans the hundreds of thousands of
+    objects start-up made, which takes tens of milliseconds (docs/design-notes.md); it would land in the
+    middle of a batch -- or, in another node, take a core from the compute of one -- and show up as a
+    procedure several times its usual length. After this call, collections only see the run's own
+    short-lived objects.
     """
     gc.collect()
     gc.freeze()

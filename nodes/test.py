@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.cli import Parser
 from models import ImageDataset, load_dataset
 from nodes import cli
 from nodes.errors import NodeError, NodeTimeout, PeerError, RemoteProtocolError, UsageError
@@ -456,7 +457,7 @@ async def run_test_client(cfg: ClientConfig, dataset: ImageDataset | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nodes.test", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m nodes.test", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--edge",
         type=cli.hostport_arg,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.cli import Parser
 from contract.errors import LocalExitError
 from reports import claims, tables
 from reports.export import export_csv
@@ -22,7 +23,7 @@ REPORT_EXTRA = ("matplotlib", "scipy")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m reports",
         description="Turn localexit results files (and training logs) into tables, figures and a "
         "Markdown + self-contained HTML report. `python -m reports export --help`: every run as one CSV.",
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m reports export",
         description="Write every run of localexit results files as one tidy (long-format) CSV: one row per "
         "run and figure, and one per batch and per-batch figure. In Python: pandas.read_csv(FILE).",

@@ -1,6 +1,6 @@
 """When a process of a run dies, the harness blames the one that died first -- a node or a delay line --
 with how it ended and its log, says what the others did after it, and treats it as a runtime failure
-(exit code 1; a sweep records the point as failed and goes on)."""
+(exit code 1; a study records the run as failed and goes on)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from harness.config import LinkOptions, RunConfig
 from harness.errors import ComponentFailure, NodeFailure
 from harness.processes import NodeProcess
 from harness.runner import _wait_test, run_experiment
-from harness.sweep import MANIFEST_NAME, SweepSpec, run_sweep
+from harness.sweep import MANIFEST_NAME, SweepSpec
 
 from .conftest import FakeCommands, FakeTestbed
 
@@ -206,24 +206,50 @@ def test_a_dead_delay_line_is_a_runtime_failure_with_its_log(
     assert "the test node was still running" in err
 
 
-def test_a_sweep_records_a_point_whose_delay_line_died_as_failed_and_goes_on(
-    small_config: RunConfig,
-    dying_line: type[DyingLineTestbed],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+class LineDiesInTheFirstRun(DyingLineTestbed):
+    """As :class:`DyingLineTestbed`, its delay line killed as a study's first run on it begins: the
+    bed looks its helpers up once while its test node starts, and again as each run begins."""
+
+    looks = 0
+
+    def popen(self, node: str, argv: Any, **kw: Any) -> subprocess.Popen[bytes]:
+        return FakeTestbed.popen(self, node, argv, **kw)
+
+    def helper_pids(self) -> dict[str, int]:
+        self.looks += 1
+        if self.looks == 2:
+            self.line.kill()
+            self.line.wait()
+        return super().helper_pids()
+
+
+@pytest.mark.slow
+def test_a_study_records_a_run_whose_delay_line_died_as_failed_and_goes_on(
+    small_config: RunConfig, tmp_path: Path
 ) -> None:
-    spec = SweepSpec(small_config, ("mem",), (1, 2, 3), (0.3,), (LinkOptions(),))
+    """The nodes are real (a study's test node serves runs); the run on loopback does not need the line,
+    but a run during which a process of its bed died is failed all the same, as in `run`."""
+    from harness.study import run_study
 
-    def run_point(cfg: RunConfig) -> dict[str, Any]:
-        factory = dying_line if cfg.exit == 1 else FakeTestbed
-        monkeypatch.setenv("FAKE_TEST_SLEEP", str(TEST_NODE_S) if cfg.exit == 1 else "0")
-        return run_experiment(cfg, testbed_factory=factory, commands=FakeCommands())
+    class Line(LineDiesInTheFirstRun):
+        log_dir = tmp_path
 
-    outcome = run_sweep(spec, tmp_path / "sweep", run_point, progress=False)
-    assert (outcome.failed, outcome.done, outcome.exit_code) == (1, 2, 1)
-    points = json.loads((tmp_path / "sweep" / MANIFEST_NAME).read_text())["points"]
-    assert [p["status"] for p in points] == ["failed", "done", "done"]
-    assert "delay line of the edge–cloud link" in points[0]["error"]
+    beds: list[FakeTestbed] = []
+
+    def factory(config: Any, **kw: Any) -> FakeTestbed:
+        beds.append((Line if not beds else FakeTestbed)(config, **kw))
+        return beds[-1]
+
+    cfg = small_config.replace(ready_timeout_s=60.0)
+    spec = SweepSpec(cfg, ("mem",), (1, 2), (0.3,), (LinkOptions(),))
+    outcome = run_study(spec, tmp_path / "sweep", factory=factory, progress=False)
+    assert (outcome.failed, outcome.done, outcome.exit_code) == (1, 1, 1)
+    runs = json.loads((tmp_path / "sweep" / MANIFEST_NAME).read_text())["runs"]
+    assert [r["status"] for r in runs] == ["failed", "done"]
+    assert runs[0]["error"].startswith(
+        "the delay line of the edge–cloud link (lxfake-ec): was killed by signal 9 (SIGKILL) during the run"
+    )
+    assert len(beds) == 2, "the next run started on a fresh bed"
 
 
 # --------------------------------------------------------------------------------------------------

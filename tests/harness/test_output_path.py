@@ -85,12 +85,12 @@ def test_a_folder_without_write_permission_is_refused(tmp_path: Path) -> None:
 def test_a_sweep_into_an_unwritable_folder_is_refused_before_it_starts(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import harness.sweep
+    import harness.study
 
     def no_sweep(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the sweep started")
 
-    monkeypatch.setattr(harness.sweep, "run_sweep", no_sweep)
+    monkeypatch.setattr(harness.study, "run_study", no_sweep)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     code, _, err = main(capsys, "sweep", "--models", "sem", "--exits", "1", "--out-dir", str(a_file))

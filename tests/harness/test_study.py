@@ -17,6 +17,7 @@ import pytest
 
 from harness.config import LinkOptions, RunConfig
 from harness.runner import run_experiment
+from harness.samples import load_samples
 from harness.study import STUDY_SCHEMA, Slot, block_order, run_study
 from harness.sweep import MANIFEST_NAME, PAPER_THRESHOLDS, SweepSpec, point_path
 from reports.loader import load_results as load_for_reports
@@ -140,6 +141,24 @@ def test_a_study_keeps_every_run_with_its_block_and_matches_fresh_processes(
     assert all(f.blocked and sorted(f.series("overall_latency_ms").blocks or ()) == [0, 1] for f in files)
 
 
+def _assert_archive_holds(path: Path, results: dict[str, Any]) -> None:
+    """The per-sample archive of the results file at ``path`` holds each of its runs and discarded
+    attempts, and the per-sample figures of each run's summary are recomputed from it."""
+    table = load_samples(path, results)
+    attempts = {(r["index"], r.get("attempt", 0), True) for r in results["runs"]}
+    attempts |= {(r["index"], r["attempt"], False) for r in results["discarded_runs"]}
+    assert set(zip(table.run.tolist(), table.attempt.tolist(), table.kept.tolist(), strict=True)) == attempts
+    assert results["samples_file"]["rows"] == len(table)
+    for run in results["runs"]:
+        rows = table.select(run["index"])
+        recomputed = rows.summary()
+        assert recomputed == {k: run["summary"][k] for k in recomputed}
+    for run in results["discarded_runs"]:
+        rows = table.select(run["index"], attempt=run["attempt"])
+        assert len(rows) == run["summary"]["samples"]
+        assert rows.summary()["local_exits"] == run["summary"]["local_exits"]
+
+
 def _kill(node: str) -> None:
     for child in psutil.Process().children(recursive=True):
         if f"nodes.{node}" in " ".join(child.cmdline()):
@@ -199,9 +218,13 @@ def test_an_interrupted_study_resumes_the_remaining_runs_in_the_recorded_order(
     assert (outcome.done, outcome.skipped, outcome.failed) == (4, 2, 0)
     assert [(s.block, s.position, s.label) for s in first + rest] == recorded
     for cfg in spec.points():
-        runs = json.loads(point_path(tmp_path, cfg).read_text())["runs"]
+        path = point_path(tmp_path, cfg)
+        results = json.loads(path.read_text())
+        runs = results["runs"]
         assert sorted(r["block"] for r in runs) == [0, 1, 2]
         assert [r["index"] for r in runs] == [0, 1, 2]
+        # The archive holds the samples of every run, those of the first invocation too.
+        _assert_archive_holds(path, results)
     # Done: a third call runs nothing.
     assert run_study(spec, tmp_path, progress=False).skipped == 6
 
@@ -218,6 +241,176 @@ def test_a_study_in_namespaces(small_config: RunConfig, tiny_checkpoint: Path, t
     assert results["config"]["link_backend"]["edge_cloud"]["rate"] == "tbf"
     assert sorted(r["block"] for r in results["runs"]) == [0, 1]
     assert all(r["edge_rss_mib"]["n"] > 0 for r in results["runs"])  # the edge sampled in each run
+
+
+# -- each run measured as `run` measures one: busy host, clocks, placement, per-sample archive -------------
+
+
+class _Sampler:
+    """Stands in for the bed's ``ResourceSampler``: one sample per run, the CPU other programs used
+    taken from a script (a fake reading that makes a run busy or quiet)."""
+
+    loads: list[float] = []  # noqa: RUF012 -- set per test
+
+    def __init__(self, pid: int, *args: Any, **kw: Any) -> None:
+        self.cpu_percent, self.rss_mib = [100.0], [200.0]
+        self.host_other_percent = [_Sampler.loads.pop(0)]
+
+    def __enter__(self) -> _Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def window(self, start_ns: int, end_ns: int) -> tuple[list[int], bool]:
+        return [0], True
+
+
+@pytest.mark.slow
+def test_a_busy_run_of_a_study_is_run_again_and_every_attempt_is_kept_across_a_resume(
+    small_config: RunConfig, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.bed
+
+    monkeypatch.setattr(harness.bed, "ResourceSampler", _Sampler)
+    spec = _spec(small_config, tiny_checkpoint, max_other_cpu=50.0, busy_retries=1)
+    notices: list[str] = []
+    order: list[Slot] = []
+
+    def stop_after_the_first_block(slot: Slot, run: dict[str, Any]) -> None:
+        order.append(slot)
+        if len(order) == 2:
+            raise KeyboardInterrupt
+
+    # Block 0: its first run busy once, then quiet; its second quiet.
+    _Sampler.loads = [180.0, 5.0, 7.0]
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, tmp_path, progress=False, notify=notices.append, on_run=stop_after_the_first_block)
+    assert _Sampler.loads == []
+    # Resumed, block 1: its first run busy twice (kept, marked busy: one retry only); its second quiet.
+    _Sampler.loads = [120.0, 130.0, 9.0]
+    outcome = run_study(
+        spec, tmp_path, progress=False, notify=notices.append, on_run=lambda slot, run: order.append(slot)
+    )
+    assert (outcome.done, outcome.skipped, outcome.failed) == (2, 2, 0) and _Sampler.loads == []
+
+    first, second, third, fourth = ((slot.block, slot.label) for slot in order)
+    # (block, point) -> (attempt, busy, load) of the kept run, and the loads of its discarded attempts
+    kept = {first: (1, False, 5.0), second: (0, False, 7.0), third: (1, True, 130.0), fourth: (0, False, 9.0)}
+    thrown = {first: [180.0], second: [], third: [120.0], fourth: []}
+    for cfg in spec.points():
+        path = point_path(tmp_path, cfg)
+        results = json.loads(path.read_text())
+        assert results["config"]["max_other_cpu_percent"] == 50.0 and results["config"]["busy_retries"] == 1
+        for run in results["runs"]:
+            key = (run["block"], cfg.label())
+            assert (run["attempt"], run["busy"], run["host_other_cpu_percent"]["mean"]) == kept[key]
+            discarded = [r for r in results["discarded_runs"] if r["index"] == run["index"]]
+            assert [r["host_other_cpu_percent"]["mean"] for r in discarded] == thrown[key]
+            assert all(r["block"] == run["block"] and r["attempt"] == 0 for r in discarded)
+        assert results["aggregate"]["local_exits"]["n"] == 2  # (the kept runs only)
+        _assert_archive_holds(path, results)
+    assert any(f"block 0: {first[1]}: busy host: other programs used 180 % CPU" in n for n in notices)
+    assert any(f"block 1: {third[1]}" in n and "kept, marked busy" in n for n in notices)
+
+
+@pytest.mark.slow
+def test_a_studys_nodes_are_placed_as_a_runs_and_strict_clocks_fail_a_run_on_them(
+    small_config: RunConfig, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import results as results_mod
+    from harness import runner
+
+    from .conftest import FakeTestbed
+
+    class Recording(FakeTestbed):
+        """Loopback, on a machine with 16 CPUs: records each node's CPUs and environment."""
+
+        ignore_cpus = True
+        envs: dict[str, dict[str, str]] = {}  # noqa: RUF012 -- this test's
+
+        def popen(self, node: str, argv: Any, *, cpus: Any = None, **kw: Any) -> Any:
+            Recording.envs[node] = dict(kw.get("env") or {})
+            return super().popen(node, argv, cpus=cpus, **kw)
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner, "usable_cpus", lambda: frozenset(range(16)))
+    checked: dict[str, frozenset[int]] = {}
+    monkeypatch.setattr(runner, "_check_cpus", lambda node, cpus, *_: checked.__setitem__(node.name, cpus))
+    warning = "procedure 4 corrected by an offset uncertain by 3 ms"
+    monkeypatch.setattr(results_mod, "clock_warnings", lambda run: [warning] if run["position"] == 0 else [])
+    FakeTestbed.instances = []
+    spec = _spec(small_config, tiny_checkpoint, blocks=1, strict_clocks=True)
+    outcome = run_study(spec, tmp_path, factory=Recording, progress=False)
+
+    assert (outcome.done, outcome.failed) == (1, 1)
+    runs = _manifest(tmp_path)["runs"]
+    assert [r["status"] for r in runs] == ["failed", "done"]
+    assert "--strict-clocks" in runs[0]["error"] and warning in runs[0]["error"]
+    records = Path(runs[0]["error"].rsplit("(records: ", 1)[1].rstrip(")"))
+    assert records.is_file()  # (kept with the node logs, for a look at the clocks)
+    assert len(FakeTestbed.instances) == 1, "the nodes were fine: the next run ran on them"
+    # Each node on its CPUs with a thread per CPU, as `run` places them, the sets read back.
+    want = {"test": frozenset({0}), "edge": frozenset(range(1, 8)), "cloud": frozenset(range(8, 16))}
+    assert FakeTestbed.instances[0].cpus_asked == want and checked == want
+    assert {node: Recording.envs[node]["OMP_NUM_THREADS"] for node in want} == {
+        "test": "1",
+        "edge": "7",
+        "cloud": "8",
+    }
+    done = next(cfg for cfg in spec.points() if cfg.label() == runs[1]["label"])
+    placement = json.loads(point_path(tmp_path, done).read_text())["config"]["placement"]
+    assert placement["policy"] == "disjoint" and placement["nodes"]["test"]["cpuset"] == "0"
+
+
+def test_a_points_archive_rewritten_after_a_run_keeps_the_earlier_runs_rows(tmp_path: Path) -> None:
+    """What a study does after each run, without nodes: the point's results file written again with
+    the new run's columns in memory and the earlier runs' rows read back from the archive."""
+    from harness.results import build_results, build_run, load_results, write_results
+    from harness.samples import RECORDS_FIELD, earlier_rows
+
+    from .helpers import make_config, make_records
+
+    def run(index: int, attempt: int, seed: int) -> dict[str, Any]:
+        records = make_records(batches=3, seed=seed)
+        out = build_run(
+            index, records, cpu_percent=[], rss_mib=[], duration_s=1.0, calibration_ms=None, block=index
+        )
+        return {**out, "attempt": attempt, RECORDS_FIELD: records["samples"]}
+
+    path = tmp_path / "point.json"
+    first, thrown = run(0, 1, seed=1), run(0, 0, seed=2)
+    write_results(path, build_results(make_config(), {}, [first], [thrown]))
+    written = load_results(path)
+    second = run(1, 0, seed=3)
+    results = build_results(make_config(), {}, [*written["runs"], second], written["discarded_runs"])
+    write_results(path, results, earlier_samples=earlier_rows(path, written))
+    _assert_archive_holds(path, load_results(path))
+    assert len(load_samples(path)) == 3 * 3 * 8
+
+
+def test_sweep_and_reproduce_take_the_busy_host_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.study
+    from harness import cli
+
+    class Started(Exception):
+        pass
+
+    given: list[SweepSpec] = []
+
+    def run_study_(spec: SweepSpec, out_dir: Path, **kw: Any) -> Any:
+        given.append(spec)
+        raise Started
+
+    monkeypatch.setattr(harness.study, "run_study", run_study_)
+    options = ["--max-other-cpu", "20", "--busy-retries", "4", "--no-progress"]
+    grid = ["--models", "mem", "--exits", "1", "--thresholds", "0.3"]
+    for argv in (["sweep", *grid, *options], ["reproduce", "--quick", *options]):
+        with pytest.raises(Started):
+            cli.main([*argv, "--out-dir", str(tmp_path / argv[0])])
+    assert [(s.base.max_other_cpu, s.base.busy_retries) for s in given] == [(20.0, 4), (20.0, 4)]
 
 
 def test_reproduce_runs_the_papers_grid_in_five_blocks_unless_told(

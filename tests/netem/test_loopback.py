@@ -130,6 +130,8 @@ def test_popen_runs_a_node_on_the_cpus_asked_for() -> None:
 
 def test_bad_node_and_isolation() -> None:
     with pytest.raises(ValueError, match="isolation"):
+        make_testbed(TestbedConfig("lxlo5", LinkSpec()), isolation="vm", caps=NO_ROOT)
+    with pytest.raises(Exception, match="Docker testbed needs root"):
         make_testbed(TestbedConfig("lxlo5", LinkSpec()), isolation="docker", caps=NO_ROOT)
     with pytest.raises(Exception, match="namespaces"):
         make_testbed(TestbedConfig("lxlo5", LinkSpec()), isolation="netns", caps=NO_ROOT)
