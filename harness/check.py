@@ -27,8 +27,9 @@ time), edge and cloud (the per-batch time along each path) and every procedure.
    - *regression*: ``lo > 1`` and ``R > 1 + t``. The interval's lower end says the slow-down is more
      than the runs' own spread; the point estimate says it is large enough to matter. Asking for
      ``lo > 1 + t`` instead would need, with five runs a side and a 5 % run-to-run variation, about a
-     20 % slow-down before a 10 % tolerance could flag it; ``lo > 1`` alone would flag real but
-     negligible changes. By chance ``lo > 1`` holds in about ``alpha / 2`` of no-change checks.
+     25 % slow-down before a 10 % tolerance reliably flags it; ``lo > 1`` alone would flag real but
+     negligible changes. By chance ``lo > 1`` holds in at most about ``alpha / 2`` of no-change
+     comparisons.
    - *improvement*: ``hi < 1`` and ``R < 1 − t``.
    - *pass*: the whole interval within ``[1 − t, 1 + t]``: any change is within the tolerance.
    - *inconclusive*: anything else -- an interval too wide to rule a change in or out.
@@ -233,7 +234,7 @@ def _needs_scipy() -> None:
         import scipy.stats  # noqa: F401 -- the intervals are scipy.stats.bootstrap's
     except ModuleNotFoundError as exc:
         raise HarnessError(
-            "the check's run-level intervals need scipy: pip install 'localexit[report]'"
+            "the check's run-level intervals need scipy, a dependency of localexit: pip install scipy"
         ) from exc
 
 

@@ -19,7 +19,7 @@ from reports.tables import TABLE_FORMATS
 logger = logging.getLogger(__name__)
 
 #: The modules the `report` extra brings.
-REPORT_EXTRA = ("matplotlib", "scipy")
+REPORT_EXTRA = ("matplotlib",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,18 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        # Here, not at the top: matplotlib (figures) and scipy (intervals) come with the `report` extra,
-        # and --help must work without them. scipy is imported only where an interval is drawn, so it is
-        # asked for here, before any output is written.
-        import scipy.stats  # noqa: F401
-
+        # Here, not at the top: matplotlib (figures) comes with the `report` extra, and --help must work
+        # without it.
         from reports.report import build_report, noise_headline
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in REPORT_EXTRA:
             raise
         print(
-            f"error: the report needs {exc.name} (figures: matplotlib, intervals: scipy): "
-            "pip install 'localexit[report]'",
+            f"error: the report's figures need {exc.name}: pip install 'localexit[report]'",
             file=sys.stderr,
         )
         return 2

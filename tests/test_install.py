@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # Top-level modules that only the extras bring.
-EXTRAS_ONLY = ("matplotlib", "scipy", "zmq", "msgpack")
+EXTRAS_ONLY = ("matplotlib", "zmq", "msgpack")
 # The packages the distribution ships, and the modules among them that draw figures (the `report` extra).
 PACKAGES = ("contract", "harness", "nodes", "netem", "models", "reports")
 DRAW_FIGURES = ("reports.figures", "reports.report")

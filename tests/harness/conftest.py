@@ -15,6 +15,7 @@ from harness.config import RunConfig
 from harness.runner import NodeCommands, Plan
 from models.checkpoint import save_checkpoint
 from models.cnn import ModelConfig, build_model
+from tests.programs import procs  # noqa: F401 -- the fixture, for the tests that start node programs
 
 FAKE_NODE = Path(__file__).with_name("fake_node.py")
 

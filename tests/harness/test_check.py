@@ -3,12 +3,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import selectors
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import pytest
 from harness.check import MIN_RUNS, compare, confirmed, format_report, judge
 from harness.errors import ResultsError
 from nodes.cloud import TEST_SLOWDOWN_ENV
+from tests.programs import host_port, spawn_module, wait_ready
 
 from .helpers import make_results
 
@@ -249,39 +247,6 @@ def test_results_without_per_batch_times_are_refused() -> None:
 # --- The test-only slow-down of the cloud part --------------------------------------------------------
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-
-
-def _wait_ready(proc: subprocess.Popen[str], timeout: float = 90.0) -> str:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.5):
-            line = proc.stdout.readline()
-            if line.startswith("READY "):
-                return line.split()[1]
-            if not line:
-                break
-    raise AssertionError(f"{proc.args!r} never printed READY")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-            p.communicate(timeout=10)
-
-
 def _cloud_compute_ms(
     checkpoint: Path, out: Path, procs: list[subprocess.Popen[str]], slowdown: str | None
 ) -> tuple[list[float], subprocess.Popen[str]]:
@@ -290,14 +255,14 @@ def _cloud_compute_ms(
     if slowdown is not None:
         env[TEST_SLOWDOWN_ENV] = slowdown
     model = ["--checkpoint", str(checkpoint), "--exit", "2", "--threads", "1"]
-    cloud = _spawn(["nodes.cloud", "--listen", "127.0.0.1:0", *model], env)
+    cloud = spawn_module(["nodes.cloud", "--listen", "127.0.0.1:0", *model], env)
     procs.append(cloud)
-    cloud_at = _wait_ready(cloud)
-    edge = _spawn(
+    cloud_at = host_port(wait_ready(cloud, timeout=90.0))
+    edge = spawn_module(
         ["nodes.edge", "--listen", "127.0.0.1:0", "--cloud", cloud_at, "--threshold", "0", *model], env
     )
     procs.append(edge)
-    edge_at = _wait_ready(edge)
+    edge_at = host_port(wait_ready(edge, timeout=90.0))
     argv = ["nodes.test", "--edge", edge_at, "--cloud", cloud_at, "--dataset", "synthetic", "--out", str(out),
             "--model", "mem", "--exit", "2", "--threshold", "0", "--batch-size", "32"]  # fmt: skip
     done = subprocess.run(

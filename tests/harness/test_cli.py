@@ -156,9 +156,10 @@ def test_check_exit_codes_on_files(capsys: pytest.CaptureFixture[str], tmp_path:
 
     from .helpers import make_results
 
-    write_results(tmp_path / "base.json", make_results(seed=0))
-    write_results(tmp_path / "same.json", make_results(seed=5))
-    write_results(tmp_path / "slow.json", make_results(seed=5, batch_ms=3.0))
+    # (five runs a side: the check judges runs, and needs at least three a side for an interval)
+    write_results(tmp_path / "base.json", make_results(runs=5, seed=0))
+    write_results(tmp_path / "same.json", make_results(runs=5, seed=5))
+    write_results(tmp_path / "slow.json", make_results(runs=5, seed=5, batch_ms=3.0))
     code, out, _ = run_cli(
         capsys, "check", "--baseline", str(tmp_path / "base.json"), "--results", str(tmp_path / "same.json")
     )
@@ -181,7 +182,7 @@ def test_check_confirms_a_regression_with_a_fresh_run(
     from .helpers import make_results
 
     request = config_to_dict(RunConfig(model="mem", exit=5, dataset="synthetic", samples=160, batch_size=8))
-    write_results(tmp_path / "base.json", make_results(seed=0, request=request))
+    write_results(tmp_path / "base.json", make_results(runs=5, seed=0, request=request))
 
     def check_with(*speeds: float, confirm: str = "1") -> tuple[int, str, str, int]:
         runs = iter(speeds)
@@ -189,7 +190,7 @@ def test_check_confirms_a_regression_with_a_fresh_run(
 
         def fake_run(cfg: RunConfig) -> dict[str, object]:
             calls.append(cfg)
-            return make_results(seed=10 * len(calls), batch_ms=next(runs), request=request)
+            return make_results(runs=5, seed=10 * len(calls), batch_ms=next(runs), request=request)
 
         monkeypatch.setattr(cli, "_run", fake_run)
         code, out, err = run_cli(

@@ -8,6 +8,7 @@ import pytest
 
 from models.checkpoint import save_checkpoint
 from models.cnn import ModelConfig, build_model
+from tests.programs import procs  # noqa: F401 -- the fixture, for the tests that start node programs
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ from nodes.timing import (
     node_clock,
     procedures_ms,
 )
+from tests.programs import host_port, spawn, wait_ready
 
 SHIFT_NS = 5000 * NS_PER_S  # the offset of the reproduction (unshare -T --monotonic 5000)
 EXIT = 2
@@ -368,55 +366,20 @@ async def test_a_drifting_cloud_clock_warns_and_fails_the_run_with_strict_clocks
 # -- the node programs, the cloud in a time namespace 5000 s ahead -----------------------------------------
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[str, int]:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.5):
-            line = proc.stdout.readline()
-            if line.startswith("READY "):
-                host, _, port = line.split()[1].rpartition(":")
-                return host, int(port)
-            if not line:
-                break
-    proc.kill()
-    _, err = proc.communicate(timeout=10)
-    raise AssertionError(f"{proc.args!r} never printed READY; stderr:\n{err}")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            if p.poll() is None:
-                # (unshare ignores SIGTERM while it waits; killed, it takes the node with it: --kill-child)
-                os.kill(p.pid, signal.SIGKILL)
-            p.communicate(timeout=10)
-
-
 def _programs_run(
     checkpoint: Path, tmp_path: Path, procs: list[subprocess.Popen[str]], cloud_wrapper: list[str]
 ) -> dict[str, Any]:
     py = sys.executable
     common = ["--checkpoint", str(checkpoint), "--exit", str(EXIT), "--threads", "1"]
-    cloud = _spawn([*cloud_wrapper, py, "-m", "nodes.cloud", "--listen", "127.0.0.1:0", *common])
+    cloud = spawn([*cloud_wrapper, py, "-m", "nodes.cloud", "--listen", "127.0.0.1:0", *common])
     procs.append(cloud)
-    cloud_addr = _wait_ready(cloud)
-    edge = _spawn(
-        [py, "-m", "nodes.edge", "--listen", "127.0.0.1:0", "--cloud", f"{cloud_addr[0]}:{cloud_addr[1]}",
+    cloud_addr = wait_ready(cloud)
+    edge = spawn(
+        [py, "-m", "nodes.edge", "--listen", "127.0.0.1:0", "--cloud", host_port(cloud_addr),
          "--threshold", "0", *common]
     )  # fmt: skip
     procs.append(edge)
-    edge_addr = _wait_ready(edge)
+    edge_addr = wait_ready(edge)
     out = tmp_path / "records.json"
     done = subprocess.run(
         [py, "-m", "nodes.test", *_cli_args(edge_addr, cloud_addr, out)],

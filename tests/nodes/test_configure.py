@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,9 @@ from nodes.handshake import client_handshake
 from nodes.messages import Configure
 from nodes.records import RecordsResult
 from nodes.serve import RunDone, RunFailed, RunRequest, Serving, decode_reply
-from nodes.test import ClientConfig, Connections, measure, run_test_client
+from nodes.test import Connections, measure, run_test_client
 from nodes.transport import open_stream
+from tests.programs import Nodes
 
 SAMPLES = 320
 DATA = synthetic_dataset(n=SAMPLES, seed=5)
@@ -42,30 +42,6 @@ def _median_entropy(checkpoint: Path, exit: int) -> float:
     """A threshold that sends about half of the samples to each exit (the models are untrained)."""
     out = run_edge(load_parts(checkpoint, exit), DATA.images, 0.5)
     return float(np.median(out.entropy))
-
-
-@dataclass
-class Nodes:
-    cloud: CloudNode
-    edge: EdgeNode
-    cloud_addr: tuple[str, int]
-    edge_addr: tuple[str, int]
-
-    def client(self, **kw: object) -> ClientConfig:
-        base: dict[str, object] = {
-            "edge": self.edge_addr,
-            "cloud": self.cloud_addr,
-            "dataset": "synthetic",
-            "batch_size": 32,
-            "warmup_batches": 1,
-            "timeout": 20.0,
-        }
-        base.update(kw)
-        return ClientConfig(**base)  # type: ignore[arg-type]
-
-    async def close(self) -> None:
-        await self.edge.close()
-        await self.cloud.close()
 
 
 async def _start(checkpoint: Path, exit: int, threshold: float) -> Nodes:

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,32 +34,13 @@ from nodes.edge import EdgeConfig, EdgeNode
 from nodes.messages import Message
 from nodes.protocol import NEED_DATA
 from nodes.records import write_records
-from nodes.test import ClientConfig, run_test_client
+from nodes.test import run_test_client
+from tests.programs import Nodes
 
 EXIT = 3
 
 
-@dataclass
-class Bed:
-    cloud: CloudNode
-    edge: EdgeNode
-    cloud_addr: tuple[str, int]
-    edge_addr: tuple[str, int]
-
-    def client(self, **kw: object) -> ClientConfig:
-        base: dict[str, object] = {
-            "edge": self.edge_addr,
-            "cloud": self.cloud_addr,
-            "dataset": "synthetic",
-            "batch_size": 32,
-            "warmup_batches": 1,
-            "timeout": 20.0,
-        }
-        base.update(kw)
-        return ClientConfig(**base)  # type: ignore[arg-type]
-
-
-async def _start(checkpoint: Path, threshold: float, token: str | None = None) -> Bed:
+async def _start(checkpoint: Path, threshold: float, token: str | None = None) -> Nodes:
     torch.set_num_threads(1)
     parts = load_parts(checkpoint, EXIT)
     cloud = CloudNode(CloudConfig(token=token, timeout=5.0), parts)
@@ -72,7 +52,7 @@ async def _start(checkpoint: Path, threshold: float, token: str | None = None) -
         parts,
     )
     edge_addr = await edge.start()
-    return Bed(cloud, edge, cloud_addr, edge_addr)
+    return Nodes(cloud, edge, cloud_addr, edge_addr)
 
 
 def _median_entropy(checkpoint: Path) -> float:
@@ -84,7 +64,7 @@ def _median_entropy(checkpoint: Path) -> float:
 
 
 @pytest.fixture
-async def testbed(tiny_checkpoint: Path) -> AsyncIterator[Bed]:
+async def testbed(tiny_checkpoint: Path) -> AsyncIterator[Nodes]:
     tb = await _start(tiny_checkpoint, threshold=_median_entropy(tiny_checkpoint))
     try:
         yield tb
@@ -94,7 +74,7 @@ async def testbed(tiny_checkpoint: Path) -> AsyncIterator[Bed]:
 
 
 async def test_full_run_gives_one_record_per_sample_and_telescoping_procedures(
-    testbed: Bed, tmp_path: Path
+    testbed: Nodes, tmp_path: Path
 ) -> None:
     data = synthetic_dataset(n=100, seed=3)
     t = testbed.edge.config.threshold
@@ -132,7 +112,7 @@ async def test_inflight_batches_and_all_edge_exits(tiny_checkpoint: Path) -> Non
 
 
 async def test_test_node_freezes_its_heap_for_the_measured_run_and_unfreezes_after(
-    testbed: Bed, monkeypatch: pytest.MonkeyPatch
+    testbed: Nodes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     frozen_at_first_batch: list[int] = []
     real_settle = cli.settle_heap
@@ -157,7 +137,7 @@ def test_settle_heap_moves_what_survived_start_up_out_of_the_collectors_way() ->
         gc.unfreeze()
 
 
-async def test_config_mismatch_is_refused_with_a_clear_message(testbed: Bed) -> None:
+async def test_config_mismatch_is_refused_with_a_clear_message(testbed: Nodes) -> None:
     with pytest.raises(HandshakeError, match=r"runs mem exit 3, but the test node expects mem exit 5"):
         await run_test_client(testbed.client(model="mem", exit=5), dataset=synthetic_dataset(n=8))
     with pytest.raises(HandshakeError, match=r"T=0\.3"):
@@ -201,7 +181,7 @@ async def _read_until_closed(reader: asyncio.StreamReader) -> list[Message]:
             return msgs
 
 
-async def _handshake_raw(tb: Bed) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _handshake_raw(tb: Nodes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A hand-made test-node connection to the edge, past the hello."""
     reader, writer = await _raw(tb.edge_addr)
     writer.write(b"".join(Connection().send(Hello(role="test", session="nosuch"))))
@@ -221,7 +201,7 @@ BAD_BYTES = {
 
 @pytest.mark.parametrize("kind", sorted(BAD_BYTES))
 async def test_bad_bytes_close_only_that_connection(
-    testbed: Bed, kind: str, caplog: pytest.LogCaptureFixture
+    testbed: Nodes, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
     for addr in (testbed.edge_addr, testbed.cloud_addr):
@@ -236,7 +216,7 @@ async def test_bad_bytes_close_only_that_connection(
 
 
 async def test_truncated_frame_closes_only_that_connection(
-    testbed: Bed, caplog: pytest.LogCaptureFixture
+    testbed: Nodes, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
     reader, writer = await _handshake_raw(testbed)
@@ -254,7 +234,7 @@ async def test_truncated_frame_closes_only_that_connection(
     assert len((await run_test_client(testbed.client(), dataset=synthetic_dataset(n=8))).samples) == 8
 
 
-async def test_unknown_message_type_after_handshake(testbed: Bed) -> None:
+async def test_unknown_message_type_after_handshake(testbed: Nodes) -> None:
     reader, writer = await _handshake_raw(testbed)
     writer.write(encode_frame_bytes({"type": "reboot"}))
     msgs = await _read_until_closed(reader)
@@ -263,7 +243,7 @@ async def test_unknown_message_type_after_handshake(testbed: Bed) -> None:
     assert len((await run_test_client(testbed.client(), dataset=synthetic_dataset(n=8))).samples) == 8
 
 
-async def test_tensor_that_does_not_fit_the_model(testbed: Bed) -> None:
+async def test_tensor_that_does_not_fit_the_model(testbed: Nodes) -> None:
     reader, writer = await _handshake_raw(testbed)
     writer.write(
         b"".join(
@@ -286,7 +266,7 @@ async def test_tensor_that_does_not_fit_the_model(testbed: Bed) -> None:
     assert len((await run_test_client(testbed.client(), dataset=synthetic_dataset(n=8))).samples) == 8
 
 
-async def test_features_that_do_not_fit_the_model_get_one_error_from_the_cloud(testbed: Bed) -> None:
+async def test_features_that_do_not_fit_the_model_get_one_error_from_the_cloud(testbed: Nodes) -> None:
     reader, writer = await _raw(testbed.cloud_addr)
     writer.write(b"".join(Connection().send(Hello(role="edge"))))
     conn = Connection()
@@ -309,7 +289,7 @@ async def test_features_that_do_not_fit_the_model_get_one_error_from_the_cloud(t
     assert len((await run_test_client(testbed.client(), dataset=synthetic_dataset(n=8))).samples) == 8
 
 
-async def test_a_node_of_the_wrong_role_is_refused_in_plain_words(testbed: Bed) -> None:
+async def test_a_node_of_the_wrong_role_is_refused_in_plain_words(testbed: Nodes) -> None:
     reader, writer = await _raw(testbed.edge_addr)
     writer.write(b"".join(Connection().send(Hello(role="edge"))))
     msgs = await _read_until_closed(reader)
@@ -319,7 +299,7 @@ async def test_a_node_of_the_wrong_role_is_refused_in_plain_words(testbed: Bed) 
     ]
 
 
-async def test_clock_probe_and_shutdown_on_a_raw_connection(testbed: Bed) -> None:
+async def test_clock_probe_and_shutdown_on_a_raw_connection(testbed: Nodes) -> None:
     reader, writer = await _handshake_raw(testbed)
     writer.write(b"".join(Connection().send(ClockProbe(seq=4, t_sent_ns=1))))
     writer.write(b"".join(Connection().send(Shutdown())))

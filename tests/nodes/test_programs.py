@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,48 +15,9 @@ from contract.names import RECORDS_SCHEMA
 from models import synthetic_dataset
 from nodes import PeerError
 from nodes.test import ClientConfig, run_test_client
+from tests.programs import host_port, spawn_module, wait_ready
 
 pytestmark = pytest.mark.slow
-
-
-def _spawn(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _wait_ready(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[str, int]:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.5):
-            line = proc.stdout.readline()
-            if line.startswith("READY "):
-                host, _, port = line.split()[1].rpartition(":")
-                return host, int(port)
-            if not line:
-                break
-    proc.kill()
-    _, err = proc.communicate(timeout=10)
-    raise AssertionError(f"{proc.args!r} never printed READY; stderr:\n{err!r}")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=10)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            _stop(p)
 
 
 def _test_cli(
@@ -86,18 +44,18 @@ async def test_programs_end_to_end_then_a_killed_cloud(
     tiny_checkpoint: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     ckpt = str(tiny_checkpoint)
-    cloud = _spawn(
+    cloud = spawn_module(
         ["nodes.cloud", "--listen", "127.0.0.1:0", "--checkpoint", ckpt, "--exit", "2", "--threads", "1"]
     )
     procs.append(cloud)
-    cloud_addr = _wait_ready(cloud)
-    edge = _spawn(
+    cloud_addr = wait_ready(cloud)
+    edge = spawn_module(
         [
             "nodes.edge",
             "--listen",
             "127.0.0.1:0",
             "--cloud",
-            f"{cloud_addr[0]}:{cloud_addr[1]}",
+            host_port(cloud_addr),
             "--checkpoint",
             ckpt,
             "--exit",
@@ -109,7 +67,7 @@ async def test_programs_end_to_end_then_a_killed_cloud(
         ]
     )
     procs.append(edge)
-    edge_addr = _wait_ready(edge)
+    edge_addr = wait_ready(edge)
 
     # a full run of the whole synthetic test set, through the CLI
     out = tmp_path / "records.json"
