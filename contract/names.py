@@ -66,6 +66,8 @@ TRAINLOG_SCHEMA = "localexit-trainlog/1"
 #: A study's manifest, ``sweep.json`` (``harness.study``; version 1 was that of sweeps that ran every
 #: point once, in grid order).
 STUDY_SCHEMA = "localexit-sweep/2"
+#: The manifest's file name in a study's output folder (beside ``points/``).
+STUDY_MANIFEST_NAME = "sweep.json"
 #: The per-sample records kept beside a results file (``harness.samples``).
 SAMPLES_SCHEMA = "localexit-samples/1"
 #: Exit thresholds calibrated for a target accuracy (``models.calibration``).

@@ -14,12 +14,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.names import LOCAL_EXITS
+from contract.names import LOCAL_EXITS, STUDY_MANIFEST_NAME
 
 from .config import LinkOptions, RunConfig
 from .errors import ConfigError
 
-MANIFEST_NAME = "sweep.json"
+MANIFEST_NAME = STUDY_MANIFEST_NAME
 PAPER_THRESHOLDS = (0.1, 0.3, 0.5, 0.8)
 
 

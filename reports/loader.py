@@ -18,7 +18,7 @@ from typing import Any
 
 from contract.errors import SchemaError
 from contract.jsonfile import read_json
-from contract.names import CLOUD, LOCAL_EXITS, MODEL_KINDS, PROCEDURES, TRAINLOG_SCHEMA
+from contract.names import CLOUD, LOCAL_EXITS, MODEL_KINDS, PROCEDURES, STUDY_MANIFEST_NAME, TRAINLOG_SCHEMA
 from contract.results import SUMMARY_FIELDS, Results, Run
 from contract.rules import is_number
 from reports import stats
@@ -209,7 +209,8 @@ def _expand(paths: Iterable[Path | str], what: str) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.json") if p.is_file())
+            # (a study's manifest sits beside its points: a folder of a study reads as its points)
+            found = sorted(p for p in path.rglob("*.json") if p.is_file() and p.name != STUDY_MANIFEST_NAME)
             if not found:
                 raise ReportError(f"{path}: folder holds no {what} (*.json)")
             files.extend(found)

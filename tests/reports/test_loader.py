@@ -26,6 +26,12 @@ def test_loads_files_and_folders(small_results: Path) -> None:
     assert not sem1.blocked and sem1.series("overall_latency_ms").blocks is None
 
 
+def test_a_study_folder_reads_as_its_points(small_results: Path) -> None:
+    # (a study writes its manifest beside the points; the folder must still load as the points)
+    (small_results / "sweep.json").write_text(json.dumps({"schema": "localexit-sweep/2", "points": []}))
+    assert len(load_results([small_results])) == 8
+
+
 def test_not_json(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
