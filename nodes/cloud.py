@@ -147,19 +147,7 @@ class CloudNode:
 
     async def _on_configure(self, test: FramedStream, session: str, msg: Configure) -> None:
         """Switch to the configuration ``msg`` asks for and answer with it, or refuse (non-fatal)."""
-        others = len(self._sessions) - 1
-        if others:
-            await test.send(
-                Error(
-                    "busy",
-                    f"the cloud node cannot be reconfigured while {others} other test node(s) are "
-                    "connected: their runs would change under them",
-                    "cloud",
-                    fatal=False,
-                )
-            )
-            return
-        parts = configure_parts(self._cache, msg, node="cloud")
+        parts = configure_parts(self._cache, msg, node="cloud", others=len(self._sessions) - 1)
         if isinstance(parts, Error):
             log.warning("refused a configuration: %s", parts.message)
             await test.send(parts)

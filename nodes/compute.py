@@ -129,10 +129,19 @@ class PartsCache:
         return parts
 
 
-def configure_parts(cache: PartsCache, msg: Configure, *, node: str) -> ModelParts | Error:
+def configure_parts(cache: PartsCache, msg: Configure, *, node: str, others: int = 0) -> ModelParts | Error:
     """The parts ``msg`` asks the node ``node`` to run, or the non-fatal :class:`Error` to answer with
-    (a checkpoint that cannot be loaded or split at that exit, or that is not the ``model`` or
-    ``sha256`` the sender expects). Loads the checkpoint, so it blocks: a node calls it between runs."""
+    (``others`` test nodes still connected, whose runs would change under them; a checkpoint that cannot
+    be loaded or split at that exit, or that is not the ``model`` or ``sha256`` the sender expects).
+    Loads the checkpoint, so it blocks: a node calls it between runs."""
+    if others:
+        return Error(
+            "busy",
+            f"the {node} node cannot be reconfigured while {others} other test node(s) are "
+            "connected: their runs would change under them",
+            node,
+            fatal=False,
+        )
 
     def refuse(code: str, why: str) -> Error:
         text = f"the {node} node cannot run {msg.checkpoint} at exit {msg.exit}: {why}"

@@ -240,19 +240,7 @@ class EdgeNode:
     async def _on_configure(self, test: FramedStream, msg: Configure) -> None:
         """Switch to the configuration ``msg`` asks for and answer with it, or refuse (non-fatal): the
         connection stays open and the configuration in force stays as it was."""
-        others = len(self._tests - {test})
-        if others:
-            await test.send(
-                Error(
-                    "busy",
-                    f"the edge node cannot be reconfigured while {others} other test node(s) are "
-                    "connected: their runs would change under them",
-                    "edge",
-                    fatal=False,
-                )
-            )
-            return
-        parts = configure_parts(self._cache, msg, node="edge")
+        parts = configure_parts(self._cache, msg, node="edge", others=len(self._tests - {test}))
         if isinstance(parts, Error):
             log.warning("refused a configuration: %s", parts.message)
             await test.send(parts)

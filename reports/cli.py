@@ -22,12 +22,8 @@ logger = logging.getLogger(__name__)
 REPORT_EXTRA = ("matplotlib",)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog="python -m reports",
-        description="Turn localexit results files (and training logs) into tables, figures and a "
-        "Markdown + self-contained HTML report. `python -m reports export --help`: every run as one CSV.",
-    )
+def _results_argument(p: argparse.ArgumentParser) -> None:
+    """The positional RESULTS of both commands."""
     p.add_argument(
         "results",
         nargs="+",
@@ -35,6 +31,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RESULTS",
         help="results files (schema localexit/1 or /2) or folders of them",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m reports",
+        description="Turn localexit results files (and training logs) into tables, figures and a "
+        "Markdown + self-contained HTML report. `python -m reports export --help`: every run as one CSV.",
+    )
+    _results_argument(p)
     p.add_argument(
         "--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)"
     )
@@ -73,13 +78,7 @@ def _export_parser() -> argparse.ArgumentParser:
         description="Write every run of localexit results files as one tidy (long-format) CSV: one row per "
         "run and figure, and one per batch and per-batch figure. In Python: pandas.read_csv(FILE).",
     )
-    p.add_argument(
-        "results",
-        nargs="+",
-        type=Path,
-        metavar="RESULTS",
-        help="results files (schema localexit/1 or /2) or folders of them",
-    )
+    _results_argument(p)
     p.add_argument(
         "--out", required=True, type=Path, metavar="FILE", help="the CSV file (written atomically)"
     )
