@@ -14,18 +14,16 @@ the edge's CPU quota likewise — built from one of three sources:
 
 Units are tc's, as in :mod:`netem.spec`. Applying a schedule is the testbed's job (``tc … change`` from
 :func:`netem.tc.plan_link_change`, the delay line's parameters, the cgroup's CPU quota); each change it
-makes is recorded as an :class:`AppliedChange`. ``python -m netem.schedule --show SCHEDULE`` prints
+makes is recorded as an :class:`AppliedChange`. ``python -m netem.show_schedule --show SCHEDULE`` prints
 what a schedule means, step by step.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import importlib
 import itertools
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,8 @@ MAX_STEPS = 100_000
 """A schedule longer than this is a typo (a 1 ms window over a day), not an experiment."""
 
 
-def _fmt_at(at_s: float) -> str:
+def fmt_at(at_s: float) -> str:
+    """A step's time as schedules write it: ``20s``, ``0.5s``."""
     return f"{at_s:g}s"
 
 
@@ -79,14 +78,14 @@ class CpuStep:
 def _check_times(times: Sequence[float], what: str) -> None:
     if times and times[0] != 0:
         raise SpecError(
-            f"the first {what} step is at {_fmt_at(times[0])}: it must be at 0s, so the run starts "
+            f"the first {what} step is at {fmt_at(times[0])}: it must be at 0s, so the run starts "
             "with a known value"
         )
     for i in range(1, len(times)):
         if times[i] <= times[i - 1]:
             raise SpecError(
-                f"{what} steps out of order: step {i + 1} at {_fmt_at(times[i])} does not come after "
-                f"step {i} at {_fmt_at(times[i - 1])}"
+                f"{what} steps out of order: step {i + 1} at {fmt_at(times[i])} does not come after "
+                f"step {i} at {fmt_at(times[i - 1])}"
             )
 
 
@@ -142,8 +141,8 @@ class LinkSchedule:
     def describe(self) -> dict[str, list[dict[str, str | None]]]:
         """tc-style strings for the results file and logs."""
         return {
-            "link": [{"at": _fmt_at(s.at_s), **s.spec.describe()} for s in self.steps],
-            "cpu": [{"at": _fmt_at(s.at_s), "cpus": f"{s.cpus:g}"} for s in self.cpu_steps],
+            "link": [{"at": fmt_at(s.at_s), **s.spec.describe()} for s in self.steps],
+            "cpu": [{"at": fmt_at(s.at_s), "cpus": f"{s.cpus:g}"} for s in self.cpu_steps],
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -508,35 +507,3 @@ def from_text(text: str) -> LinkSchedule:
     if path.is_file() or ":" not in text:
         return load(path)
     return parse_inline(text)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m netem.schedule --show SCHEDULE`` (inline text or a TOML file) or ``--show-trace FILE``."""
-    ap = argparse.ArgumentParser(prog="python -m netem.schedule", description="Print a link schedule.")
-    group = ap.add_mutually_exclusive_group(required=True)
-    group.add_argument("--show", metavar="SCHEDULE", help="a schedule: the inline form or a TOML file")
-    group.add_argument("--show-trace", type=Path, metavar="FILE", help="a Mahimahi trace, as rate steps")
-    ap.add_argument("--window-ms", type=int, default=DEFAULT_TRACE_WINDOW_MS)
-    args = ap.parse_args(argv)
-    try:
-        if args.show_trace is not None:
-            opp = read_mahimahi(args.show_trace)
-            sched = mahimahi_to_rate_steps(opp, args.window_ms, opp[-1] / 1000)
-        else:
-            sched = from_text(args.show)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for s in sched.steps:
-        d = s.spec.describe()
-        print(
-            f"{_fmt_at(s.at_s):>8}  rate {d['rate'] or 'unlimited'}  delay {d['delay']}  "
-            f"jitter {d['jitter']}  loss {d['loss']}"
-        )
-    for c in sched.cpu_steps:
-        print(f"{_fmt_at(c.at_s):>8}  cpus {c.cpus:g}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
