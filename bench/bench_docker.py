@@ -21,13 +21,13 @@ from typing import Any
 
 from tabulate import tabulate
 
+from contract.names import PROCEDURES
 from harness.config import LinkOptions, RunConfig
 from harness.runner import run_experiment
 
 FIGURES = ("overall_latency_ms", "edge_latency_ms", "cloud_latency_ms")
-#: Per batch: 1 test → edge, 2 edge compute, 3-1 edge → test, 3-2 edge → cloud, 4 cloud compute, 5 cloud
-#: → test; their medians tell the hops (the links, the containers' network path) from the computing.
-PROCEDURES = ("1", "2", "3-1", "3-2", "4", "5")
+#: (The medians of the procedures, contract.names.PROCEDURES, tell the hops -- the links, the containers'
+#: network path -- from the computing.)
 COUNTS = ("local_exits", "cloud_exits", "edge_accuracy", "cloud_accuracy", "overall_accuracy")
 ISOLATIONS = ("netns", "docker")
 
@@ -42,8 +42,7 @@ def _run(isolation: str, args: argparse.Namespace) -> dict[str, Any]:
         busy_retries=0,
         calibrate=False,
     )
-    results = run_experiment(cfg)
-    run = results["runs"][0]
+    run = run_experiment(cfg).to_json()["runs"][0]
     return {
         **{k: run["summary"][k] for k in (*FIGURES, *COUNTS)},
         **{f"procedure {p} p50": run["procedures_ms"][p]["p50"] for p in PROCEDURES},

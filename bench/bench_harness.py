@@ -432,7 +432,7 @@ def main() -> int:
             for index in range(runs):
                 work = tmp / f"{rate or 'unshaped'}-{index}"
                 started = time.monotonic()
-                results = run_experiment(cfg, workdir=work)
+                results = run_experiment(cfg, workdir=work).to_json()
                 wall = time.monotonic() - started
                 run = results["runs"][0]
                 records = json.loads((work / "run-0" / "records.json").read_text())

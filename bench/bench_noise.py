@@ -43,7 +43,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from contract.results import Results
-from harness.check import CheckReport, Comparison, compare, confirmed, run_medians
+from harness.check import CheckReport, Comparison, compare, confirmed, host_load, run_medians
 from harness.environment import cpu_model
 from harness.errors import ResultsError
 from harness.results import as_results, load_results
@@ -100,23 +100,14 @@ def one_check(
     re-run for any change (``out``-again.json)."""
     slowdown = None if factor == 1.0 else factor
     current = run_point(point, out.with_suffix(".json"), slowdown)
-    loads = [_other_load(current)]
+    loads = [host_load(current)]
     report = compare(baseline, current, busy_limit=busy_limit)
     if report.changes:
         again = run_point(point, out.with_name(f"{out.name}-again.json"), slowdown)
-        loads.append(_other_load(again))
+        loads.append(host_load(again))
         report = confirmed(report, compare(baseline, again, busy_limit=busy_limit))
     known = [x for x in loads if x is not None]
     return CheckOutcome(factor, label, report, max(known) if known else None)
-
-
-def _other_load(results: Results) -> float | None:
-    loads = [
-        r.host_other_cpu_percent.mean
-        for r in results.runs
-        if r.host_other_cpu_percent is not None and r.host_other_cpu_percent.mean is not None
-    ]
-    return max(loads) if loads else None
 
 
 def run_cv(results: Results) -> tuple[float, list[float]]:

@@ -37,7 +37,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from contract.names import LOCAL_EXITS
+from contract.names import LOCAL_EXIT_KINDS, LOCAL_EXITS
+from contract.results import Run
 from harness.bed import StudyBed
 from harness.calibration import calibrate
 from harness.config import RunConfig
@@ -52,17 +53,16 @@ GRID_LIMIT_S = 20 * 60
 GRID_SAMPLES = 10_000
 
 
-def measured_s(run: dict[str, Any]) -> float:
+def measured_s(run: Run) -> float:
     """A run's measured phase: its overall latency (ms per sample) × its samples."""
-    summary = run["summary"]
-    return float(summary["overall_latency_ms"]) * int(summary["samples"]) / 1000
+    return run.summary.overall_latency_ms * run.summary.samples / 1000
 
 
 def old_way(cfg: RunConfig) -> float:
     """Fixed cost of ``cfg`` run as a sweep ran each point: fresh testbed and processes."""
     started = time.monotonic()
     results = run_experiment(cfg)
-    return time.monotonic() - started - measured_s(results["runs"][0])
+    return time.monotonic() - started - measured_s(results.runs[0])
 
 
 def study_runs(spec: SweepSpec, out_dir: Path) -> list[tuple[Slot, float, float]]:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         """A part of the paper's grid: SEM and MEM at ``--exits`` random exits and two random T."""
         exits = tuple(sorted(rng.sample(LOCAL_EXITS, args.exits)))
         thresholds = tuple(sorted(rng.sample(PAPER_THRESHOLDS, 2)))
-        return SweepSpec(base, ("sem", "mem"), exits, thresholds, (base.edge_cloud,), seed)
+        return SweepSpec(base, LOCAL_EXIT_KINDS, exits, thresholds, (base.edge_cloud,), seed)
 
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp_name:
         tmp = Path(tmp_name)

@@ -1,6 +1,7 @@
 """Transport benchmark: framed tensors (nodes/) vs a raw socket, a raw asyncio echo and pyzmq, on loopback.
 
     .venv/bin/python -m bench.bench_transport [--quick] [--congestion-control NAME]
+    .venv/bin/python -m bench.bench_transport --tls [--quick]     # the cost of TLS on the framed transport
 
 Measured in one run, receivers in a separate process, so only ratios are reported against targets:
 
@@ -11,6 +12,10 @@ Measured in one run, receivers in a separate process, so only ratios are reporte
 - round trip: a small framed message (clock probe → clock reply) vs a raw asyncio echo of 64 bytes on the
   same event loop (target ≤ 1.2×), and vs a pyzmq PAIR ping-pong;
 - decode: time to turn a received frame into a message, per payload size (target: flat; zero-copy).
+
+``--tls`` measures instead what TLS (``nodes.transport.TlsFiles``: mutual, a private CA's P-256
+certificates made with ``openssl``) costs the framed transport: throughput and round trip over TLS vs
+plain TCP, paired by round as below.
 
 Each transfer trial also counts the TCP segments the kernel sent again during it (``RetransSegs``). On
 loopback nothing is lost, but segments can arrive out of order and be taken for lost (BBR does this on
@@ -59,6 +64,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +76,7 @@ from nodes import Batch, ClockProbe, ClockReply, FrameDecoder, FramedStream, Lis
 from nodes.codec import BodyDecoder, FrameEncoder
 from nodes.errors import PeerError
 from nodes.messages import Message
+from nodes.transport import TlsFiles
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -122,7 +129,7 @@ def raw_server(pipe: Pipe) -> None:
         conn.sendall(b"k")
 
 
-def framed_server(pipe: Pipe) -> None:
+def framed_server(pipe: Pipe, tls: TlsFiles | None = None) -> None:
     async def handler(stream: FramedStream) -> None:
         stream.conn.handshake_done()
         with contextlib.suppress(PeerError):  # (the client closes when done: the end, not a failure)
@@ -138,7 +145,8 @@ def framed_server(pipe: Pipe) -> None:
                     await stream.send(ClockReply(msg.seq, 0, 0, 0))
 
     async def main() -> None:
-        listener = Listener(handler, node="cloud", timeout=600)
+        server_tls = tls.server_context() if tls is not None else None
+        listener = Listener(handler, node="cloud", timeout=600, tls=server_tls)
         _, port = await listener.start("127.0.0.1", 0)
         pipe.send(port)
         await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # until told to stop
@@ -189,10 +197,10 @@ def zmq_server(pipe: Pipe) -> None:
     ctx.term()
 
 
-def _start(target: Callable[[Pipe], None]) -> tuple[mp.process.BaseProcess, Pipe, int]:
+def _start(target: Callable[..., None], *extra: Any) -> tuple[mp.process.BaseProcess, Pipe, int]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=target, args=(child,), daemon=True)
+    proc = ctx.Process(target=target, args=(child, *extra), daemon=True)
     proc.start()
     if not parent.poll(60):
         proc.kill()
@@ -743,6 +751,127 @@ def in_private_netns(cc: str, command: list[str]) -> int:
         cleanup.unregister_owner(prefix)
 
 
+# -- TLS: the framed transport with and without it ------------------------------------------------------
+
+_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+_NODE_EXT = (
+    "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+    "extendedKeyUsage=serverAuth,clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+)
+
+
+def make_pki(folder: str) -> dict[str, TlsFiles]:
+    """A private CA and a certificate for each end, made with the ``openssl`` command (P-256 keys, as a
+    deployment would make them; docs/hosts.md)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    ca, ca_key = f"{folder}/ca.pem", f"{folder}/ca.key"
+    openssl("req", "-x509", *_KEY, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=bench ca",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")  # fmt: skip
+    with open(f"{folder}/node.ext", "w", encoding="utf-8") as fh:
+        fh.write(_NODE_EXT)
+    out = {}
+    for name in ("server", "client"):
+        key, csr, cert = (f"{folder}/{name}{s}" for s in (".key", ".csr", ".pem"))
+        openssl("req", *_KEY, "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                "-days", "1", "-extfile", f"{folder}/node.ext")  # fmt: skip
+        out[name] = TlsFiles(cert=Path(cert), key=Path(key), ca=Path(ca))
+    return out
+
+
+async def measure_tls(
+    ports: dict[str, int], client: TlsFiles, trials: list[tuple[int, int]], rounds: int, rtt_block: int
+) -> tuple[dict[str, dict[int, list[float]]], dict[str, list[float]]]:
+    """Throughput trials and round-trip blocks of the framed transport over plain TCP and over TLS, the
+    two interleaved in each round (order reversed every other round)."""
+    streams = {
+        "plain": await open_stream("127.0.0.1", ports["plain"], node="cloud", timeout=600),
+        "tls": await open_stream(
+            "127.0.0.1", ports["tls"], node="cloud", timeout=600, tls=client.client_context()
+        ),
+    }
+    times: dict[str, dict[int, list[float]]] = {m: {p: [] for _k, p in trials} for m in streams}
+    rtts: dict[str, list[float]] = {m: [] for m in streams}
+    try:
+        for stream in streams.values():
+            stream.conn.handshake_done()
+            await framed_rtt(stream, 100)  # (warm: the first round trips set up buffers)
+        for r in range(rounds):
+            order = list(streams) if r % 2 == 0 else list(reversed(streams))
+            for k, p in trials:
+                msg = Batch(batch_id=0, sample_ids=np.zeros(1, np.int64),
+                            images=np.zeros((1, 1, 1, p), np.uint8), t_sent_ns=0)  # fmt: skip
+                for method in order:
+                    times[method][p].append(await framed_trial(streams[method], k, msg))
+            for method in order:
+                rtts[method].append(await framed_rtt(streams[method], rtt_block))
+    finally:
+        for stream in streams.values():
+            await stream.close()
+    return times, rtts
+
+
+def run_tls(quick: bool) -> int:
+    """The cost of TLS on the framed transport: throughput and round trip with TLS over without, paired
+    by round."""
+    import tempfile
+
+    sizes = (
+        [4 * KIB, 64 * KIB, 1 * MIB, 16 * MIB]
+        if quick
+        else [4 * KIB, 64 * KIB, 1 * MIB, 4 * MIB, 16 * MIB, 64 * MIB]
+    )
+    per_trial = 16 * MIB if quick else 64 * MIB
+    rounds = 5 if quick else 11
+    rtt_block = 500 if quick else 1000
+    trials = [(max(1, min(4096, per_trial // p)), p) for p in sizes]
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as folder:
+        pki = make_pki(folder)
+        try:
+            plain_p, plain_pipe, plain_port = _start(framed_server)
+            tls_p, tls_pipe, tls_port = _start(framed_server, pki["server"])
+            procs = [(plain_p, plain_pipe), (tls_p, tls_pipe)]
+            times, rtts = _run_loop(
+                measure_tls({"plain": plain_port, "tls": tls_port}, pki["client"], trials, rounds, rtt_block)
+            )
+        finally:
+            for proc, pipe in procs:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    pipe.send("stop")
+                proc.join(timeout=3)
+                if proc.is_alive():
+                    proc.kill()
+    import ssl
+
+    print(
+        f"# transport benchmark, TLS, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+        f"{platform.node()} ({platform.processor() or platform.machine()}, {mp.cpu_count()} CPUs), "
+        f"Python {sys.version.split()[0]}, {loop_name()}, {ssl.OPENSSL_VERSION}, loopback, {rounds} rounds"
+    )
+    rows = []
+    for k, p in trials:
+        best = {m: k * p / min(times[m][p]) / 1e9 for m in times}
+        ratio = _median_iqr([tl / pl for pl, tl in zip(times["plain"][p], times["tls"][p], strict=True)])
+        rows.append([_fmt_size(p), k, f"{best['plain']:.2f}", f"{best['tls']:.2f}",
+                     f"{1 / ratio[0]:.2f}x [{1 / ratio[2]:.2f}–{1 / ratio[1]:.2f}]"])  # fmt: skip
+    print(tabulate(rows, headers=["payload", "msgs", "plain GB/s", "TLS GB/s", "TLS / plain"]))
+    rtt = _median_iqr([tl / pl for pl, tl in zip(rtts["plain"], rtts["tls"], strict=True)])
+    print(
+        f"\nround trip (clock probe → reply): plain {min(rtts['plain']) * 1e6:.1f} µs, TLS "
+        f"{min(rtts['tls']) * 1e6:.1f} µs (best block of {rtt_block}); TLS / plain {rtt[0]:.2f}x "
+        f"[{rtt[1]:.2f}–{rtt[2]:.2f}] (median of paired rounds, interquartile range)"
+    )
+    print(
+        "\n(mutual TLS, P-256 certificates of a private CA, the cipher OpenSSL negotiates; throughput "
+        "ratios are TLS throughput over plain, paired by round; no target: the numbers say what TLS costs)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_transport", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes and rounds (< ~30 s)")
@@ -752,7 +881,14 @@ def main(argv: list[str] | None = None) -> int:
         help="run in a private network namespace whose TCP connections use this congestion control "
         "(e.g. cubic, bbr; root, Linux): applies to every method alike, pyzmq's sockets included",
     )
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="only the cost of TLS: the framed transport with mutual TLS vs plain TCP (needs openssl)",
+    )
     args = ap.parse_args(argv)
+    if args.tls:
+        return run_tls(args.quick)
     if args.congestion_control and os.environ.get(_NETNS_CC_ENV) != args.congestion_control:
         rest = sys.argv[1:] if argv is None else argv
         return in_private_netns(

@@ -19,12 +19,14 @@ from contract.results import (
     Results,
     ResultsConfig,
     Run,
+    SamplesFile,
+    ScheduleRecord,
     Summary,
     read_results,
     results_version,
     write_results,
 )
-from contract.rules import check_model_exit, check_threshold, exits_locally
+from contract.rules import check_batch_size, check_model_exit, check_threshold, exits_locally
 
 __all__ = [
     "SUMMARY_FIELDS",
@@ -40,9 +42,12 @@ __all__ = [
     "ResultsConfig",
     "Run",
     "Samples",
+    "SamplesFile",
+    "ScheduleRecord",
     "SchemaError",
     "Summary",
     "atomic_open",
+    "check_batch_size",
     "check_model_exit",
     "check_threshold",
     "exits_locally",

@@ -18,6 +18,8 @@ CLOUD = "cloud"
 #: every block 1..8, one of them active at inference (paper §3).
 ModelKind = Literal["standard", "sem", "mem"]
 MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
+#: The kinds with a local exit (the paper compares them exit by exit).
+LOCAL_EXIT_KINDS: tuple[ModelKind, ...] = ("sem", "mem")
 
 #: Where a sample exited.
 ExitSource = Literal["edge", "cloud"]
@@ -57,7 +59,7 @@ def schema_version(schema: object, family: str) -> int | None:
 
 #: The results file (``contract.results``; its versions are listed there).
 RESULTS_FAMILY = "localexit"
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3
 RESULTS_SCHEMA = schema_id(RESULTS_FAMILY, RESULTS_VERSION)
 #: The test node's per-sample records of one run (``contract.records``).
 RECORDS_SCHEMA = "localexit-records/1"
@@ -74,7 +76,13 @@ SAMPLES_SCHEMA = "localexit-samples/1"
 CALIBRATION_FAMILY = "localexit-calibration"
 CALIBRATION_VERSION = 1
 CALIBRATION_SCHEMA = schema_id(CALIBRATION_FAMILY, CALIBRATION_VERSION)
+#: The serving test node's protocol on its standard input and output (``nodes.serve``).
+SERVE_PROTOCOL = "localexit-serve/1"
 #: A link schedule (``netem.schedule``).
 LINK_SCHEDULE_SCHEMA = "localexit-link-schedule/1"
+#: A profile of a multi-exit edge's exits (``nodes.policy``, written by ``harness profile``).
+PROFILE_SCHEMA = "localexit-profile/1"
+#: An exit-policy study (``reports.adapt``, written by ``harness adapt``).
+ADAPT_SCHEMA = "localexit-adapt/1"
 #: A model checkpoint (``models.checkpoint``).
 CHECKPOINT_FORMAT = "localexit-checkpoint/1"

@@ -17,6 +17,18 @@ Version history (``VERSION_HISTORY``; the schema of a file is ``localexit/<versi
    the testbed did not report it), and per run ``block`` and ``position`` (the block of a blocked study
    the run ran in and its place in that block's order; null for a run outside a study) and
    ``per_batch_ids`` (the batch index of each per-batch value; null when not recorded).
+3. ``localexit/3``. As version 2, and what the harness recorded besides is typed and always present:
+   ``discarded_runs`` (the attempts measured on a busy host and run again; may be empty) and
+   ``samples_file`` (the per-sample archive beside the file: path, sha256, schema, rows; null: none);
+   ``config.max_other_cpu_percent`` (null: runs were not judged) and ``config.link_schedule`` (null: a
+   fixed link); per run ``attempt`` (0: the first try), ``busy``, ``discarded`` (why an attempt was run
+   again; null for a kept run), ``clock_check`` (null: not checked) and ``link_schedule``, which holds
+   the versions before 3's ``link_changes``, ``link_changes_not_reached``, ``link_schedule_t0_ns`` and
+   ``link_schedule_measured_from_s`` as ``changes``, ``not_reached``, ``t0_ns`` and ``measured_from_s``
+   (null: the link did not change during the run). Read as version 1 or 2, a file's runs take
+   ``attempt``, ``busy``, ``discarded`` and ``clock_check`` as written (0, false, null, null where
+   absent), its four link-schedule fields are gathered into ``link_schedule``, and what it lacks of the
+   rest is empty or null.
 
 A reader takes every version listed, by its number, and upgrades it to the types below; it refuses a
 newer version (the message says to upgrade localexit) and any other schema. Writers add fields freely:
@@ -26,7 +38,7 @@ a field no type models is kept as written (``extra``), so rewriting a file loses
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +56,7 @@ from contract.names import (
     schema_id,
     schema_version,
 )
+from contract.records import Samples
 from contract.rules import check_model_exit, check_threshold
 
 VERSION_HISTORY: Mapping[int, str] = {
@@ -51,6 +64,8 @@ VERSION_HISTORY: Mapping[int, str] = {
     "runs[].block and runs[].per_batch_ids present in some files only",
     2: "config.cloud_cpuset, config.tcp_congestion_control and runs[].block, runs[].position and "
     "runs[].per_batch_ids always present (null: not applicable or not recorded)",
+    3: "discarded_runs, samples_file, config.max_other_cpu_percent, config.link_schedule and runs[].attempt, "
+    "busy, discarded, clock_check and link_schedule (the link-schedule fields gathered) typed and always present",
 }
 SUPPORTED_SCHEMAS = tuple(schema_id(RESULTS_FAMILY, v) for v in sorted(VERSION_HISTORY))
 
@@ -173,8 +188,57 @@ class Aggregate(f.PlainJson):
         f.text("unstable_reason", self.unstable_reason)
 
 
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """What a link schedule did during one run: the changes applied (each as the scheduler recorded
+    it), how many were not reached before the run ended, the schedule's time 0 (``CLOCK_MONOTONIC``, ns)
+    and where the measured phase began on it (s; None: the test node did not say)."""
+
+    changes: tuple[Mapping[str, Any], ...] = ()
+    not_reached: int = 0
+    t0_ns: int | None = None
+    measured_from_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.changes, list | tuple) or not all(
+            isinstance(c, Mapping) for c in self.changes
+        ):
+            raise ValueError("changes must be a list of objects")
+        object.__setattr__(self, "changes", tuple(self.changes))
+        f.count("not_reached", self.not_reached)
+        f.optional_count("t0_ns", self.t0_ns)
+        object.__setattr__(
+            self, "measured_from_s", f.optional_number("measured_from_s", self.measured_from_s)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "changes": [dict(c) for c in self.changes],
+            "not_reached": self.not_reached,
+            "t0_ns": self.t0_ns,
+            "measured_from_s": self.measured_from_s,
+        }
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> ScheduleRecord:
+        d = f.obj(where, data)
+        return f.build(where, cls, **{c.name: f.need(where, d, c.name) for c in fields(cls)})
+
+
+#: How versions before 3 wrote a run's link schedule (flat in the run): their names in ScheduleRecord.
+_SCHEDULE_BEFORE_3 = {
+    "link_changes": "changes",
+    "link_changes_not_reached": "not_reached",
+    "link_schedule_t0_ns": "t0_ns",
+    "link_schedule_measured_from_s": "measured_from_s",
+}
+
 _RUN_REQUIRED = ("index", "summary", "procedures_ms", "edge_cpu_percent", "edge_rss_mib")
 _RUN_SINCE_2 = ("block", "position", "per_batch_ids")
+_RUN_SINCE_3 = ("attempt", "busy", "discarded", "clock_check", "link_schedule")
+#: Where a run's edge resources were sampled: only while the test node measured, or (when its clock
+#: did not place that phase) over the whole run.
+RESOURCE_WINDOWS = ("measured-phase", "whole-run")
 
 
 @dataclass(frozen=True)
@@ -186,6 +250,11 @@ class Run:
     the procedures on each path, for batches that had such samples) and one list per procedure;
     ``per_batch_ids`` the same keys and lengths, holding the batch index of each value (lists of
     procedures only some batches went through are shorter, and only these line them up).
+
+    ``attempt`` is 0 for a run's first try; ``busy`` says other programs used more CPU than the limit
+    while it measured, and ``discarded`` why an attempt was run again (``harness.busy``).
+    ``samples`` holds the test node's per-sample records while the results are in memory; it is never
+    written to the JSON (the harness moves it to the archive ``Results.samples_file`` names).
     """
 
     index: int
@@ -201,9 +270,15 @@ class Run:
     edge_resources_window: str | None = None
     host_other_cpu_percent: Resource | None = None
     clock: Mapping[str, Any] = field(default_factory=dict)
+    clock_check: Mapping[str, Any] | None = None
     nodes: Mapping[str, Any] = field(default_factory=dict)
     block: int | None = None
     position: int | None = None
+    attempt: int = 0
+    busy: bool = False
+    discarded: str | None = None
+    link_schedule: ScheduleRecord | None = None
+    samples: Samples | None = field(default=None, compare=False, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -238,12 +313,34 @@ class Run:
             self, "calibration_ms", f.optional_number("calibration_ms", self.calibration_ms, lo=0.0)
         )
         f.optional_count("warmup_batches", self.warmup_batches)
-        if self.edge_resources_window is not None:
-            f.text("edge_resources_window", self.edge_resources_window)
+        if self.edge_resources_window is not None and self.edge_resources_window not in RESOURCE_WINDOWS:
+            raise ValueError(
+                f"edge_resources_window must be one of {', '.join(RESOURCE_WINDOWS)}, got {self.edge_resources_window!r}"
+            )
         f.mapping("clock", self.clock)
+        f.optional_mapping("clock_check", self.clock_check)
         f.mapping("nodes", self.nodes)
         f.optional_count("block", self.block)
         f.optional_count("position", self.position)
+        f.count("attempt", self.attempt)
+        if not isinstance(self.busy, bool):
+            raise ValueError(f"busy must be true or false, got {self.busy!r}")
+        if self.discarded is not None:
+            f.text("discarded", self.discarded)
+        f.mapping("extra", self.extra)
+
+    @property
+    def clock_warnings(self) -> list[str]:
+        """What the test node's clock check found wrong in this run (a procedure whose clock correction
+        is uncertain, or drifted, by more than the bound); empty when the clocks are trusted or were not
+        checked."""
+        warnings = (self.clock_check or {}).get("warnings") or []
+        return [str(w) for w in warnings]
+
+    def with_extra(self, **recorded: Any) -> Run:
+        """This run with more recorded fields that no type models (written as given, read back as
+        ``extra``)."""
+        return replace(self, extra={**self.extra, **recorded})
 
     def to_json(self) -> dict[str, Any]:
         """The run as written; the figures recorded only sometimes (``duration_s``, ``calibration_ms``,
@@ -258,6 +355,7 @@ class Run:
             else self.host_other_cpu_percent.to_json(),
         }
         return {
+            **self.extra,
             "index": self.index,
             "summary": self.summary.to_json(),
             "procedures_ms": {p: None if d is None else d.to_json() for p, d in self.procedures_ms.items()},
@@ -269,10 +367,14 @@ class Run:
             "edge_rss_mib": self.edge_rss_mib.to_json(),
             **{k: v for k, v in recorded.items() if v is not None},
             "clock": dict(self.clock),
+            "clock_check": None if self.clock_check is None else dict(self.clock_check),
             "nodes": dict(self.nodes),
             "block": self.block,
             "position": self.position,
-            **self.extra,
+            "attempt": self.attempt,
+            "busy": self.busy,
+            "discarded": self.discarded,
+            "link_schedule": None if self.link_schedule is None else self.link_schedule.to_json(),
         }
 
     @classmethod
@@ -298,12 +400,32 @@ class Run:
             values[name] = d.get(name) or {}
         for name in ("duration_s", "calibration_ms", "warmup_batches", "edge_resources_window"):
             values[name] = d.get(name)
-        known = {c.name for c in fields(cls)}
+        known = {c.name for c in fields(cls)} - {"samples", "extra"}
+        if version >= 3:
+            for name in _RUN_SINCE_3:
+                values[name] = f.need(where, d, name)
+            if values["link_schedule"] is not None:
+                values["link_schedule"] = ScheduleRecord.from_json(
+                    values["link_schedule"], f.place(where, "link_schedule")
+                )
+        else:  # (written before version 3: as recorded where present, gathered where they were flat)
+            values.update(
+                attempt=d.get("attempt", 0),
+                busy=d.get("busy", False),
+                discarded=d.get("discarded"),
+                clock_check=d.get("clock_check"),
+            )
+            flat = {new: d[old] for old, new in _SCHEDULE_BEFORE_3.items() if d.get(old) is not None}
+            values["link_schedule"] = (
+                f.build(f.place(where, "link_changes"), ScheduleRecord, **flat) if flat else None
+            )
+            known |= set(_SCHEDULE_BEFORE_3)
         return f.build(where, cls, **values, extra=f.rest(d, known))
 
 
 _CONFIG_REQUIRED = ("model", "exit", "threshold", "batch_size", "dataset", "samples", "links", "link_backend")
 _CONFIG_SINCE_2 = ("cloud_cpuset", "tcp_congestion_control")
+_CONFIG_SINCE_3 = ("max_other_cpu_percent", "link_schedule")
 
 
 @dataclass(frozen=True)
@@ -313,9 +435,12 @@ class ResultsConfig:
     ``links`` holds each link's spec in tc words (``edge_cloud``, ``test_edge``: null when not shaped)
     and ``link_backend`` the mechanism that applied each parameter; ``cloud_cpuset`` the cloud's CPU set
     and how it was applied (None: any CPU); ``tcp_congestion_control`` the congestion control the nodes'
-    connections used (None: not reported). The fields after it are None where the file did not record
-    them; ``request`` is the run's configuration as the harness reads it back (``check`` re-runs it),
-    ``extra`` every other recorded setting by its name (seed, checkpoint, node environments, ...).
+    connections used (None: not reported); ``max_other_cpu_percent`` the other programs' CPU (100 = one
+    core) above which a run counted as busy (None: runs were not judged); ``link_schedule`` the schedule
+    the links followed (None: fixed links). The fields after it are None where the file did not record
+    them; ``placement`` is where each node's CPUs were, ``study`` what identifies the study a point ran
+    in, ``request`` the run's configuration as the harness reads it back (``check`` re-runs it), and
+    ``extra`` every other recorded setting by its name (checkpoint, node environments, ...).
     """
 
     model: ModelKind
@@ -328,6 +453,8 @@ class ResultsConfig:
     link_backend: Mapping[str, Any]
     cloud_cpuset: Mapping[str, Any] | None = None
     tcp_congestion_control: Mapping[str, Any] | None = None
+    max_other_cpu_percent: float | None = None
+    link_schedule: Mapping[str, Any] | None = None
     name: str | None = None
     warmup_batches: int | None = None
     inflight: int | None = None
@@ -335,6 +462,11 @@ class ResultsConfig:
     edge_limits: Mapping[str, Any] | None = None
     not_applied: tuple[str, ...] = ()
     isolation: str | None = None
+    seed: int | None = None
+    repeat: int | None = None
+    busy_retries: int | None = None
+    placement: Mapping[str, Any] | None = None
+    study: Mapping[str, Any] | None = None
     request: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -352,8 +484,19 @@ class ResultsConfig:
         f.count("samples", self.samples, minimum=1)
         f.mapping("links", self.links)
         f.mapping("link_backend", self.link_backend)
-        for name in ("cloud_cpuset", "tcp_congestion_control", "edge_limits", "request"):
+        for name in ("cloud_cpuset", "tcp_congestion_control", "link_schedule", "edge_limits", "placement"):
             f.optional_mapping(name, getattr(self, name))
+        for name in ("study", "request"):
+            f.optional_mapping(name, getattr(self, name))
+        object.__setattr__(
+            self,
+            "max_other_cpu_percent",
+            f.optional_number("max_other_cpu_percent", self.max_other_cpu_percent, lo=0.0),
+        )
+        f.optional_count("repeat", self.repeat, minimum=1)
+        f.optional_count("busy_retries", self.busy_retries)
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         for name in ("name", "checkpoint_sha256", "isolation"):
             if getattr(self, name) is not None:
                 f.text(name, getattr(self, name))
@@ -377,7 +520,7 @@ class ResultsConfig:
         out: dict[str, Any] = {}
         for c in fields(self):
             value = getattr(self, c.name)
-            if c.name in _CONFIG_REQUIRED or c.name in _CONFIG_SINCE_2 or value is not None:
+            if c.name in (*_CONFIG_REQUIRED, *_CONFIG_SINCE_2, *_CONFIG_SINCE_3) or value is not None:
                 out[c.name] = value
         out["not_applied"] = list(self.not_applied)
         del out["extra"]
@@ -389,6 +532,8 @@ class ResultsConfig:
         values = {key: f.need(where, d, key) for key in _CONFIG_REQUIRED}
         for name in _CONFIG_SINCE_2:
             values[name] = f.need(where, d, name) if version >= 2 else d.get(name)
+        for name in _CONFIG_SINCE_3:
+            values[name] = f.need(where, d, name) if version >= 3 else d.get(name)
         known = {c.name for c in fields(cls)}
         optional = known - set(values) - {"extra"}
         values.update((name, d[name]) for name in optional if d.get(name) is not None)
@@ -409,21 +554,45 @@ def results_version(schema: object) -> int:
 
 
 @dataclass(frozen=True)
+class SamplesFile(f.PlainJson):
+    """The per-sample archive beside a results file: its file name (in the results file's folder), its
+    SHA-256 (an archive that is not this one is refused), its schema and its number of rows."""
+
+    path: str
+    sha256: str
+    schema: str
+    rows: int
+
+    def __post_init__(self) -> None:
+        for name in ("path", "sha256", "schema"):
+            f.text(name, getattr(self, name))
+        f.count("rows", self.rows)
+
+
+_RESULTS_SINCE_3 = ("discarded_runs", "samples_file")
+
+
+@dataclass(frozen=True)
 class Results:
     """One results file: a point's configuration, the environment, its runs and their aggregate.
 
-    The runs of a blocked study each carry their block, all of them or none, each block once (a study
-    runs every point once per block).
+    ``discarded_runs`` are the attempts measured on a busy host and run again (``harness.busy``), kept
+    apart from ``runs``, which alone the aggregate and every reader of figures use. The runs of a
+    blocked study each carry their block, all of them or none, each block once (a study runs every point
+    once per block).
     """
 
     config: ResultsConfig
     environment: Mapping[str, Any]
     runs: tuple[Run, ...]
     aggregate: Mapping[str, Aggregate | None]
+    discarded_runs: tuple[Run, ...] = ()
+    samples_file: SamplesFile | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(self.runs))
+        object.__setattr__(self, "discarded_runs", tuple(self.discarded_runs))
         if not self.runs:
             raise ValueError("runs must hold at least one run")
         f.mapping("environment", self.environment)
@@ -448,15 +617,21 @@ class Results:
         """Whether the runs carry the block they ran in (a blocked study)."""
         return self.runs[0].block is not None
 
+    def with_extra(self, **recorded: Any) -> Results:
+        """These results with more recorded top-level fields that no type models."""
+        return replace(self, extra={**self.extra, **recorded})
+
     def to_json(self) -> dict[str, Any]:
         """The document as written, always in the current version (``RESULTS_SCHEMA``)."""
         return {
+            **self.extra,
             "schema": RESULTS_SCHEMA,
             "config": self.config.to_json(),
             "environment": dict(self.environment),
             "runs": [run.to_json() for run in self.runs],
+            "discarded_runs": [run.to_json() for run in self.discarded_runs],
             "aggregate": {k: None if a is None else a.to_json() for k, a in self.aggregate.items()},
-            **self.extra,
+            "samples_file": None if self.samples_file is None else self.samples_file.to_json(),
         }
 
     @classmethod
@@ -468,6 +643,11 @@ class Results:
         runs = f.need("", d, "runs")
         if not isinstance(runs, list) or not runs:
             raise SchemaError("runs must be a non-empty list of runs")
+        since_3 = {k: f.need("", d, k) if version >= 3 else d.get(k) for k in _RESULTS_SINCE_3}
+        discarded = since_3["discarded_runs"] or []
+        if not isinstance(discarded, list):
+            raise SchemaError("discarded_runs must be a list of runs")
+        samples_file = since_3["samples_file"]
         aggregate = f.obj("aggregate", f.need("", d, "aggregate"))
         return f.build(
             "",
@@ -479,7 +659,13 @@ class Results:
                 str(k): None if a is None else Aggregate.from_json(a, f"aggregate[{k!r}]")
                 for k, a in aggregate.items()
             },
-            extra=f.rest(d, ("schema", "config", "environment", "runs", "aggregate")),
+            discarded_runs=tuple(
+                Run.from_json(run, f"discarded_runs[{i}]", version) for i, run in enumerate(discarded)
+            ),
+            samples_file=None
+            if samples_file is None
+            else SamplesFile.from_json(samples_file, "samples_file"),
+            extra=f.rest(d, ("schema", "config", "environment", "runs", "aggregate", *_RESULTS_SINCE_3)),
         )
 
 

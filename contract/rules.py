@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 
+#: The exit threshold T is compared with a normalized entropy, which lies in [0, 1].
+THRESHOLD_MIN = 0.0
+THRESHOLD_MAX = 1.0
+#: A batch holds at least one image.
+MIN_BATCH_SIZE = 1
+
+
 def is_number(value: object) -> TypeGuard[int | float]:
     """A finite JSON number (booleans are not numbers here, though Python says they are)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -24,9 +31,18 @@ def is_number(value: object) -> TypeGuard[int | float]:
 def check_threshold(value: object) -> float:
     """The exit threshold T as a float; ``ValueError`` unless it is a number in [0, 1] (T is compared
     with a normalized entropy, which lies in [0, 1])."""
-    if is_number(value) and 0.0 <= value <= 1.0:
+    if is_number(value) and THRESHOLD_MIN <= value <= THRESHOLD_MAX:
         return float(value)
-    raise ValueError(f"the exit threshold T is a normalized entropy in [0, 1], got {value!r}")
+    raise ValueError(
+        f"the exit threshold T is a normalized entropy in [{THRESHOLD_MIN:g}, {THRESHOLD_MAX:g}], got {value!r}"
+    )
+
+
+def check_batch_size(value: object) -> int:
+    """The batch size as an int; ``ValueError`` unless it is an integer ≥ 1."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= MIN_BATCH_SIZE:
+        return value
+    raise ValueError(f"the batch size must be an integer ≥ {MIN_BATCH_SIZE}, got {value!r}")
 
 
 def check_model_exit(model: object, exit: object) -> None:

@@ -23,7 +23,7 @@ import queue
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -35,15 +35,15 @@ from nodes.serve import SERVE_PROTOCOL, Reply, RunDone, RunFailed, RunRequest, S
 
 from .errors import NodeFailure
 from .processes import (
-    HELPER_RANK,
-    NODE_RANKS,
     POLL_S,
     REACTION_S,
     Ended,
     ExitWatcher,
     NodeProcess,
     ResourceSampler,
+    collect_ends,
     culprit,
+    watch_run,
 )
 from .runner import (
     NodeCommands,
@@ -52,9 +52,9 @@ from .runner import (
     TestbedLike,
     check_applied,
     hostport,
-    new_prefix,
     node_pid,
     start_nodes,
+    testbed_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -174,14 +174,7 @@ class StudyBed:
     def _up(self) -> None:
         plan, cfg, stack = self.plan, self.plan.config, self._stack
         self.workdir.mkdir(parents=True, exist_ok=True)
-        tb_config = netem.TestbedConfig(
-            prefix=new_prefix(),
-            edge_cloud=plan.edge_cloud,
-            test_edge=plan.test_edge,
-            edge_limits=plan.edge_limits,
-            tcp_congestion_control=cfg.tcp_cc,
-            log_dir=self.workdir,
-        )
+        tb_config = testbed_config(plan, self.workdir, scheduled=False)
         tb = self.tb = stack.enter_context(self._factory(tb_config, isolation=cfg.isolation))
         for notice in check_applied(cfg, tb):
             if self._notify:
@@ -213,15 +206,19 @@ class StudyBed:
         assert isinstance(test, ServingTest)  # (set so by _up)
         pids = {name: node_pid(self.testbed, node) for name, node in self._nodes.items()}
         others = [pid for name, pid in pids.items() if pid != self._nodes[name].pid]
+        tb = self.testbed
+        # (nodes on other hosts: this checkout's files are under their project, the records go to the
+        # run's folder on the test node's host and are fetched back once it answers)
+        on_host = getattr(tb, "node_path", _same_path)
         request = RunRequest(
-            out=str(records_path),
-            checkpoint=str(plan.checkpoint),
+            out=getattr(tb, "output_path", _same_path)("test", records_path),
+            checkpoint=on_host("edge", plan.checkpoint),  # (the cloud's too: one path for both)
             sha256=plan.checkpoint_sha256,
             model=cfg.model,
             exit=plan.node_exit,
             threshold=cfg.threshold,
             dataset=cfg.dataset,
-            data_dir=str(cfg.data_dir) if cfg.data_dir is not None else None,
+            data_dir=on_host("test", cfg.data_dir) if cfg.data_dir is not None else None,
             samples=plan.samples,
             batch_size=cfg.batch_size,
             inflight=cfg.inflight,
@@ -230,17 +227,21 @@ class StudyBed:
         )
         records_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        with ResourceSampler(pids["edge"], others=others) as sampler:
+        make_sampler = getattr(tb, "resource_sampler", ResourceSampler)  # (hosts: on the edge's host)
+        with make_sampler(pids["edge"], others=others) as sampler:
             test.send(request)
             reply = self._await_reply(cfg.run_timeout_s, what="to finish the run (--run-timeout)")
         duration = time.monotonic() - started
         if not isinstance(reply, RunDone):
             raise test.failure(f"answered a run with {reply!r}")
+        fetch = getattr(tb, "fetch_output", None)
+        if fetch is not None:
+            fetch("test", records_path)
         records = _read_records(records_path)
         overall = records.get("overall", {}) if isinstance(records, dict) else {}
-        idx, in_window = sampler.window(
-            int(overall.get("first_send_ns", 0)), int(overall.get("last_recv_ns", 0))
-        )
+        window_of = getattr(sampler, "window_of", None)  # (samples on another host's clock)
+        first, last = int(overall.get("first_send_ns", 0)), int(overall.get("last_recv_ns", 0))
+        idx, in_window = window_of(records) if window_of else sampler.window(first, last)
         return Measured(
             records=records,
             duration_s=duration,
@@ -265,10 +266,7 @@ class StudyBed:
         ended: list[Ended] = []
         links: dict[str, HelperExited] = {}
         with ExitWatcher() as watcher:
-            for label, pid in (helper_pids() if helper_pids is not None else {}).items():
-                watcher.add(label, pid, HELPER_RANK)
-            for node in self._nodes.values():
-                watcher.add(node.name, node.pid, NODE_RANKS.get(node.name, len(NODE_RANKS) + 1))
+            watch_run(watcher, self._nodes.values(), helper_pids() if helper_pids is not None else {})
             while True:
                 if reply is None:
                     with contextlib.suppress(queue.Empty):
@@ -277,16 +275,7 @@ class StudyBed:
                             reply = _decode(test, line)
                 else:
                     time.sleep(POLL_S)
-                for end in watcher.wait(0):
-                    owner = self._nodes.get(end.key)
-                    ended.append(replace(end, code=owner.popen.poll()) if owner and end.code is None else end)
-                if link_check is not None:
-                    try:
-                        link_check()
-                    except HelperExited as exc:
-                        links.setdefault(exc.label, exc)
-                        if all(end.key != exc.label for end in ended):
-                            ended.append(Ended(exc.label, exc.returncode, time.monotonic_ns()))
+                collect_ends(watcher, self._nodes, 0, link_check, links, ended)
                 now = time.monotonic()
                 if ended:
                     # A process that ended before the reply was seen fails the run whatever the test
@@ -306,6 +295,11 @@ class StudyBed:
                         raise blamed.failure(f"the run failed: {reply.message}")
                 elif now > deadline:
                     raise test.failure(f"did not answer within {timeout_s:g} s {what}")
+
+
+def _same_path(_node: str, path: Path) -> str:
+    """A file's path as a node on this machine sees it (a testbed without other hosts)."""
+    return str(path)
 
 
 def _decode(test: NodeProcess, line: str) -> Reply:

@@ -15,10 +15,10 @@ study (``harness.study``) re-run their runs through it, so a study's runs are ju
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from contract.results import Run
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_OTHER_CPU = 50.0
 #: Runs again after the first attempt: a short burst of other work passes, a lasting one is marked.
 DEFAULT_BUSY_RETRIES = 2
-#: The run's field that holds the other programs' CPU (``{"mean", "max", "n"}``).
-LOAD_FIELD = "host_other_cpu_percent"
 
 
 @dataclass(frozen=True)
@@ -44,11 +42,9 @@ class Verdict:
     reason: str
 
 
-def other_load(run: Mapping[str, Any]) -> float | None:
+def other_load(run: Run) -> float | None:
     """The mean CPU % other programs used during ``run`` (None when it was not sampled)."""
-    field = run.get(LOAD_FIELD)
-    mean = field.get("mean") if isinstance(field, Mapping) else None
-    return float(mean) if isinstance(mean, (int, float)) and math.isfinite(mean) else None
+    return None if run.host_other_cpu_percent is None else run.host_other_cpu_percent.mean
 
 
 def judge(load: float | None, limit: float, attempt: int, retries: int) -> Verdict:
@@ -62,27 +58,27 @@ def judge(load: float | None, limit: float, attempt: int, retries: int) -> Verdi
 
 
 def repeat_while_busy(
-    measure: Callable[[int], dict[str, Any]],
+    measure: Callable[[int], Run],
     *,
     limit: float = DEFAULT_MAX_OTHER_CPU,
     retries: int = DEFAULT_BUSY_RETRIES,
-    on_discard: Callable[[dict[str, Any], Verdict], None] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    on_discard: Callable[[Run, Verdict], None] | None = None,
+) -> tuple[Run, list[Run]]:
     """Measure ``measure(attempt)`` until an attempt is quiet or the retries are spent.
 
-    Returns ``(kept, discarded)``. Every attempt gets ``attempt`` and ``busy``; a discarded one also
+    Returns ``(kept, discarded)``. Every attempt gets its ``attempt`` and ``busy``; a discarded one also
     ``discarded`` (the reason), and the kept one is the last attempt -- ``busy`` true when even it was
     over the limit. ``on_discard`` is told of each discarded attempt (e.g. to tell the user).
     """
-    discarded: list[dict[str, Any]] = []
+    discarded: list[Run] = []
     attempt = 0
     while True:
         run = measure(attempt)
         verdict = judge(other_load(run), limit, attempt, retries)
-        run["attempt"], run["busy"] = attempt, verdict.busy
+        run = replace(run, attempt=attempt, busy=verdict.busy)
         if not verdict.retry:
             return run, discarded
-        run["discarded"] = verdict.reason
+        run = replace(run, discarded=verdict.reason)
         discarded.append(run)
         if on_discard is not None:
             on_discard(run, verdict)
@@ -90,24 +86,24 @@ def repeat_while_busy(
 
 
 def rerun_while_busy(
-    measure: Callable[[int], dict[str, Any]],
+    measure: Callable[[int], Run],
     *,
     limit: float,
     retries: int,
     where: str,
     notify: Callable[[str], None] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[Run, list[Run]]:
     """:func:`repeat_while_busy`, logging each discarded attempt and telling ``notify`` of it and of a
     run kept busy; ``where`` names the run in those lines (``run 2/5``, ``block 1: mem-2-…``)."""
 
-    def discard(run: dict[str, Any], verdict: Verdict) -> None:
+    def discard(run: Run, verdict: Verdict) -> None:
         # (at INFO when the caller tells the user itself, so the line is not printed twice)
         (logger.info if notify else logger.warning)("%s: %s; running it again", where, verdict.reason)
         if notify:
-            notify(f"{where}: {verdict.reason}: running it again ({run['attempt'] + 1}/{retries})")
+            notify(f"{where}: {verdict.reason}: running it again ({run.attempt + 1}/{retries})")
 
     kept, thrown = repeat_while_busy(measure, limit=limit, retries=retries, on_discard=discard)
-    if kept["busy"]:
+    if kept.busy:
         reason = judge(other_load(kept), limit, 0, 0).reason
         (logger.info if notify else logger.warning)(
             "%s: %s after %d re-run(s); kept, marked busy", where, reason, len(thrown)

@@ -58,6 +58,7 @@ from contract.names import PROCEDURES
 from contract.results import Results
 from reports import stats
 
+from .busy import other_load
 from .errors import HarnessError, ResultsError
 from .results import as_results
 
@@ -161,11 +162,7 @@ def _calibrations(results: Results) -> list[float | None]:
 
 def host_load(results: Results) -> float | None:
     """The busiest run's mean CPU use by other programs (100 = one core); None if not recorded."""
-    loads = [
-        run.host_other_cpu_percent.mean
-        for run in results.runs
-        if run.host_other_cpu_percent is not None and run.host_other_cpu_percent.mean is not None
-    ]
+    loads = [load for run in results.runs if (load := other_load(run)) is not None]
     return max(loads) if loads else None
 
 

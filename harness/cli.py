@@ -20,6 +20,7 @@ from typing import Any
 
 from contract.errors import LocalExitError
 from contract.names import MODEL_KINDS
+from contract.results import Results, Run
 
 from .config import LinkOptions, RunConfig, check_edge_cpus, config_from_dict
 from .errors import ConfigError, NodeFailure, ResultsError
@@ -68,6 +69,9 @@ def run_config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfi
             # (run and record-baseline take schedules; a sweep's points do not)
             "link_schedule": getattr(args, "link_schedule", None),
             "cpu_schedule": getattr(args, "cpu_schedule", None),
+            "exit_policy": getattr(args, "exit_policy", "fixed"),
+            "latency_slo_ms": getattr(args, "latency_slo", None),
+            "profile": getattr(args, "profile", None),
             "seed": args.seed,
             "isolation": args.isolation,
             "allow_unshaped": args.allow_unshaped,
@@ -76,6 +80,9 @@ def run_config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfi
             "run_timeout_s": args.run_timeout,
             "calibrate": not args.no_calibration,
             "strict_clocks": args.strict_clocks,
+            "model_spec": getattr(args, "model_spec", None),
+            "edge_device": getattr(args, "edge_device", "cpu"),
+            "cloud_device": getattr(args, "cloud_device", "cpu"),
         }
         values.update(overrides)
         return RunConfig(**values)
@@ -87,16 +94,21 @@ def _notice(text: str) -> None:
     print(f"notice: {text}", file=sys.stderr)
 
 
-def _run(cfg: RunConfig) -> dict[str, Any]:
+def _run(cfg: RunConfig, hosts: Path | None = None) -> Results:
     from .runner import run_experiment
 
     check_edge_cpus(cfg)
+    factory = None
+    if hosts is not None:
+        from .remote_testbed import hosts_factory
 
-    def progress(run: dict[str, Any]) -> None:
+        factory = hosts_factory(hosts)
+
+    def progress(run: Run) -> None:
         if cfg.repeat > 1:
-            print(f"run {run['index'] + 1}/{cfg.repeat} done in {run['duration_s']:.1f} s", file=sys.stderr)
+            print(f"run {run.index + 1}/{cfg.repeat} done in {run.duration_s or 0:.1f} s", file=sys.stderr)
 
-    return run_experiment(cfg, notify=_notice, on_run=progress)
+    return run_experiment(cfg, notify=_notice, on_run=progress, testbed_factory=factory)
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -104,14 +116,10 @@ def default_out(cfg: RunConfig) -> Path:
     return Path("results") / f"{cfg.label()}-{stamp}.json"
 
 
-def _save(out: Path, results: Mapping[str, Any]) -> tuple[Path | None, ResultsError | None]:
-    """Write ``results`` to ``out``; if that fails, to a fallback place. Returns (where, the failure).
+def _save(out: Path, results: Results) -> tuple[Path | None, ResultsError | None]:
+    """Write ``results`` to ``out``; if that fails, to a fallback place. Returns (where, the failure)."""
+    from .results import write_results, write_results_fallback
 
-    Only a failed write falls back: results that do not validate raise, as there is nothing to keep.
-    """
-    from .results import validate_results, write_results, write_results_fallback
-
-    validate_results(results)
     try:
         write_results(out, results)
     except ResultsError as exc:
@@ -127,12 +135,12 @@ def _unsaved(failure: ResultsError, saved: Path | None) -> str:
     return f"{failure}; the results were saved to {saved} instead"
 
 
-def _run_and_write(cfg: RunConfig, out: Path) -> int:
+def _run_and_write(cfg: RunConfig, out: Path, hosts: Path | None = None) -> int:
     from .display import format_summary
     from .results import check_output_path
 
     check_output_path(out)  # before anything runs: a typo in --out must not cost the run
-    results = _run(cfg)
+    results = _run(cfg, hosts)
     saved, failure = _save(out, results)
     print(format_summary(results))
     if failure is not None:
@@ -142,10 +150,32 @@ def _run_and_write(cfg: RunConfig, out: Path) -> int:
     return 0
 
 
+def _hosts_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options of ``--hosts`` (none without it); refuses those that place nodes on this
+    machine's CPUs, which are not the nodes'."""
+    if getattr(args, "hosts", None) is None:
+        return {}
+    for option in ("cloud_cpuset", "edge_cpuset"):
+        if getattr(args, option, None) is not None:
+            raise ConfigError(
+                f"--{option.replace('_', '-')} places a node on this machine's CPUs: not with --hosts"
+            )
+    if getattr(args, "placement", "auto") != "auto":
+        raise ConfigError("--placement places the nodes on this machine's CPUs: not with --hosts")
+    return {"placement": "shared"}
+
+
+def _on_hosts(args: argparse.Namespace) -> dict[str, Path]:
+    """``hosts=FILE`` for a study given ``--hosts FILE`` (nothing without it)."""
+    return {"hosts": args.hosts} if args.hosts is not None else {}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    cfg = run_config_from_args(args)
-    return _run_and_write(cfg, args.out or default_out(cfg))
+    cfg = run_config_from_args(args, **_hosts_overrides(args))
+    if args.hosts is None:
+        return _run_and_write(cfg, args.out or default_out(cfg))
+    return _run_and_write(cfg, args.out or default_out(cfg), hosts=args.hosts)
 
 
 def cmd_record_baseline(args: argparse.Namespace) -> int:
@@ -174,7 +204,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     baseline = load_results(args.baseline)
 
-    def compare(current: dict[str, Any]) -> check.CheckReport:
+    def compare(current: Results) -> check.CheckReport:
         return check.compare(
             baseline,
             current,
@@ -189,11 +219,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.results is not None:
         report = compare(load_results(args.results))
     else:
-        request = baseline["config"].get("request")
-        if not isinstance(request, dict):
+        request = baseline.config.request
+        if request is None:
             raise ResultsError(f"{args.baseline} does not record the run's request; pass --results FILE")
         try:
-            cfg = config_from_dict(request)
+            cfg = config_from_dict(dict(request))
         except ValueError as exc:
             raise ResultsError(f"{args.baseline}: its recorded request is not usable: {exc}") from exc
         if args.out is not None:
@@ -247,7 +277,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.grid == "paper":
         fixed = "--grid paper fixes the models, exits and thresholds (leave --grid out to choose them)"
         _refuse_given(args, "sweep --grid paper", dict.fromkeys(("models", "exits", "thresholds"), fixed))
-    spec_base = run_config_from_args(args, model="standard", exit=None)
+    spec_base = run_config_from_args(args, model="standard", exit=None, **_hosts_overrides(args))
     links = _sweep_links(args.bw, args)
     models_ = tuple(m.strip() for m in getattr(args, "models", DEFAULT_SWEEP_MODELS).split(",") if m.strip())
     unknown = [m for m in models_ if m not in MODEL_KINDS]
@@ -272,7 +302,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out_dir = args.out_dir or Path("results/sweep")
     if args.dry_run:
         return _dry_run(spec, out_dir)
-    return _do_sweep(spec, out_dir, progress=not args.no_progress)
+    return _do_sweep(spec, out_dir, progress=not args.no_progress, **_on_hosts(args))
 
 
 def _dry_run(spec: Any, out_dir: Path) -> int:
@@ -282,14 +312,19 @@ def _dry_run(spec: Any, out_dir: Path) -> int:
     return 0
 
 
-def _do_sweep(spec: Any, out_dir: Path, *, progress: bool) -> int:
+def _do_sweep(spec: Any, out_dir: Path, *, progress: bool, hosts: Path | None = None) -> int:
     """Run ``spec`` as a study (``harness.study``): blocks in a random order, nodes reconfigured."""
     from .results import check_output_dir
     from .study import run_study
 
     check_output_dir(out_dir)
     check_edge_cpus(spec.base)
-    outcome = run_study(spec, out_dir, notify=_notice, progress=progress)
+    factory = None
+    if hosts is not None:  # (the nodes on the machines of a hosts file: docs/hosts.md)
+        from .remote_testbed import study_factory
+
+        factory = study_factory(hosts)
+    outcome = run_study(spec, out_dir, notify=_notice, progress=progress, factory=factory)
     print(f"sweep: {outcome.describe()}; results in {out_dir}")
     return outcome.exit_code
 
@@ -302,12 +337,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     _refuse_given(args, "reproduce", dict.fromkeys(("model", "exit", "threshold"), grid))
     out_dir = args.out_dir or Path("results/reproduce-quick" if args.quick else "results/reproduce")
     quick = {"samples": args.samples or 320} if args.quick else {}
-    base = run_config_from_args(args, model="standard", exit=None, **quick)
+    base = run_config_from_args(args, model="standard", exit=None, **quick, **_hosts_overrides(args))
     spec = SweepSpec.paper(base, _sweep_links(args.bw, args), args.order_seed)
     if args.dry_run:
         return _dry_run(spec, out_dir)
     report_dir = args.report_dir or out_dir / "report"
-    code = _do_sweep(spec, out_dir, progress=not args.no_progress)
+    code = _do_sweep(spec, out_dir, progress=not args.no_progress, **_on_hosts(args))
     import reports
     from models.checkpoint import ZOO_DIR
 
@@ -324,6 +359,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from netem.errors import NetemError
 
     _setup_logging(args.verbose)
+    if args.hosts is not None:
+        from .remote_testbed import clean_hosts
+
+        for item in clean_hosts(args.hosts, force=args.force):
+            print(f"removed {item}")
     # Node-log folders are not named by the run prefix, so only a clean of every run removes them.
     logs = clean_log_dirs(force=args.force) if args.prefix.rstrip("*") == FAMILY else LogDirCleanup()
     for path in logs.removed:
@@ -354,6 +394,17 @@ def cmd_calibrate(argv: Sequence[str]) -> int:
     return int(calibration.main(list(argv), prog=f"{PROG} calibrate"))
 
 
+def cmd_adapt_tools(command: str, argv: Sequence[str]) -> int:
+    """``profile`` (per-exit costs for an exit policy) and ``adapt`` (the exit-policy study)."""
+    if command == "profile":
+        from . import profile
+
+        return int(profile.main(list(argv), prog=f"{PROG} profile"))
+    from . import adapt
+
+    return int(adapt.main(list(argv), prog=f"{PROG} adapt"))
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -369,6 +420,8 @@ def dispatch(argv: Sequence[str]) -> int:
         return cmd_train(args_list[1:])
     if args_list[0] == "calibrate":  # (likewise models.calibration's)
         return cmd_calibrate(args_list[1:])
+    if args_list[0] in ("profile", "adapt"):  # (likewise harness.profile's and harness.adapt's)
+        return cmd_adapt_tools(args_list[0], args_list[1:])
     args = parse(args_list)
     commands = {
         "run": cmd_run,

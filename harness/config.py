@@ -16,7 +16,9 @@ from typing import Any
 
 from contract.names import DEFAULT_DATASET, ISOLATIONS
 from contract.rules import check_model_exit, check_threshold
+from models.options import check_device_name, check_spec
 from netem.spec import CONGESTION_CONTROL_RE, parse_cpuset
+from nodes.policy import check_policy
 
 from .busy import DEFAULT_BUSY_RETRIES, DEFAULT_MAX_OTHER_CPU
 from .errors import ConfigError
@@ -83,6 +85,9 @@ class RunConfig:
     tcp_cc: str | None = None  # TCP congestion control of the nodes' connections; None: the kernel's
     link_schedule: str | None = None  # --link-schedule: inline steps or a TOML file (netem.schedule)
     cpu_schedule: str | None = None  # --cpu-schedule: the edge's CPU quota over time, inline
+    exit_policy: str = "fixed"  # --exit-policy: how the edge picks each batch's exit (nodes.policy)
+    latency_slo_ms: float | None = None  # --latency-slo: the adaptive/oracle policy's latency objective
+    profile: Path | None = None  # --profile: per-exit costs (harness profile); None: measured at start
     seed: int = 0
     isolation: str = "auto"
     allow_unshaped: bool = False
@@ -91,6 +96,9 @@ class RunConfig:
     run_timeout_s: float = 3600.0
     calibrate: bool = True
     strict_clocks: bool = False  # fail a run whose clock corrections exceed nodes.timing's bound
+    model_spec: str | None = None  # --model-spec: the factory of --checkpoint's model (models.protocol)
+    edge_device: str = "cpu"  # --edge-device: where the edge runs its part (cpu, cuda, cuda:N)
+    cloud_device: str = "cpu"  # --cloud-device: where the cloud runs its part
 
     def __post_init__(self) -> None:
         # (where a run's model, exit and threshold enter the harness: its command line, a sweep's grid, a
@@ -132,6 +140,34 @@ class RunConfig:
         if self.ready_timeout_s <= 0 or self.run_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         self._check_schedules()
+        self._check_model_options()
+        self._check_policy()
+
+    def _check_policy(self) -> None:
+        try:
+            check_policy(self.exit_policy, self.model, self.latency_slo_ms)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        if self.exit_policy == "fixed" and self.profile is not None:
+            raise ValueError("--profile applies to the adaptive and oracle exit policies")
+        if self.exit_policy == "oracle" and self.link_schedule is None:
+            raise ValueError("--exit-policy oracle knows the link from --link-schedule: give one")
+
+    def _check_model_options(self) -> None:
+        """A user's model comes with its weights; devices are spelt as torch spells them (whether this
+        machine has them is checked when the run is prepared)."""
+        if self.model_spec is not None:
+            try:
+                check_spec(self.model_spec)
+            except ValueError as exc:
+                raise ValueError(f"--model-spec: {exc}") from None
+            if self.checkpoint is None:
+                raise ValueError("--model-spec needs --checkpoint: the weights of the model it builds")
+        for option, value in (("--edge-device", self.edge_device), ("--cloud-device", self.cloud_device)):
+            try:
+                check_device_name(value)
+            except ValueError as exc:
+                raise ValueError(f"{option}: {exc}") from None
 
     def _check_schedules(self) -> None:
         """A schedule's first step is the start: the options that would set the same thing are refused."""
@@ -159,7 +195,8 @@ class RunConfig:
         """A file-name-safe label of this point: ``mem-e5-t0.3-10mbit``."""
         exit_part = f"-e{self.exit}" if self.exit is not None else ""
         link = "scheduled" if self.link_schedule is not None else self.edge_cloud.label()
-        raw = f"{self.model}{exit_part}-t{self.threshold:g}-{link}"
+        policy = f"-{self.exit_policy}" if self.exit_policy != "fixed" else ""
+        raw = f"{self.model}{exit_part}{policy}-t{self.threshold:g}-{link}"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -209,7 +246,7 @@ def _positive(option: str, value: int) -> None:
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The request as plain JSON data (stored in the results file so ``check`` can run it again)."""
     data = dataclasses.asdict(cfg)
-    for key in ("data_dir", "checkpoint"):
+    for key in ("data_dir", "checkpoint", "profile"):
         if data[key] is not None:
             data[key] = str(data[key])
     if data["ports"] is not None:
@@ -224,7 +261,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ValueError(f"unknown run options {', '.join(sorted(unknown))}")
     values = dict(data)
-    for key in ("data_dir", "checkpoint"):
+    for key in ("data_dir", "checkpoint", "profile"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
     if values.get("ports") is not None:

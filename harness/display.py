@@ -3,17 +3,18 @@ statistic it asks for (pooling per-batch samples across repeats) comes from ``re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 from tabulate import tabulate
 
+from contract.results import Resource, Results, Run
 from netem.scheduler import LATE_TARGET_S
 from reports import stats
 
 from .busy import other_load
 from .placement import format_placement
-from .results import PROCEDURES, clock_warnings, unstable_figures
+from .results import PROCEDURES, unstable_figures
 
 #: What each latency of the summary is (paper §4.1; the procedures are those of the table below it).
 EDGE_LATENCY_IS = "mean per sample: its batch sent → its prediction back (1→2→3-1)"
@@ -33,33 +34,33 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
 
 
-def _figure(results: Mapping[str, Any], key: str) -> Any:
+def _figure(results: Results, key: str) -> Any:
     """A figure of a single run, or its median across repeats."""
-    runs = results["runs"]
+    runs = results.runs
     if len(runs) == 1:
-        return runs[0]["summary"][key]
-    agg = results["aggregate"].get(key)
-    return agg["median"] if agg else None
+        return runs[0].summary.get(key)
+    agg = results.aggregate.get(key)
+    return agg.median if agg else None
 
 
-def _spread(results: Mapping[str, Any], key: str, fmt: str = ".3f") -> str:
-    agg = results["aggregate"].get(key)
-    if len(results["runs"]) == 1 or not agg:
+def _spread(results: Results, key: str, fmt: str = ".3f") -> str:
+    agg = results.aggregate.get(key)
+    if len(results.runs) == 1 or not agg:
         return ""
-    flag = "  (unstable)" if agg.get("unstable") else ""
-    return f"±{format(agg['mad'], fmt)} [{format(agg['min'], fmt)}, {format(agg['max'], fmt)}]{flag}"
+    flag = "  (unstable)" if agg.unstable else ""
+    return f"±{format(agg.mad, fmt)} [{format(agg.min, fmt)}, {format(agg.max, fmt)}]{flag}"
 
 
-def format_summary(results: Mapping[str, Any]) -> str:
+def format_summary(results: Results) -> str:
     """Human-readable summary: exits, accuracy and latency; procedures; edge resources; the link."""
-    cfg = results["config"]
-    runs = results["runs"]
+    cfg = results.config
+    runs = results.runs
     many = len(runs) > 1
-    exit_part = f" exit {cfg['exit']}" if cfg.get("exit") is not None else ""
+    exit_part = f" exit {cfg.exit}" if cfg.exit is not None else ""
     head = (
-        f"{cfg.get('name', cfg['model'])}{exit_part}, T = {cfg['threshold']:g}, {cfg['dataset']} "
-        f"({cfg['samples']} samples, batch {cfg['batch_size']}, warm-up {cfg.get('warmup_batches', 0)}), "
-        f"isolation {cfg.get('isolation')}, {len(runs)} run(s)" + (" — medians across runs" if many else "")
+        f"{cfg.name or cfg.model}{exit_part}, T = {cfg.threshold:g}, {cfg.dataset} "
+        f"({cfg.samples} samples, batch {cfg.batch_size}, warm-up {cfg.warmup_batches or 0}), "
+        f"isolation {cfg.isolation}, {len(runs)} run(s)" + (" — medians across runs" if many else "")
     )
     lines = [head, ""]
 
@@ -86,7 +87,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
     pooled: dict[str, list[float]] = {p: [] for p in PROCEDURES}
     for run in runs:
         for p in PROCEDURES:
-            pooled[p].extend(run["per_batch_ms"].get(p, []))
+            pooled[p].extend(run.per_batch_ms.get(p, ()))
     proc_rows = []
     for p in PROCEDURES:
         if not pooled[p]:
@@ -98,8 +99,8 @@ def format_summary(results: Mapping[str, Any]) -> str:
     lines += [title, tabulate(proc_rows, headers=["procedure", "mean", "p50", "p95", "p99", "batches"])]
     lines += [*clock_lines(runs), ""]
 
-    cpu = [r["edge_cpu_percent"] for r in runs]
-    rss = [r["edge_rss_mib"] for r in runs]
+    cpu = [r.edge_cpu_percent for r in runs]
+    rss = [r.edge_rss_mib for r in runs]
     res_rows = [
         [
             "CPU %  (100 = one core)",
@@ -111,8 +112,8 @@ def format_summary(results: Mapping[str, Any]) -> str:
     lines += ["edge node resources", tabulate(res_rows, headers=["", "mean", "max"]), ""]
 
     link_rows = []
-    backend = cfg.get("link_backend", {})
-    for link, spec in cfg["links"].items():
+    backend = cfg.link_backend
+    for link, spec in cfg.links.items():
         if spec is None:
             continue
         for param, value in spec.items():
@@ -121,33 +122,33 @@ def format_summary(results: Mapping[str, Any]) -> str:
                 continue
             shown = ("unshaped" if param == "rate" else "–") if value is None else value
             link_rows.append([link.replace("_", "–"), param, shown, mech])
-    limits = cfg.get("edge_limits") or {}
+    limits = cfg.edge_limits or {}
     for key in ("cpus", "cpuset", "memory"):
         if limits.get(key) is not None:
             link_rows.append(["edge", key, limits[key], limits.get("mechanism") or "none"])
-    cloud_cpus = cfg.get("cloud_cpuset")
+    cloud_cpus = cfg.cloud_cpuset
     if cloud_cpus:
         link_rows.append(["cloud", "cpuset", cloud_cpus["cpuset"], cloud_cpus["mechanism"]])
-    tcp = cfg.get("tcp_congestion_control")
+    tcp = cfg.tcp_congestion_control
     if tcp and tcp.get("name"):
         link_rows.append(["all TCP", "congestion control", tcp["name"], tcp.get("mechanism") or "none"])
     lines += ["link as applied", tabulate(link_rows, headers=["link", "parameter", "value", "mechanism"])]
-    for item in cfg.get("not_applied") or []:
+    for item in cfg.not_applied:
         lines.append(f"NOT applied: {item}")
     lines += schedule_lines(results)
-    if isinstance(cfg.get("placement"), dict):
-        lines.append(f"CPU placement {format_placement(cfg['placement'])}")
+    if cfg.placement is not None:
+        lines.append(f"CPU placement {format_placement(cfg.placement)}")
     lines += busy_lines(results)
 
     for run in runs:
-        for warning in clock_warnings(run):
-            where = f" (run {run['index']})" if many else ""
+        for warning in run.clock_warnings:
+            where = f" (run {run.index})" if many else ""
             lines.append(f"warning: clocks{where}: {warning}")
     unstable = unstable_figures(results)
     too_few = [key for key, reason in unstable if reason.startswith("only ")]
     if too_few:
         lines.append(
-            f"warning: {len(results.get('runs', []))} runs are too few to judge the stability of any figure "
+            f"warning: {len(runs)} runs are too few to judge the stability of any figure "
             "(pyperf's rules need at least 3): use --repeat 3 or more"
         )
     for key, reason in unstable:
@@ -156,21 +157,19 @@ def format_summary(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _figure_of(parts: list[Mapping[str, Any]], key: str) -> float | None:
-    values = [float(p[key]) for p in parts if p.get(key) is not None]
+def _figure_of(parts: list[Resource], key: str) -> float | None:
+    values = [v for p in parts if (v := p.get(key)) is not None]
     if not values:
         return None
     return stats.median(values)
 
 
-def clock_lines(runs: list[Mapping[str, Any]]) -> list[str]:
+def clock_lines(runs: Sequence[Run]) -> list[str]:
     """How each node's stamps reached the test node's clock (the procedures crossing nodes depend on
     it): ``shared-clock``, or ``offset-corrected`` with the largest uncertainty and drift over the runs."""
     parts = []
     for node in ("edge", "cloud"):
-        clocks = [
-            c for run in runs if isinstance(c := run.get("clock", {}).get(node), dict) and "method" in c
-        ]
+        clocks = [c for run in runs if isinstance(c := run.clock.get(node), dict) and "method" in c]
         if not clocks:
             continue
         methods = sorted({str(c["method"]) for c in clocks})
@@ -187,24 +186,24 @@ def clock_lines(runs: list[Mapping[str, Any]]) -> list[str]:
     return [f"clocks: {', '.join(parts)}"] if parts else []
 
 
-def busy_lines(results: Mapping[str, Any]) -> list[str]:
+def busy_lines(results: Results) -> list[str]:
     """What the summary says of runs measured while other programs used the CPU (``harness.busy``)."""
-    limit = results["config"].get("max_other_cpu_percent")
-    shown = f" (limit {limit:g}%)" if isinstance(limit, (int, float)) else ""
+    limit = results.config.max_other_cpu_percent
+    shown = f" (limit {limit:g}%)" if limit is not None else ""
     lines = []
-    marked = [run for run in results["runs"] if run.get("busy")]
+    marked = [run for run in results.runs if run.busy]
     if marked:
         loads = [load for run in marked if (load := other_load(run)) is not None]
         if len(loads) > 1:
             used = f"{min(loads):.0f}–{max(loads):.0f}%"
         else:
             used = f"{loads[0]:.0f}%" if loads else "?"
-        which = ", ".join(str(run["index"]) for run in marked)
+        which = ", ".join(str(run.index) for run in marked)
         lines.append(
             f"warning: run(s) {which} measured while other programs used {used} CPU{shown}, also on their "
             "last re-run: kept, marked busy"
         )
-    discarded = results.get("discarded_runs") or []
+    discarded = results.discarded_runs
     if discarded:
         lines.append(
             f"{len(discarded)} attempt(s) measured on a busy host were run again (kept in the results "
@@ -213,15 +212,16 @@ def busy_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def schedule_lines(results: Mapping[str, Any]) -> list[str]:
+def schedule_lines(results: Results) -> list[str]:
     """The link schedule of the run(s): its steps, the changes applied (over every run) and the latest
     of them against the target, and how far into the schedule the measured phase began."""
-    sched = results["config"].get("link_schedule")
-    if not isinstance(sched, Mapping):
+    sched = results.config.link_schedule
+    if sched is None:
         return []
-    runs = results["runs"]
-    changes = [c for run in runs for c in run.get("link_changes") or []]
-    not_reached = sum(int(run.get("link_changes_not_reached") or 0) for run in runs)
+    runs = results.runs
+    records = [run.link_schedule for run in runs if run.link_schedule is not None]
+    changes = [c for record in records for c in record.changes]
+    not_reached = sum(record.not_reached for record in records)
     steps = f"{len(sched.get('link') or [])} link and {len(sched.get('cpu') or [])} CPU step(s)"
     text = f"link schedule: {steps}, time 0 = the test node's start; {len(changes)} change(s) applied"
     if len(runs) > 1:
@@ -235,11 +235,7 @@ def schedule_lines(results: Mapping[str, Any]) -> list[str]:
                 f"warning: a change of the link schedule came {worst * 1e3:.0f} ms late, over the "
                 f"{LATE_TARGET_S * 1e3:.0f} ms target: the run's conditions lag its schedule (a busy machine?)"
             )
-    starts = [
-        run["link_schedule_measured_from_s"]
-        for run in runs
-        if run.get("link_schedule_measured_from_s") is not None
-    ]
+    starts = [record.measured_from_s for record in records if record.measured_from_s is not None]
     if starts:
         text += f"; measured from {min(starts):.1f} s on"
     if not_reached:

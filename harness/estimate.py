@@ -79,9 +79,7 @@ def preview(spec: SweepSpec, out_dir: Path, dataset_size: int | None = None) -> 
 
             dataset_size = len(models.load_dataset(base.dataset, "test", base.data_dir))
         samples = dataset_size
-    measured = [
-        float(run["duration_s"]) for r in recorded for run in r.runs if _is_number(run.get("duration_s"))
-    ]
+    measured = [run.duration_s for r in recorded for run in r.runs if run.duration_s is not None]
     runs_todo = sum(blocks - n for n in runs_done)
     blocks_left = len({b for r in recorded for b in range(blocks) if b not in r.blocks})
     if measured:
@@ -100,10 +98,6 @@ def preview(spec: SweepSpec, out_dir: Path, dataset_size: int | None = None) -> 
             "measured yet" + ("; a shaped link adds its transfer time" if shaped else "")
         )
     return SweepPreview(points, runs_done, blocks, samples, per_run, overhead, basis)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _duration(seconds: float) -> str:

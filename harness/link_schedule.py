@@ -15,20 +15,13 @@ from typing import Any
 
 import netem
 from contract.errors import LocalExitError
+from contract.results import ScheduleRecord
 from netem.schedule import from_text, parse_cpu_inline
 from netem.scheduler import LinkScheduler, ScheduleFailed, ScheduleTarget
 
 from .config import RunConfig
 from .errors import ComponentFailure, ConfigError
 
-#: Fields of a run entry (``runs[]``) that a scheduled run adds; ``link_changes`` is a list of
-#: ``netem.AppliedChange.to_json()``.
-RUN_FIELDS = (
-    "link_changes",
-    "link_changes_not_reached",
-    "link_schedule_t0_ns",
-    "link_schedule_measured_from_s",
-)
 #: What a failed change is called in the error that fails the run.
 COMPONENT = "the link schedule"
 
@@ -101,23 +94,24 @@ class ScheduledRun:
         except ScheduleFailed as exc:
             raise ComponentFailure("link-schedule", COMPONENT, str(exc)) from exc
 
-    def record(self, overall: Mapping[str, Any]) -> dict[str, Any]:
-        """The run entry's fields (:data:`RUN_FIELDS`); ``overall``: the test node's records' ``overall``,
-        whose ``first_send_ns`` (``CLOCK_MONOTONIC``) places the measured phase on the schedule."""
+    def record(self, overall: Mapping[str, Any]) -> ScheduleRecord | None:
+        """What the schedule did during the run (None: no schedule); ``overall``: the test node's
+        records' ``overall``, whose ``first_send_ns`` (``CLOCK_MONOTONIC``) places the measured phase on
+        the schedule. Each change is ``netem.AppliedChange.to_json()``."""
         if self.scheduler is None:
-            return {}
+            return None
         self.check()  # (a change that failed after the test node's last look)
         t0 = self.scheduler.t0_ns
         first = overall.get("first_send_ns")
         measured_from = None
         if t0 is not None and isinstance(first, int) and first > 0:  # (0: the test node did not say)
             measured_from = (first - t0) / 1e9
-        return {
-            "link_changes": [change.to_json() for change in self.scheduler.changes],
-            "link_changes_not_reached": self.scheduler.not_reached,
-            "link_schedule_t0_ns": t0,
-            "link_schedule_measured_from_s": measured_from,
-        }
+        return ScheduleRecord(
+            changes=tuple(change.to_json() for change in self.scheduler.changes),
+            not_reached=self.scheduler.not_reached,
+            t0_ns=t0,
+            measured_from_s=measured_from,
+        )
 
 
 @contextlib.contextmanager

@@ -196,6 +196,24 @@ def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False, bloc
         default=None,
         help="model checkpoint (default: the shipped one)",
     )
+    g.add_argument(
+        "--model-spec",
+        metavar="MODULE:FACTORY",
+        default=None,
+        help="your own multi-exit model: the factory that builds it (docs/models.md); needs --checkpoint",
+    )
+    g.add_argument(
+        "--edge-device",
+        metavar="DEV",
+        default="cpu",
+        help="where the edge runs its part: cpu (default), cuda or cuda:N",
+    )
+    g.add_argument(
+        "--cloud-device",
+        metavar="DEV",
+        default="cpu",
+        help="where the cloud runs its part: cpu (default), cuda or cuda:N",
+    )
     g.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the sample order (default 0)")
     # (argparse %-formats help strings, hence 0.5%% there, but not group titles)
     link = parser.add_argument_group("edge–cloud link (tc units: 10mbit, 20ms, 0.5%)")
@@ -334,9 +352,44 @@ def add_schedule_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_policy_options(parser: argparse.ArgumentParser) -> None:
+    """How the multi-exit model's edge picks each batch's exit (``nodes.policy``, docs/adapt.md)."""
+    g = parser.add_argument_group("exit policy (mem only)")
+    g.add_argument(
+        "--exit-policy",
+        choices=("fixed", "adaptive", "oracle"),
+        default="fixed",
+        help="fixed: --exit for every batch (default); adaptive: the exit of least expected latency for "
+        "the link the edge estimates; oracle: the best exit for the scheduled link (needs --link-schedule)",
+    )
+    g.add_argument(
+        "--latency-slo",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="with adaptive/oracle: the most accurate exit expected to keep per-sample latency ≤ MS "
+        "(needs --profile)",
+    )
+    g.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="per-exit costs written by `python -m harness profile` (default: measured on the first batch)",
+    )
+
+
 def configure_run(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     add_schedule_options(parser)
+    add_policy_options(parser)
+    parser.add_argument(
+        "--hosts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="run the nodes on the machines a hosts file names, reached over ssh (docs/hosts.md)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -433,6 +486,13 @@ def _grid_options(parser: argparse.ArgumentParser, out_dir_help: str, *, blocks:
         help="list the points, which are done already, and the estimated time; run nothing",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--hosts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="run the nodes on the machines a hosts file names, reached over ssh (docs/hosts.md)",
+    )
     _verbose(parser)
 
 
@@ -481,6 +541,13 @@ def configure_clean(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--force", action="store_true", help="also remove runs whose owning process is still alive"
+    )
+    parser.add_argument(
+        "--hosts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also on every host of this hosts file: nodes still running, qdiscs, run folders",
     )
     _verbose(parser)
 
@@ -541,6 +608,20 @@ COMMANDS: tuple[tuple[str, str, str, Callable[[argparse.ArgumentParser], None] |
         "choose each exit's threshold for a target accuracy (options: calibrate --help)",
         "From a validation split held out of the training set, the largest threshold per exit that keeps "
         "the local exits' accuracy at or above a target.",
+        None,
+    ),
+    (
+        "profile",
+        "measure each exit's costs for an exit policy (options: profile --help)",
+        "Per exit of a multi-exit checkpoint: edge and cloud compute time, feature bytes, local-exit rate "
+        "and accuracy, written as the profile file an adaptive edge reads (--profile).",
+        None,
+    ),
+    (
+        "adapt",
+        "compare fixed exits, the adaptive MEM and the oracle under a link schedule (options: adapt --help)",
+        "Every fixed SEM-k, the MEM at every fixed exit, the adaptive MEM and the oracle, interleaved in "
+        "blocks under one link schedule; a table with intervals and a figure of the exit chosen over time.",
         None,
     ),
 )

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -257,6 +257,38 @@ def _last_line(text: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def watch_run(watcher: ExitWatcher, nodes: Iterable[NodeProcess], helper_pids: Mapping[str, int]) -> None:
+    """Have ``watcher`` watch a run's processes: the testbed's helpers (delay lines, relays: by label)
+    and the nodes, each with the rank that decides which of two ends at once is the culprit."""
+    for label, pid in helper_pids.items():
+        watcher.add(label, pid, HELPER_RANK)
+    for node in nodes:
+        watcher.add(node.name, node.pid, NODE_RANKS.get(node.name, len(NODE_RANKS) + 1))
+
+
+def collect_ends(
+    watcher: ExitWatcher,
+    nodes: Mapping[str, NodeProcess],
+    timeout_s: float,
+    link_check: Callable[[], None] | None,
+    links: dict[str, HelperExited],
+    ended: list[Ended],
+) -> None:
+    """Add to ``ended`` what ended within ``timeout_s``: the processes ``watcher`` saw end and a helper
+    ``link_check`` finds dead (``links`` keeps its error by label)."""
+    for end in watcher.wait(timeout_s):
+        owner = nodes.get(end.key)
+        # (a node collected elsewhere has its code in its Popen)
+        ended.append(replace(end, code=owner.popen.poll()) if owner and end.code is None else end)
+    if link_check is not None:
+        try:
+            link_check()
+        except HelperExited as exc:
+            links.setdefault(exc.label, exc)
+            if all(end.key != exc.label for end in ended):  # (one the watcher was not given)
+                ended.append(Ended(exc.label, exc.returncode, time.monotonic_ns()))
+
+
 def wait_for_test(
     test: NodeProcess,
     others: list[NodeProcess],
@@ -278,22 +310,9 @@ def wait_for_test(
     ended: list[Ended] = []
     links: dict[str, HelperExited] = {}
     with ExitWatcher() as watcher:
-        for label, pid in (helper_pids or {}).items():
-            watcher.add(label, pid, HELPER_RANK)
-        for node in nodes.values():
-            watcher.add(node.name, node.pid, NODE_RANKS.get(node.name, len(NODE_RANKS) + 1))
+        watch_run(watcher, nodes.values(), helper_pids or {})
         while True:
-            for end in watcher.wait(POLL_S):
-                owner = nodes.get(end.key)
-                # (a node collected elsewhere has its code in its Popen)
-                ended.append(replace(end, code=owner.popen.poll()) if owner and end.code is None else end)
-            if link_check is not None:
-                try:
-                    link_check()
-                except HelperExited as exc:
-                    links.setdefault(exc.label, exc)
-                    if all(end.key != exc.label for end in ended):  # (one the watcher was not given)
-                        ended.append(Ended(exc.label, exc.returncode, time.monotonic_ns()))
+            collect_ends(watcher, nodes, POLL_S, link_check, links, ended)
             if ended:
                 first = ended[0]
                 if first.key == test.name and first.code == 0:

@@ -1,7 +1,7 @@
 """The results file, built from the nodes' records, validated and written atomically.
 
-Data flows one way: the test node's records file (``contract.records``) → one ``run`` per repeat → the
-results file with the configuration, the environment and the aggregate across runs. The contract
+Data flows one way: the test node's records file (``contract.records``) → one typed ``Run`` per repeat →
+the ``Results`` of a point, with the configuration, the environment and the aggregate across runs. The contract
 (``contract.results``) defines the file -- its types, versions and the one validator; this module
 builds its documents from measurements. The statistics (means, nearest-rank percentiles, median/MAD,
 stability) come from ``reports.stats``; this module only decides which numbers go where.
@@ -20,9 +20,18 @@ from typing import Any, TypeVar
 from contract.atomic import write_json_atomic
 from contract.errors import SchemaError
 from contract.jsonfile import read_json
-from contract.names import CLOUD_PATH, EDGE_PATH, PROCEDURES, RESULTS_SCHEMA
+from contract.names import CLOUD_PATH, EDGE_PATH, PROCEDURES
 from contract.records import Records
-from contract.results import SUMMARY_FIELDS, Distribution, Resource, Results, Run, Summary
+from contract.results import (
+    SUMMARY_FIELDS,
+    Aggregate,
+    Distribution,
+    Resource,
+    Results,
+    ResultsConfig,
+    Run,
+    Summary,
+)
 from reports import stats
 
 from .errors import ConfigError, ResultsError
@@ -127,11 +136,6 @@ def _resource(values: Sequence[float]) -> Resource:
     return Resource(mean=stats.mean(values), max=float(max(values)), n=len(values))
 
 
-def resource_summary(values: Sequence[float]) -> dict[str, float | int | None]:
-    """``{"mean", "max", "n"}`` of the edge's sampled CPU % or RSS (None when nothing was sampled)."""
-    return _resource(values).to_json()
-
-
 def build_run(
     index: int,
     records: Records | Mapping[str, Any],
@@ -140,15 +144,22 @@ def build_run(
     rss_mib: Sequence[float],
     duration_s: float,
     calibration_ms: float | None,
+    host_other_percent: Sequence[float] | None = None,
+    in_window: bool | None = None,
     block: int | None = None,
     position: int | None = None,
-) -> dict[str, Any]:
-    """One ``runs[]`` entry of the results file, as the contract writes a run (``contract.results.Run``).
-    A study's run also carries its ``block`` (the reports pair points' runs by it) and its ``position``
-    in that block's random order."""
+) -> Run:
+    """One repeat as the contract types it (``contract.results.Run``), holding the test node's
+    per-sample records until the results are written (``harness.samples``).
+
+    ``cpu_percent``/``rss_mib``: the edge's samples; ``host_other_percent``: the CPU other programs used
+    meanwhile (None: not sampled); ``in_window``: whether those samples are of the measured phase alone
+    (None: not said). A study's run also carries its ``block`` (the reports pair points' runs by it) and
+    its ``position`` in that block's random order."""
     rec = read_records(records)
     figures = summarize_records(rec)
-    run = Run(
+    clock_check = rec.extra.get("clock_check")
+    return Run(
         index=index,
         summary=figures.summary,
         procedures_ms=figures.procedures_ms,
@@ -159,36 +170,30 @@ def build_run(
         duration_s=round(duration_s, 3),
         calibration_ms=calibration_ms,
         warmup_batches=rec.warmup_batches,
+        edge_resources_window=None if in_window is None else "measured-phase" if in_window else "whole-run",
+        host_other_cpu_percent=None if host_other_percent is None else _resource(host_other_percent),
         clock=rec.clock,
+        clock_check=clock_check if isinstance(clock_check, Mapping) else None,
         nodes=rec.nodes,
         block=block,
         position=position,
-        extra={"clock_check": rec.extra.get("clock_check")},
+        samples=rec.samples,
     )
-    return run.to_json()
 
 
-def clock_warnings(run: Mapping[str, Any]) -> list[str]:
-    """What the test node's clock check found wrong in one run (``nodes.timing.check_clocks``): a
-    procedure whose clock correction is uncertain, or drifted, by more than the bound. Empty when the
-    clocks are trusted, and for records written before the check existed."""
-    check = run.get("clock_check") or {}
-    return [str(w) for w in check.get("warnings", [])]
-
-
-def _figures(run: Mapping[str, Any]) -> dict[str, float | None]:
+def _figures(run: Run) -> dict[str, float | None]:
     """The numbers of one run that the aggregate summarises across runs."""
-    figures: dict[str, float | None] = {k: run["summary"].get(k) for k in SUMMARY_FIELDS}
-    figures["edge_cpu_percent_mean"] = run["edge_cpu_percent"].get("mean")
-    figures["edge_rss_mib_max"] = run["edge_rss_mib"].get("max")
+    figures: dict[str, float | None] = {k: run.summary.get(k) for k in SUMMARY_FIELDS}
+    figures["edge_cpu_percent_mean"] = run.edge_cpu_percent.mean
+    figures["edge_rss_mib_max"] = run.edge_rss_mib.max
     for p in PROCEDURES:
-        proc = run["procedures_ms"].get(p)
-        figures[f"procedure_{p}_mean_ms"] = proc["mean"] if proc else None
-    figures["calibration_ms"] = run.get("calibration_ms")
+        proc = run.procedures_ms.get(p)
+        figures[f"procedure_{p}_mean_ms"] = proc.mean if proc else None
+    figures["calibration_ms"] = run.calibration_ms
     return figures
 
 
-def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def aggregate_runs(runs: Sequence[Run]) -> dict[str, Aggregate | None]:
     """Median, MAD, extremes and the pyperf-style stability verdict of each figure across runs.
 
     A figure that is ``null`` in some runs (no sample exited there) is summarised over the others and
@@ -198,49 +203,51 @@ def aggregate_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not runs:
         raise ValueError("aggregate_runs() needs at least one run")
     per_run = [_figures(r) for r in runs]
-    out: dict[str, Any] = {}
+    out: dict[str, Aggregate | None] = {}
     for key in per_run[0]:
         values = [float(v) for f in per_run if (v := f.get(key)) is not None]
         if not values:
             out[key] = None
             continue
         agg = stats.aggregate(values)
-        if len(runs) == 1:
-            agg["unstable"], agg["unstable_reason"] = False, ""
-        out[key] = agg
+        judged = len(runs) > 1  # (one run has no spread to judge)
+        out[key] = Aggregate(
+            median=float(agg["median"]),
+            mad=float(agg["mad"]),
+            min=float(agg["min"]),
+            max=float(agg["max"]),
+            n=int(agg["n"]),
+            unstable=judged and bool(agg["unstable"]),
+            unstable_reason=str(agg["unstable_reason"]) if judged else "",
+        )
     return out
 
 
-def unstable_figures(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+def unstable_figures(results: Results) -> list[tuple[str, str]]:
     """``(figure, reason)`` for every aggregate figure flagged unstable."""
-    return [
-        (key, str(agg.get("unstable_reason", "")))
-        for key, agg in results.get("aggregate", {}).items()
-        if isinstance(agg, dict) and agg.get("unstable")
-    ]
+    return [(key, agg.unstable_reason) for key, agg in results.aggregate.items() if agg and agg.unstable]
 
 
 def build_results(
-    config: Mapping[str, Any],
+    config: ResultsConfig | Mapping[str, Any],
     environment: Mapping[str, Any],
-    runs: Sequence[Any],
-    discarded: Sequence[Any] = (),
-) -> dict[str, Any]:
-    """The complete results document (``contract.results.Results`` in the current version); raises
-    ``ResultsError`` if it would not validate. ``discarded``: attempts measured on a busy host and run
+    runs: Sequence[Run],
+    discarded: Sequence[Run] = (),
+) -> Results:
+    """The results of a point (``contract.results.Results``): the aggregate of ``runs`` beside them;
+    ``ResultsError`` if they would not validate. ``discarded``: attempts measured on a busy host and run
     again (``harness.busy``), kept apart from ``runs``, which alone the aggregate and every reader of
-    figures use."""
-    document = {
-        "schema": RESULTS_SCHEMA,
-        # (unless the caller says otherwise: the cloud ran on any CPU, the testbed did not report the
-        # congestion control)
-        "config": {"cloud_cpuset": None, "tcp_congestion_control": None, **config},
-        "environment": dict(environment),
-        "runs": list(runs),
-        "discarded_runs": list(discarded),
-        "aggregate": aggregate_runs(runs),
-    }
-    return as_results(document).to_json()
+    figures use. ``config`` given as a mapping is read by the contract, with the fields a caller need
+    not know of (the cloud's CPU set, the congestion control, the busy limit, a link schedule) null."""
+    if not isinstance(config, ResultsConfig):
+        defaults = {
+            name: None for name in ("cloud_cpuset", "tcp_congestion_control", "max_other_cpu_percent")
+        }
+        config = _read(ResultsConfig.from_json, {**defaults, "link_schedule": None, **config}, "the config")
+    try:
+        return Results(config, dict(environment), tuple(runs), aggregate_runs(runs), tuple(discarded))
+    except ValueError as exc:
+        raise ResultsError(f"the results would not validate: {exc}") from exc
 
 
 def as_results(data: object, source: str = "results") -> Results:
@@ -264,25 +271,22 @@ def validate_results(data: object, source: str = "results") -> None:
     as_results(data, source)
 
 
-def load_results(path: Path) -> dict[str, Any]:
-    """Read and validate a results file, as a document of the current version (an older file upgraded,
-    see ``contract.results``); every failure is a ``ResultsError`` naming the file."""
+def load_results(path: Path) -> Results:
+    """Read and validate a results file of any version the contract reads (an older one upgraded, see
+    ``contract.results``); every failure is a ``ResultsError`` naming the file."""
     try:
         data = read_json(path)
     except SchemaError as exc:
         raise ResultsError(f"results file {exc}") from exc
-    return as_results(data, str(path)).to_json()
+    return as_results(data, str(path))
 
 
-def write_results(
-    path: Path, results: Mapping[str, Any], *, earlier_samples: SampleTable | None = None
-) -> None:
-    """Validate, then write atomically: the runs' per-sample records first, beside it
-    (``harness.samples``; ``earlier_samples``: rows of runs whose columns are no longer in memory), then
-    the results file, which names them."""
-    document = as_results(results).to_json()
+def write_results(path: Path, results: Results, *, earlier_samples: SampleTable | None = None) -> None:
+    """Write atomically: the runs' per-sample records first, beside it (``harness.samples``;
+    ``earlier_samples``: rows of runs whose records are no longer in memory), then the results file,
+    which names them."""
     try:
-        write_json_atomic(path, externalize(path, document, earlier_samples))
+        write_json_atomic(path, externalize(path, results, earlier_samples).to_json())
     except OSError as exc:
         raise ResultsError(f"cannot write results file {path}: {exc.strerror or exc}") from exc
 
@@ -335,7 +339,7 @@ def _check_location(folder: Path, shown: str) -> None:
         )
 
 
-def write_results_fallback(failed: Path, results: Mapping[str, Any]) -> Path | None:
+def write_results_fallback(failed: Path, results: Results) -> Path | None:
     """Save results that could not be written to ``failed`` somewhere else; returns where, or None.
 
     Tried in order: the current directory, then the temporary directory, under ``failed``'s file name
@@ -343,21 +347,20 @@ def write_results_fallback(failed: Path, results: Mapping[str, Any]) -> Path | N
     last under a fresh unique name in the temporary directory. A run's results are never lost to a
     typo in ``--out`` or a disk that filled up during the run.
     """
-    document = as_results(results).to_json()
     name = failed.name if failed.suffix == ".json" else "results.json"
     for folder in (Path.cwd(), Path(tempfile.gettempdir())):
         candidate = folder / name
         if candidate.exists() or candidate.resolve() == Path(os.path.abspath(failed)).resolve():
             continue
         try:
-            write_json_atomic(candidate, externalize(candidate, document))
+            write_json_atomic(candidate, externalize(candidate, results).to_json())
         except OSError:
             continue
         return candidate
     try:
         fd, unique = tempfile.mkstemp(prefix="localexit-results-", suffix=".json")
         os.close(fd)
-        write_json_atomic(Path(unique), externalize(Path(unique), document))
+        write_json_atomic(Path(unique), externalize(Path(unique), results).to_json())
     except OSError:
         return None
     return Path(unique)

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -21,16 +22,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import models
 import netem
 from contract.errors import LocalExitError
+from contract.results import Results, Run
 from netem._proc import signals_deferred
 from netem.cleanup import make_log_dir
 from nodes.cli import NODE_ENV_DEFAULTS, env_defaults
+from nodes.records import EXIT_DECISIONS
 
 from . import busy
 from . import results as results_mod
@@ -42,7 +45,6 @@ from .errors import ConfigError, NodeFailure, PortInUseError, UnshapedError
 from .link_schedule import parse_schedule, scheduled, starting_point
 from .placement import CGROUP, NodePlacement, Placement, place
 from .processes import NodeProcess, ResourceSampler, wait_for_test
-from .samples import RECORDS_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ class Plan:
     cloud_cpus: frozenset[int] | None = None
     placement: Placement | None = None  # None: every node may use every CPU (as --placement shared)
     schedule: netem.LinkSchedule | None = None  # --link-schedule/--cpu-schedule, applied during each run
+    #: The checkpoint's model (name, class, spec, exits' feature shapes) and each node's device (name,
+    #: memory), recorded in the results' config.
+    model_info: dict[str, Any] = field(default_factory=dict)
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def node_exit(self) -> int:
@@ -90,7 +96,7 @@ class TestbedLike(Protocol):
 TestbedFactory = Callable[..., TestbedLike]
 
 #: Isolations in which every node has addresses of its own, so fixed ports never meet the host's programs.
-OWN_ADDRESSES = ("netns", "docker")
+OWN_ADDRESSES = ("netns", "docker", "hosts")
 
 
 def node_pid(tb: TestbedLike, node: NodeProcess) -> int:
@@ -98,6 +104,28 @@ def node_pid(tb: TestbedLike, node: NodeProcess) -> int:
     starts nodes through a client (a container's), the one its ``node_pid`` gives."""
     pid_of = getattr(tb, "node_pid", None)
     return node.pid if pid_of is None else int(pid_of(node.popen))
+
+
+def policy_argv(cfg: RunConfig) -> list[str]:
+    """The edge's exit-policy options for ``cfg`` (none for a fixed exit: its command line as before)."""
+    if cfg.exit_policy == "fixed":
+        return []
+    argv = ["--exit-policy", cfg.exit_policy]
+    if cfg.latency_slo_ms is not None:
+        argv += ["--latency-slo", repr(cfg.latency_slo_ms)]
+    if cfg.profile is not None:
+        argv += ["--profile", str(cfg.profile)]
+    if cfg.exit_policy == "oracle" and cfg.link_schedule is not None:
+        argv += ["--link-schedule", cfg.link_schedule]
+    return argv
+
+
+def model_argv(cfg: RunConfig, node: str) -> list[str]:
+    """The model options of the ``edge`` or ``cloud`` node: the user's model spec and the node's device
+    (none for the shipped models on the CPU: their command line as before)."""
+    argv = ["--model-spec", cfg.model_spec] if cfg.model_spec is not None else []
+    device = cfg.edge_device if node == "edge" else cfg.cloud_device
+    return argv + (["--device", device] if device != "cpu" else [])
 
 
 @dataclass(frozen=True)
@@ -111,6 +139,7 @@ class NodeCommands:
             self.python, "-m", "nodes.cloud",
             "--listen", hostport(host, port),
             "--checkpoint", str(plan.checkpoint), "--exit", str(plan.node_exit),
+            *model_argv(plan.config, "cloud"),
         ]  # fmt: skip
 
     def edge(
@@ -124,7 +153,7 @@ class NodeCommands:
         ]  # fmt: skip
         if threads is not None:
             argv += ["--threads", str(threads)]
-        return argv
+        return argv + policy_argv(plan.config) + model_argv(plan.config, "edge")
 
     def test(self, plan: Plan, edge: tuple[str, int], cloud: tuple[str, int], out: Path) -> list[str]:
         cfg = plan.config
@@ -233,11 +262,16 @@ def prepare(cfg: RunConfig) -> Plan:
     edge_cloud, limits = starting_point(schedule, edge_cloud, limits)
     cloud_cpus = parse_cloud_cpus(cfg)
     placement = plan_placement(cfg, limits, cloud_cpus)
-    from models.checkpoint import check_matches, default_checkpoint, load_checkpoint  # (imports torch)
+    from models.checkpoint import check_matches, default_checkpoint  # (imports torch)
+    from models.devices import describe_device, resolve_device
 
+    devices = {
+        node: describe_device(resolve_device(device, option=f"--{node}-device"))
+        for node, device in (("edge", cfg.edge_device), ("cloud", cfg.cloud_device))
+    }
     dataset = models.load_dataset(cfg.dataset, "test", cfg.data_dir)
     checkpoint = cfg.checkpoint or default_checkpoint(cfg.model, cfg.exit, cfg.dataset)
-    _model, meta = load_checkpoint(checkpoint)
+    model_info, meta = describe_model(checkpoint, cfg.model_spec)
     check_matches(meta, cfg.model, cfg.exit, cfg.dataset)
     size = len(dataset)
     if cfg.samples is not None and cfg.samples > size:
@@ -255,7 +289,32 @@ def prepare(cfg: RunConfig) -> Plan:
         cloud_cpus=placement.cloud.affinity,
         placement=placement,
         schedule=schedule,
+        model_info=model_info,
+        devices=devices,
     )
+
+
+def describe_model(checkpoint: Path, spec: str | None) -> tuple[dict[str, Any], Any]:
+    """Load ``checkpoint`` (checking that it splits at every exit) and describe its model for the
+    results: name, class, spec (None: the paper's CNN) and feature bytes per sample at each cut."""
+    from models.checkpoint import load_model
+    from models.protocol import class_path, feature_shapes, model_name
+
+    model, meta = load_model(checkpoint, spec)
+    shapes = feature_shapes(model)
+    info = {
+        "name": model_name(model),
+        "class": class_path(model),
+        "spec": meta.spec,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        # float32 features: what the edge–cloud link carries per unsure sample, by exit (0: the input)
+        "feature_bytes": {str(k): 4 * math.prod(shape) for k, shape in shapes.items()},
+    }
+    final = meta.extra.get("final")
+    if isinstance(final, dict) and isinstance(final.get("test_accuracy"), dict):
+        # each exit's accuracy on the whole test split, as its training measured it (no early exiting)
+        info["test_accuracy"] = dict(final["test_accuracy"])
+    return info, meta
 
 
 def requested_params(cfg: RunConfig) -> dict[str, dict[str, str]]:
@@ -549,9 +608,9 @@ def start_nodes(
     return StartedNodes(test=test, edge=edge, cloud=cloud)
 
 
-def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, attempt: int = 0) -> dict[str, Any]:
-    """One repeat (its ``attempt``-th try) with fresh node processes; returns the ``runs[]`` entry, which
-    holds the run's per-sample records (``sample_records``) until the results are written."""
+def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, attempt: int = 0) -> Run:
+    """One repeat (its ``attempt``-th try) with fresh node processes; the run holds its per-sample
+    records (``Run.samples``) until the results are written."""
     cfg = plan.config
     rundir = ctx.workdir / (f"run-{index}" if attempt == 0 else f"run-{index}-retry-{attempt}")
     rundir.mkdir(parents=True, exist_ok=True)
@@ -572,9 +631,14 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, attempt: 
         processes = (nodes.edge, nodes.cloud, nodes.test)
         pids = {node.name: node_pid(tb, node) for node in processes}
         others = [pid for node in processes if (pid := pids[node.name]) != node.pid]
-        sampler = stack.enter_context(ResourceSampler(pids["edge"], others=others))
+        # (a testbed of several hosts samples the edge on its own host)
+        make_sampler = getattr(tb, "resource_sampler", ResourceSampler)
+        sampler = stack.enter_context(make_sampler(pids["edge"], others=others))
         _wait_test(tb, nodes.test, [nodes.edge, nodes.cloud], cfg.run_timeout_s, schedule.check)
     duration = time.monotonic() - started
+    fetch = getattr(tb, "fetch_output", None)  # (a test node on another host wrote its records there)
+    if fetch is not None:
+        fetch("test", records_path)
     try:
         records = json.loads(records_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -582,7 +646,9 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, attempt: 
             "test", f"exited 0 but its records file {records_path} is unreadable: {exc}"
         ) from exc
     overall = records.get("overall", {}) if isinstance(records, dict) else {}
-    idx, in_window = sampler.window(int(overall.get("first_send_ns", 0)), int(overall.get("last_recv_ns", 0)))
+    window_of = getattr(sampler, "window_of", None)  # (samples on another host's clock: it finds the phase)
+    first, last = int(overall.get("first_send_ns", 0)), int(overall.get("last_recv_ns", 0))
+    idx, in_window = window_of(records) if window_of else sampler.window(first, last)
     if cfg.calibrate:
         # Best of before and after: the calibration is the machine's speed, not its momentary load.
         after = calibrate()
@@ -594,24 +660,25 @@ def run_once(plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, attempt: 
         rss_mib=[sampler.rss_mib[i] for i in idx],
         duration_s=duration,
         calibration_ms=calibration_ms,
+        host_other_percent=[sampler.host_other_percent[i] for i in idx],
+        # (samples inside the measured phase, by the shared monotonic clock, exclude start-up and warm-up)
+        in_window=in_window,
     )
-    # Samples inside the measured phase (by the shared monotonic clock) exclude start-up and warm-up.
-    run["edge_resources_window"] = "measured-phase" if in_window else "whole-run"
-    run["host_other_cpu_percent"] = results_mod.resource_summary([sampler.host_other_percent[i] for i in idx])
-    run[RECORDS_FIELD] = records.get("samples")
-    run.update(schedule.record(overall))
+    run = replace(run, link_schedule=schedule.record(overall))
+    if isinstance(records, dict) and EXIT_DECISIONS in records:  # (the exit each batch was cut at, and why)
+        run = replace(run, extra={**run.extra, EXIT_DECISIONS: records[EXIT_DECISIONS]})
     check_run_clocks(run, records_path, strict=cfg.strict_clocks)
     return run
 
 
-def check_run_clocks(run: dict[str, Any], records_path: Path, *, strict: bool) -> None:
+def check_run_clocks(run: Run, records_path: Path, *, strict: bool) -> None:
     """Warn about a run whose clock corrections the test node does not trust; with ``--strict-clocks``
     fail it. That is a failed measurement, not a mistake of the user: a ``NodeFailure`` of the node that
     measured it (exit code 1; a study records the run as failed and goes on), with the node logs and
     records kept."""
-    warnings = results_mod.clock_warnings(run)
+    warnings = run.clock_warnings
     for warning in warnings:
-        logger.warning("run %d: clocks: %s", run["index"], warning)
+        logger.warning("run %d: clocks: %s", run.index, warning)
     if strict and warnings:
         raise NodeFailure(
             "test",
@@ -620,7 +687,7 @@ def check_run_clocks(run: dict[str, Any], records_path: Path, *, strict: bool) -
         )
 
 
-def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def results_config(plan: Plan, tb: TestbedLike, runs: Sequence[Run]) -> dict[str, Any]:
     """The ``config`` block of the results file."""
     cfg = plan.config
     applied = {"edge_cloud": {}, "test_edge": {}, **{k: dict(v) for k, v in tb.applied.items()}}
@@ -642,7 +709,7 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
         "batch_size": cfg.batch_size,
         "dataset": cfg.dataset,
         "data_dir": str(cfg.data_dir) if cfg.data_dir else None,
-        "samples": runs[0]["summary"]["samples"],
+        "samples": runs[0].summary.samples,
         "samples_requested": plan.samples,
         "warmup_batches": cfg.warmup_batches,
         "inflight": cfg.inflight,
@@ -671,18 +738,23 @@ def results_config(plan: Plan, tb: TestbedLike, runs: list[dict[str, Any]]) -> d
         "isolation": tb.isolation,
         # the containers' runtime, image id and the edge's limits as read inside (a container testbed)
         **({"container": dict(c)} if (c := getattr(tb, "container", None)) else {}),
+        # where each node ran, each host's environment and how its end of the link was shaped (--hosts)
+        **({"hosts": dict(h)} if (h := getattr(tb, "hosts_record", None)) else {}),
         "node_env": node_envs,
         "placement": placed,
         "max_other_cpu_percent": cfg.max_other_cpu,
         "link_schedule": plan.schedule.to_json() if plan.schedule is not None else None,
         "busy_retries": cfg.busy_retries,
+        # the model the checkpoint holds (its spec: None for the paper's CNN) and where each node ran it
+        **({"model_info": dict(plan.model_info)} if plan.model_info else {}),
+        **({"devices": {k: dict(v) for k, v in plan.devices.items()}} if plan.devices else {}),
         "request": config_to_dict(cfg),
     }
 
 
 def run_until_quiet(
     plan: Plan, tb: TestbedLike, index: int, ctx: RunContext, notify: Callable[[str], None] | None = None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[Run, list[Run]]:
     """Run ``index`` again while other programs used more CPU than ``--max-other-cpu`` during it, up to
     ``--busy-retries`` times (``harness.busy``); returns the kept run and the discarded attempts."""
     cfg = plan.config
@@ -700,6 +772,20 @@ def new_prefix() -> str:
     return "lx" + secrets.token_hex(3)
 
 
+def testbed_config(plan: Plan, log_dir: Path, *, scheduled: bool = True) -> netem.TestbedConfig:
+    """The testbed of ``plan`` under a fresh prefix; ``log_dir`` takes the delay lines' and relays'
+    logs (kept with the nodes' after a failed run); ``scheduled``: with the plan's link schedule."""
+    return netem.TestbedConfig(
+        prefix=new_prefix(),
+        edge_cloud=plan.edge_cloud,
+        test_edge=plan.test_edge,
+        edge_limits=plan.edge_limits,
+        tcp_congestion_control=plan.config.tcp_cc,
+        log_dir=log_dir,
+        schedule=plan.schedule if scheduled else None,
+    )
+
+
 def run_experiment(
     cfg: RunConfig,
     *,
@@ -707,9 +793,9 @@ def run_experiment(
     commands: NodeCommands | None = None,
     workdir: Path | None = None,
     notify: Callable[[str], None] | None = None,
-    on_run: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Run ``cfg.repeat`` runs and return the validated results object (not yet written).
+    on_run: Callable[[Run], None] | None = None,
+) -> Results:
+    """Run ``cfg.repeat`` runs and return their results (validated, not yet written).
 
     ``notify`` receives notices meant for the user (isolation fallback, what is not applied).
     Logs of the nodes go to ``workdir`` (a temporary directory by default, removed after a complete or
@@ -729,17 +815,9 @@ def run_experiment(
                 work = make_log_dir()
         work.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(workdir=work, commands=commands or NodeCommands())
-        tb_config = netem.TestbedConfig(
-            prefix=new_prefix(),
-            edge_cloud=plan.edge_cloud,
-            test_edge=plan.test_edge,
-            edge_limits=plan.edge_limits,
-            tcp_congestion_control=cfg.tcp_cc,
-            log_dir=work,  # the delay lines' and relays' logs, kept with the nodes' after a failed run
-            schedule=plan.schedule,
-        )
-        runs: list[dict[str, Any]] = []
-        discarded: list[dict[str, Any]] = []
+        tb_config = testbed_config(plan, work)
+        runs: list[Run] = []
+        discarded: list[Run] = []
         with factory(tb_config, isolation=cfg.isolation) as tb:
             for notice in check_applied(cfg, tb):
                 if notify:

@@ -8,35 +8,32 @@ results file names with its SHA-256, so that every per-sample figure can be reco
 refused. Runs discarded as measured on a busy host are in it too, told apart by ``attempt`` and
 ``kept``.
 
-In memory each run carries its columns as ``sample_records`` (the records file's ``samples`` object);
-:func:`externalize`, called by ``harness.results.write_results``, moves them into the archive. A study
-rewrites a point's results file after each run, when only the new run's columns are in memory: it
-passes the rows of the runs written before, read back from the archive (:func:`earlier_rows`), and the
-archive is written again with every run so far.
+In memory each run carries its records as ``Run.samples`` (the records file's ``samples``);
+:func:`externalize`, called by ``harness.results.write_results``, moves them into the archive and names
+it in ``Results.samples_file``. A study rewrites a point's results file after each run, when only the
+new run's records are in memory: it passes the rows of the runs written before, read back from the
+archive (:func:`earlier_rows`), and the archive is written again with every run so far.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from contract.atomic import atomic_open
+from contract.errors import LocalExitError
 from contract.names import SAMPLES_SCHEMA
+from contract.results import Results, Run, SamplesFile, read_results
 from reports import stats
 
 from .errors import ResultsError
 
-#: A run's per-sample columns while the results are in memory (moved to the archive when written).
-RECORDS_FIELD = "sample_records"
-#: The results file's reference to its archive: ``{"path", "sha256", "schema", "rows"}``.
-FILE_FIELD = "samples_file"
 EXITS = ("edge", "cloud")
 
 
@@ -169,85 +166,82 @@ def samples_path(results_path: Path) -> Path:
     return path.with_name(f"{stem}.samples.npz")
 
 
-def table_of(results: Mapping[str, Any]) -> SampleTable | None:
-    """The in-memory per-sample columns of every run and discarded attempt, as one table (None: none)."""
-    tables = []
-    for kept, runs in ((True, results.get("runs") or []), (False, results.get("discarded_runs") or [])):
-        for run in runs:
-            columns = run.get(RECORDS_FIELD)
-            if isinstance(columns, Mapping):
-                tables.append(
-                    SampleTable.from_columns(
-                        columns, run=int(run["index"]), attempt=int(run.get("attempt", 0)), kept=kept
-                    )
-                )
+def _attempts(runs: Sequence[Run], discarded: Sequence[Run]) -> list[tuple[Run, bool]]:
+    return [(run, True) for run in runs] + [(run, False) for run in discarded]
+
+
+def table_of(results: Results) -> SampleTable | None:
+    """The in-memory per-sample records of every run and discarded attempt, as one table (None: none)."""
+    tables = [
+        SampleTable.from_columns(run.samples.to_json(), run=run.index, attempt=run.attempt, kept=kept)
+        for run, kept in _attempts(results.runs, results.discarded_runs)
+        if run.samples is not None
+    ]
     return SampleTable.concat(tables) if tables else None
 
 
-def attempts_of(results: Mapping[str, Any]) -> set[tuple[int, int, bool]]:
-    """``(run, attempt, kept)`` of every run and discarded attempt of ``results``, as the archive's
-    columns tell them apart."""
-    return {
-        (int(run["index"]), int(run.get("attempt", 0)), kept)
-        for kept, runs in ((True, results.get("runs") or []), (False, results.get("discarded_runs") or []))
-        for run in runs
-    }
+def attempts_of(runs: Sequence[Run], discarded: Sequence[Run] = ()) -> set[tuple[int, int, bool]]:
+    """``(run, attempt, kept)`` of every run and discarded attempt, as the archive's columns tell them
+    apart."""
+    return {(run.index, run.attempt, kept) for run, kept in _attempts(runs, discarded)}
 
 
-def earlier_rows(path: Path, results: Mapping[str, Any]) -> SampleTable | None:
-    """The archive rows of the runs and discarded attempts of ``results`` (what the results file at
-    ``path`` holds and is to hold again), read back from the archive that file names, for
-    :func:`externalize` to write again beside the new ones; None when it holds no run. A missing or
-    foreign archive raises ``ResultsError``."""
-    attempts = attempts_of(results)
+def earlier_rows(path: Path, runs: Sequence[Run], discarded: Sequence[Run] = ()) -> SampleTable | None:
+    """The archive rows of ``runs`` and the ``discarded`` attempts (what the results file at ``path``
+    holds and is to hold again), read back from the archive that file names, for :func:`externalize` to
+    write again beside the new ones; None when there is no run. A missing or foreign archive raises
+    ``ResultsError``."""
+    attempts = attempts_of(runs, discarded)
     if not attempts:
         return None
     return load_samples(path).of_attempts(attempts)
 
 
-def externalize(path: Path, results: Mapping[str, Any], earlier: SampleTable | None = None) -> dict[str, Any]:
-    """Write the runs' per-sample columns to the archive beside ``path`` (atomically) and return the
-    results to write at ``path``: without the columns, naming the archive and its SHA-256.
+def externalize(path: Path, results: Results, earlier: SampleTable | None = None) -> Results:
+    """Write the runs' per-sample records to the archive beside ``path`` (atomically) and return the
+    results to write at ``path``: without the records, naming the archive and its SHA-256.
 
-    ``earlier``: rows of runs whose columns are no longer in memory (:func:`earlier_rows`), written
+    ``earlier``: rows of runs whose records are no longer in memory (:func:`earlier_rows`), written
     first. The archive is written before the results file, so a results file never names one that is
     not there; a results file whose write then fails leaves an archive that no results file names.
-    Results without columns (read back from a file) and no ``earlier`` rows are returned as they are.
+    Results without records (read back from a file) and no ``earlier`` rows are returned as they are.
     """
     tables = [t for t in (earlier, table_of(results)) if t is not None]
     if not tables:
-        return dict(results)
+        return results
     table = SampleTable.concat(tables)
     data = table.to_bytes()
     archive = samples_path(path)
     with atomic_open(archive, "wb") as fh:
         fh.write(data)
-    out = dict(results)
-    for key in ("runs", "discarded_runs"):
-        if key in out:
-            out[key] = [{k: v for k, v in run.items() if k != RECORDS_FIELD} for run in out[key]]
-    out[FILE_FIELD] = {
-        "path": archive.name,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "schema": SAMPLES_SCHEMA,
-        "rows": len(table),
-    }
-    return out
+    return replace(
+        results,
+        runs=tuple(without_samples(run) for run in results.runs),
+        discarded_runs=tuple(without_samples(run) for run in results.discarded_runs),
+        samples_file=SamplesFile(
+            path=archive.name, sha256=hashlib.sha256(data).hexdigest(), schema=SAMPLES_SCHEMA, rows=len(table)
+        ),
+    )
 
 
-def load_samples(results_path: Path, results: Mapping[str, Any] | None = None) -> SampleTable:
+def without_samples(run: Run) -> Run:
+    """``run`` without its per-sample records (once they are in the archive)."""
+    return run if run.samples is None else replace(run, samples=None)
+
+
+def load_samples(results_path: Path, results: Results | None = None) -> SampleTable:
     """The per-sample table of the results file at ``results_path`` (``results``: its content, if read
     already); ``ResultsError`` when it names none, or the archive is missing or not the one it names."""
     path = Path(results_path)
     if results is None:
         try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            results = read_results(path)
+        except (OSError, LocalExitError) as exc:
             raise ResultsError(f"cannot read results file {path}: {exc}") from exc
-    ref = results.get(FILE_FIELD) if isinstance(results, Mapping) else None
-    if not isinstance(ref, Mapping) or not isinstance(ref.get("path"), str):
+    ref = results.samples_file
+    if ref is None:
         raise ResultsError(f"{path} names no per-sample file (written before the harness kept them?)")
-    archive = path.parent / ref["path"]
+    archive = path.parent / ref.path
     try:
         data = archive.read_bytes()
     except OSError as exc:
@@ -255,9 +249,9 @@ def load_samples(results_path: Path, results: Mapping[str, Any] | None = None) -
             f"the per-sample file of {path}, {archive}, cannot be read: {exc.strerror}"
         ) from exc
     digest = hashlib.sha256(data).hexdigest()
-    if digest != ref.get("sha256"):
+    if digest != ref.sha256:
         raise ResultsError(
             f"{archive} is not the per-sample file {path} was written with (SHA-256 {digest[:12]}…, the "
-            f"results file names {str(ref.get('sha256'))[:12]}…)"
+            f"results file names {ref.sha256[:12]}…)"
         )
     return SampleTable.from_bytes(data, str(archive))

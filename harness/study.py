@@ -32,7 +32,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,18 +41,13 @@ from tqdm import tqdm
 
 from contract.atomic import write_json_atomic
 from contract.names import STUDY_SCHEMA
+from contract.results import Run
 
 from . import busy
 from .config import RunConfig, config_from_dict, config_to_dict
 from .errors import ConfigError, NodeFailure, ResultsError
-from .results import (
-    build_results,
-    build_run,
-    load_results,
-    resource_summary,
-    write_results,
-)
-from .samples import RECORDS_FIELD, SampleTable, earlier_rows
+from .results import build_results, build_run, load_results, write_results
+from .samples import SampleTable, earlier_rows, without_samples
 from .sweep import MANIFEST_NAME, SweepSpec, exclusive, point_path
 
 if TYPE_CHECKING:
@@ -122,9 +117,9 @@ class Recorded:
     """What a point's results file already holds for a study: its runs, the attempts of those runs
     discarded as measured on a busy host (``harness.busy``), and the blocks the runs ran in."""
 
-    runs: tuple[dict[str, Any], ...] = ()
+    runs: tuple[Run, ...] = ()
     blocks: frozenset[int] = frozenset()
-    discarded: tuple[dict[str, Any], ...] = ()
+    discarded: tuple[Run, ...] = ()
 
 
 def recorded_runs(path: Path, cfg: RunConfig, spec: SweepSpec) -> Recorded:
@@ -143,24 +138,22 @@ def recorded_runs(path: Path, cfg: RunConfig, spec: SweepSpec) -> Recorded:
     except ResultsError as exc:
         logger.warning("%s does not count: %s", path.name, exc)
         return Recorded()
-    request = data["config"].get("request")
+    request = data.config.request
     try:  # (read back through RunConfig, so that an option added since takes its default)
         stored = config_to_dict(config_from_dict(request)) if isinstance(request, dict) else None
     except ValueError:
         return Recorded()
     if stored != config_to_dict(cfg):
         return Recorded()
-    runs = tuple(data["runs"])
-    discarded = tuple(data["discarded_runs"])
-    study = data["config"].get("study")
-    if study is None and all(run.get("block") is None for run in runs):
+    runs, discarded, study = data.runs, data.discarded_runs, data.config.study
+    if study is None and not data.blocked:
         return Recorded(runs, frozenset(range(spec.base.repeat)), discarded)
     if not _same_study(study, spec):
         return Recorded()
-    kept = tuple(run for run in runs if isinstance(run.get("block"), int) and 0 <= run["block"] < cfg.repeat)
-    indices = {run["index"] for run in kept}
-    thrown = tuple(run for run in discarded if run["index"] in indices)
-    return Recorded(kept, frozenset(run["block"] for run in kept), thrown)
+    kept = tuple(run for run in runs if run.block is not None and run.block < cfg.repeat)
+    indices = {run.index for run in kept}
+    thrown = tuple(run for run in discarded if run.index in indices)
+    return Recorded(kept, frozenset(run.block for run in kept if run.block is not None), thrown)
 
 
 @dataclass
@@ -288,7 +281,7 @@ class StudyOutcome:
 
 
 #: Called after each run with its slot and its ``runs[]`` entry (progress, tests).
-OnRun = Callable[[Slot, dict[str, Any]], None]
+OnRun = Callable[[Slot, Run], None]
 
 
 def run_study(
@@ -383,11 +376,11 @@ def _run(
                 assert bed is not None  # (the bed of the run just measured)
                 config = {**results_config(plan, bed.testbed, [*point_runs, run]), "study": study}
                 results = build_results(config, environment, [*point_runs, run], [*point_discarded, *thrown])
-                earlier = _earlier_samples(path, {"runs": point_runs, "discarded_runs": point_discarded})
+                earlier = _earlier_samples(path, point_runs, point_discarded)
                 write_results(path, results, earlier_samples=earlier)
                 # (the per-sample columns are in the archive now: a study's memory holds none of them)
-                point_runs.append(_without_samples(run))
-                point_discarded += [_without_samples(attempt) for attempt in thrown]
+                point_runs.append(without_samples(run))
+                point_discarded += [without_samples(attempt) for attempt in thrown]
                 state.mark(slot, "done")
                 outcome.done += 1
                 if on_run is not None:
@@ -415,7 +408,7 @@ def _run(
 
 def _measure(
     beds: _Beds, plan: Plan, slot: Slot, index: int, calibration_ms: float | None, attempt: int
-) -> dict[str, Any]:
+) -> Run:
     """Attempt ``attempt`` of ``slot``'s run, on the bed of its link: its ``runs[]`` entry with the
     samples' columns, its clocks checked as ``run`` checks them (``--strict-clocks`` fails the run)."""
     from .runner import check_run_clocks
@@ -435,27 +428,22 @@ def _measure(
         rss_mib=measured.rss_mib,
         duration_s=measured.duration_s,
         calibration_ms=calibration_ms,
+        host_other_percent=measured.host_other_percent,
+        in_window=measured.in_window,
         block=slot.block,
         position=slot.position,
     )
-    run["edge_resources_window"] = "measured-phase" if measured.in_window else "whole-run"
-    run["host_other_cpu_percent"] = resource_summary(measured.host_other_percent)
-    run[RECORDS_FIELD] = measured.records.get("samples")
     check_run_clocks(run, records_path, strict=plan.config.strict_clocks)  # (its records kept if it fails)
     records_path.unlink()  # (a records file is MiBs; the run holds what it needs of it)
     return run
 
 
-def _without_samples(run: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in run.items() if key != RECORDS_FIELD}
-
-
-def _earlier_samples(path: Path, earlier: Mapping[str, Any]) -> SampleTable | None:
-    """The archive rows of the runs ``earlier`` (a point's results so far, as its file holds them),
+def _earlier_samples(path: Path, runs: Sequence[Run], discarded: Sequence[Run]) -> SampleTable | None:
+    """The archive rows of ``runs`` and ``discarded`` (a point's results so far, as its file holds them),
     to be written again with a new run's; a point's file whose archive is gone or not its own keeps
     its runs, and its archive holds the new runs only from then on."""
     try:
-        return earlier_rows(path, earlier)
+        return earlier_rows(path, runs, discarded)
     except ResultsError as exc:
         logger.warning("%s: the per-sample records of its earlier runs are lost: %s", path.name, exc)
         return None

@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.names import LOCAL_EXITS, STUDY_MANIFEST_NAME
+from contract.names import LOCAL_EXIT_KINDS, LOCAL_EXITS, MODEL_KINDS, STUDY_MANIFEST_NAME
+from contract.rules import check_model_exit
 
 from .config import LinkOptions, RunConfig
 from .errors import ConfigError
@@ -39,11 +40,10 @@ class SweepSpec:
     def __post_init__(self) -> None:
         if not self.models or not self.thresholds or not self.links:
             raise ValueError("a sweep needs at least one model, threshold and link")
-        if any(m in ("sem", "mem") for m in self.models) and not self.exits:
-            raise ValueError("sem and mem need at least one exit (--exits)")
-        bad = [k for k in self.exits if k not in LOCAL_EXITS]
-        if bad:
-            raise ValueError(f"exits {bad} are out of range 1..{LOCAL_EXITS[-1]}")
+        for model in self.models:
+            if model not in MODEL_KINDS or model in LOCAL_EXIT_KINDS:  # (standard: the exits do not apply)
+                for exit_ in self.exits or (None,):
+                    check_model_exit(model, exit_)
 
     def points(self) -> list[RunConfig]:
         """Every point as a full ``RunConfig``; ``standard`` has no exit and one point per link."""
@@ -67,7 +67,7 @@ class SweepSpec:
         """The paper's grid: SEM-1…8 and MEM at exits 1…8, T ∈ {0.1, 0.3, 0.5, 0.8}."""
         return cls(
             base,
-            ("sem", "mem"),
+            LOCAL_EXIT_KINDS,
             LOCAL_EXITS,
             PAPER_THRESHOLDS,
             tuple(links or (base.edge_cloud,)),

@@ -1,7 +1,9 @@
 """Checkpoints that load without executing code, and the shipped zoo.
 
-A checkpoint is a ``torch.save`` of plain data only — format tag, model config, dataset, training
-metadata and the state dict — so :func:`load_checkpoint` can use ``torch.load(weights_only=True)``.
+A checkpoint is a ``torch.save`` of plain data only — format tag, the class that built the model, its
+config (the paper's CNN) or its factory's spec and input (any other multi-exit model), dataset, training
+metadata and the state dict — so :func:`load_model` can use ``torch.load(weights_only=True)``. Every
+load checks that the model splits at each of its exits into parts that give its own output.
 """
 
 from __future__ import annotations
@@ -14,37 +16,88 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from contract.atomic import atomic_open
 from contract.names import CHECKPOINT_FORMAT, DEFAULT_DATASET
 from models.cnn import ModelConfig, MultiExitCNN, build_model
-from models.errors import CheckpointError
+from models.errors import CheckpointError, ModelError
+from models.protocol import (
+    BUILTIN_SPECS,
+    InputSpec,
+    MultiExitModel,
+    SpecConfig,
+    build_from_spec,
+    check_model,
+    check_partition,
+    class_path,
+    model_name,
+)
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+#: The shipped checkpoints of models other than the paper's CNN (``models.torchvision_exits``), one folder
+#: per dataset: apart from the CNN's, whose folder holds the paper's grid of models and training logs.
+ARCHITECTURES_DIR = ZOO_DIR / "architectures"
 
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    """What a checkpoint says about itself."""
+    """What a checkpoint says about itself. ``config`` is the paper CNN's :class:`ModelConfig`, or for a
+    model built by a factory (``--model-spec``) its :class:`SpecConfig` (spec, class, input, exits)."""
 
     path: Path
-    config: ModelConfig
+    config: ModelConfig | SpecConfig
     dataset: str
     sha256: str
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def spec(self) -> str | None:
+        """The factory that built the model (None: the paper's CNN)."""
+        return self.config.spec if isinstance(self.config, SpecConfig) else None
+
+    @property
+    def input(self) -> InputSpec:
+        """The input the model takes."""
+        cfg = self.config
+        if isinstance(cfg, SpecConfig):
+            return cfg.input
+        return InputSpec(cfg.in_channels, cfg.image_size, cfg.num_classes, cfg.input_mean, cfg.input_std)
+
 
 def save_checkpoint(
-    model: MultiExitCNN, path: str | Path, *, dataset: str, extra: dict[str, Any] | None = None
+    model: nn.Module,
+    path: str | Path,
+    *,
+    dataset: str,
+    extra: dict[str, Any] | None = None,
+    spec: str | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically (temp file + rename). ``extra`` must be plain JSON-like data."""
+    """Write ``model`` to ``path`` atomically (temp file + rename). ``extra`` must be plain JSON-like data.
+
+    ``model`` is the paper's CNN, or (with ``spec``, the factory that built it) any
+    :class:`~models.protocol.MultiExitModel`. The class that built it is recorded either way.
+    """
     path = Path(path)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": model.config.to_dict(),
+    payload: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model_class": class_path(model)}
+    if spec is None:
+        if not isinstance(model, MultiExitCNN):
+            raise ModelError(f"a {type(model).__name__} is saved with the spec of the factory that built it")
+        payload["config"] = model.config.to_dict()
+    else:
+        built = check_model(model)
+        payload["model"] = SpecConfig(
+            spec=spec,
+            model_class=class_path(model),
+            input=built.input_spec,
+            local_exits=tuple(built.exit_heads),
+            num_stages=len(built.stages),
+            name=model_name(model),
+        ).to_dict()
+    payload |= {
         "dataset": dataset,
         "extra": dict(extra or {}),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -55,8 +108,69 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> tuple[MultiExitCNN, CheckpointMeta]:
-    """Load a checkpoint into a model in eval mode; raises :class:`CheckpointError` with the reason."""
-    path = Path(path)
+    """Load a checkpoint of the paper's CNN into a model in eval mode; raises :class:`CheckpointError`
+    with the reason (also for a checkpoint of another model: :func:`load_model` loads any)."""
+    model, meta = _load(Path(path), None, cnn_only=True)
+    assert isinstance(model, MultiExitCNN)
+    return model, meta
+
+
+def load_model(path: str | Path, spec: str | None = None) -> tuple[MultiExitModel, CheckpointMeta]:
+    """Load any multi-exit model's checkpoint in eval mode, on the CPU, with its partition checked.
+
+    A checkpoint of a model built by a factory names the factory; it is imported only when it is one of
+    :data:`~models.protocol.BUILTIN_SPECS` or the user gave the same ``spec`` (``--model-spec``): a file
+    never makes us import code. Raises :class:`CheckpointError` (the file) or :class:`ModelError` (the
+    spec, the model it builds, a partition that does not give the model's output).
+    """
+    return _load(Path(path), spec)
+
+
+def _load(path: Path, spec: str | None, *, cnn_only: bool = False) -> tuple[MultiExitModel, CheckpointMeta]:
+    blob, payload = _read(path)
+    recorded = payload.get("model")
+    if cnn_only and recorded is not None:
+        what = (
+            f"{recorded.get('name')} model built by {recorded.get('spec')}"
+            if isinstance(recorded, dict)
+            else "other model"
+        )
+        raise CheckpointError(f"{path} holds a {what}, not the paper's CNN")
+    try:
+        if recorded is None:
+            if spec is not None:
+                raise CheckpointError(
+                    f"{path} holds the paper's CNN, not a model built by {spec}: drop --model-spec"
+                )
+            cnn_config = ModelConfig.from_dict(payload["config"])
+            config: ModelConfig | SpecConfig = cnn_config
+            model: nn.Module = build_model(cnn_config)
+        else:
+            config = SpecConfig.from_dict(recorded)
+            if spec is None and config.spec not in BUILTIN_SPECS:
+                raise CheckpointError(
+                    f"{path} holds a model built by {config.spec}: pass --model-spec {config.spec} to load it "
+                    "(a checkpoint never makes the harness import code by itself)"
+                )
+            if spec is not None and spec != config.spec:
+                raise CheckpointError(f"{path} holds a model built by {config.spec}, not by {spec}")
+            model = cast(nn.Module, build_from_spec(config.spec, config.input))
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the weights do not match the stored model config: {exc}") from exc
+    check_partition(model)  # type: ignore[arg-type]  # (eval mode, as the nodes run it)
+    meta = CheckpointMeta(
+        path=path,
+        config=config,
+        dataset=str(payload.get("dataset", "")),
+        sha256=hashlib.sha256(blob).hexdigest(),
+        extra=dict(payload.get("extra") or {}),
+    )
+    return model, meta  # type: ignore[return-value]
+
+
+def _read(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The file's bytes and its payload of plain data."""
     try:
         blob = path.read_bytes()
     except FileNotFoundError as exc:
@@ -76,21 +190,7 @@ def load_checkpoint(path: str | Path) -> tuple[MultiExitCNN, CheckpointMeta]:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise _invalid(path, f"its format is {got!r}, not {CHECKPOINT_FORMAT!r}")
-    try:
-        config = ModelConfig.from_dict(payload["config"])
-        model = build_model(config)
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: the weights do not match the stored model config: {exc}") from exc
-    model.eval()
-    meta = CheckpointMeta(
-        path=path,
-        config=config,
-        dataset=str(payload.get("dataset", "")),
-        sha256=hashlib.sha256(blob).hexdigest(),
-        extra=dict(payload.get("extra") or {}),
-    )
-    return model, meta
+    return blob, payload
 
 
 def _invalid(path: Path, reason: str) -> CheckpointError:

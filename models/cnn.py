@@ -10,6 +10,7 @@ One file for the whole model family, as nanoGPT does: a frozen config and the mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from contract.names import CLOUD, LOCAL_EXITS, MODEL_KINDS, NUM_BLOCKS, ModelKind
 from contract.rules import check_model_exit
 from models.errors import ModelError
+from models.protocol import InputSpec
 
 # Default profile, chosen for small CPU machines: one Fashion-MNIST epoch (60 000 images, batch 128, all
 # nine exits of a MEM trained) must stay under about 2 minutes on 2 cores (docs/design-notes.md has
@@ -136,7 +138,10 @@ class ExitHead(nn.Sequential):
 
 
 class MultiExitCNN(nn.Module):
-    """Nine conv blocks with exit heads after the blocks of ``config.local_exits`` and a cloud head."""
+    """Nine conv blocks with exit heads after the blocks of ``config.local_exits`` and a cloud head.
+
+    A :class:`models.protocol.MultiExitModel`: its stages are the blocks, its final head the cloud head.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -159,6 +164,30 @@ class MultiExitCNN(nn.Module):
                 out[str(k)] = self.heads[str(k)](x)
         out[CLOUD] = self.cloud_head(x)
         return out
+
+    # -- models.protocol.MultiExitModel --------------------------------------------------------------
+    @property
+    def stages(self) -> Sequence[nn.Module]:
+        return list(self.blocks)
+
+    @property
+    def exit_heads(self) -> dict[int, nn.Module]:
+        return {int(k): head for k, head in self.heads.items()}
+
+    @property
+    def final_head(self) -> nn.Module:
+        return self.cloud_head
+
+    @property
+    def input_spec(self) -> InputSpec:
+        cfg = self.config
+        return InputSpec(
+            channels=cfg.in_channels,
+            size=cfg.image_size,
+            num_classes=cfg.num_classes,
+            mean=cfg.input_mean,
+            std=cfg.input_std,
+        )
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 images (N, C, H, W) → float32 model input, with the config's mean and std."""

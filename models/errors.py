@@ -15,3 +15,7 @@ class DatasetError(ModelError):
 
 class CheckpointError(ModelError):
     """A checkpoint is missing, corrupt or does not match what was asked for."""
+
+
+class DeviceError(ModelError):
+    """A device (``cuda``, ``cuda:N``) this machine does not have, or a device name that means none."""

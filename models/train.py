@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,20 @@ from contract.names import CLOUD, DATASETS, DEFAULT_DATASET, LOCAL_EXITS, MODEL_
 from models.checkpoint import save_checkpoint, zoo_name
 from models.cnn import ModelConfig, MultiExitCNN, build_model
 from models.datasets import ImageDataset, download_cifar10, load_dataset
+from models.devices import describe_device, resolve_device
 from models.errors import ModelError
+from models.options import check_device_name
+from models.protocol import (
+    InputSpec,
+    MultiExitModel,
+    build_from_spec,
+    class_path,
+    kind_of,
+    local_exits,
+    model_device,
+    model_name,
+    resolve_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +66,10 @@ class TrainConfig:
     augment: bool = True
     threads: int | None = None
     max_train_samples: int | None = None
+    device: str = "cpu"  # cpu, cuda or cuda:N (models.devices)
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be ≥ 1")
         if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0):
@@ -104,15 +119,31 @@ def _seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _exit_keys(model: MultiExitModel) -> tuple[str, ...]:
+    return (*(str(k) for k in local_exits(model)), CLOUD)
+
+
+def _batch(
+    model: MultiExitModel, data: ImageDataset, idx: Any, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """A batch on ``device``: the uint8 images and labels move once, then the images are normalized there
+    (as the edge does)."""
+    images = torch.from_numpy(np.ascontiguousarray(data.images[idx])).to(device, non_blocking=True)
+    labels = torch.from_numpy(np.ascontiguousarray(data.labels[idx])).to(device, non_blocking=True)
+    return model.input_spec.normalize(images), labels
+
+
 @torch.inference_mode()
-def evaluate(model: MultiExitCNN, data: ImageDataset, batch_size: int = 500) -> dict[str, float]:
-    """Accuracy of every exit on ``data`` (no early exiting: every sample is classified at every exit)."""
+def evaluate(model: MultiExitModel, data: ImageDataset, batch_size: int = 500) -> dict[str, float]:
+    """Accuracy of every exit on ``data`` (no early exiting: every sample is classified at every exit),
+    computed on the device the model is on."""
+    assert isinstance(model, nn.Module)
     was_training = model.training
     model.eval()
-    correct = dict.fromkeys(model.config.exit_keys, 0)
+    device = model_device(model)
+    correct = dict.fromkeys(_exit_keys(model), 0)
     for start in range(0, len(data), batch_size):
-        x = data.normalize(data.images[start : start + batch_size])
-        y = torch.from_numpy(data.labels[start : start + batch_size])
+        x, y = _batch(model, data, slice(start, start + batch_size), device)
         for key, logits in model(x).items():
             correct[key] += int((logits.argmax(1) == y).sum())
     model.train(was_training)
@@ -122,7 +153,7 @@ def evaluate(model: MultiExitCNN, data: ImageDataset, batch_size: int = 500) -> 
 def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
     """Random horizontal flips, one coin per sample (cheap and label-preserving for these datasets)."""
     flip = torch.rand(x.shape[0], generator=gen) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
 
 
 def train(
@@ -133,12 +164,66 @@ def train(
     *,
     progress: bool = True,
 ) -> tuple[MultiExitCNN, dict[str, Any]]:
-    """Train a model; returns it with its training log (schema ``localexit-trainlog/1``)."""
+    """Train the paper's CNN; returns it with its training log (schema ``localexit-trainlog/1``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     gen = _seed_everything(cfg.seed)
     model = build_model(model_config)
-    weights = parse_loss_weights(cfg.loss_weights, model_config.exit_keys)
+    info = {
+        "kind": model_config.kind,
+        "exit": model_config.exit,
+        "name": model_config.name,
+        "widths": list(model_config.widths),
+        "pool_after": list(model_config.pool_after),
+    }
+    return fit(model, info, train_data, test_data, cfg, gen, progress=progress)  # type: ignore[return-value]
+
+
+def train_spec(
+    spec: str, train_data: ImageDataset, test_data: ImageDataset, cfg: TrainConfig, *, progress: bool = True
+) -> tuple[MultiExitModel, dict[str, Any]]:
+    """Train the model the factory ``spec`` builds for ``train_data``'s input; returns it with its log."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    gen = _seed_everything(cfg.seed)
+    model = build_from_spec(spec, input_spec_of(train_data))
+    exits = local_exits(model)
+    info = {
+        "kind": kind_of(exits),
+        "exit": exits[0] if len(exits) == 1 else None,
+        "name": model_name(model),
+        "spec": spec,
+        "model_class": class_path(model),
+        "local_exits": list(exits),
+        "parameters": sum(p.numel() for p in cast(nn.Module, model).parameters()),
+    }
+    return fit(model, info, train_data, test_data, cfg, gen, progress=progress)
+
+
+def input_spec_of(data: ImageDataset) -> InputSpec:
+    """The input a model for ``data`` takes (its images' shape, its classes, its normalization)."""
+    mean, std = data.mean_std
+    return InputSpec(data.channels, data.image_size, data.num_classes, mean, std)
+
+
+def fit(
+    model: MultiExitModel,
+    model_info: dict[str, Any],
+    train_data: ImageDataset,
+    test_data: ImageDataset,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    *,
+    progress: bool = True,
+) -> tuple[MultiExitModel, dict[str, Any]]:
+    """The joint-loss training loop of any multi-exit model (``gen``: the seeded shuffling and flips).
+    Returns the model, back on the CPU and in eval mode, and its training log."""
+    assert isinstance(model, nn.Module)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    exit_keys = _exit_keys(model)
+    name = str(model_info["name"])
+    weights = parse_loss_weights(cfg.loss_weights, exit_keys)
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
     )
@@ -150,13 +235,7 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     trainlog: dict[str, Any] = {
         "schema": TRAINLOG_SCHEMA,
-        "model": {
-            "kind": model_config.kind,
-            "exit": model_config.exit,
-            "name": model_config.name,
-            "widths": list(model_config.widths),
-            "pool_after": list(model_config.pool_after),
-        },
+        "model": model_info,
         "dataset": train_data.name,
         "seed": cfg.seed,
         "loss_weights": weights,
@@ -174,6 +253,7 @@ def train(
         "train_samples": n,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": describe_device(device),
         "epochs": [],
     }
     from tqdm import tqdm
@@ -183,10 +263,10 @@ def train(
         t0 = time.perf_counter()
         order = torch.randperm(len(train_data), generator=gen)[:n].numpy()
         total_loss = 0.0
-        correct = dict.fromkeys(model_config.exit_keys, 0)
+        correct = dict.fromkeys(exit_keys, 0)
         bar = tqdm(
             range(steps_per_epoch),
-            desc=f"{model_config.name} epoch {epoch}/{cfg.epochs}",
+            desc=f"{name} epoch {epoch}/{cfg.epochs}",
             disable=not progress,
             leave=False,
             file=sys.stderr,
@@ -194,12 +274,13 @@ def train(
         )
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = train_data.normalize(train_data.images[idx])
+            x, y = _batch(model, train_data, idx, device)
             if cfg.augment:
                 x = _augment(x, gen)
-            y = torch.from_numpy(train_data.labels[idx])
             outputs = model(x)
-            loss = sum((weights[k] * loss_fn(v, y) for k, v in outputs.items()), torch.zeros(()))
+            loss = sum(
+                (weights[k] * loss_fn(v, y) for k, v in outputs.items()), torch.zeros((), device=device)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -223,7 +304,7 @@ def train(
         trainlog["epochs"].append(record)
         log.info(
             "%s epoch %d: loss %.4f, cloud train %.4f test %.4f (%.0f s)",
-            model_config.name,
+            name,
             epoch,
             record["loss"],
             train_acc[CLOUD],
@@ -234,12 +315,12 @@ def train(
         "train_accuracy": evaluate(model, train_data if n == len(train_data) else train_data.subset(n)),
         "test_accuracy": trainlog["epochs"][-1]["test_accuracy"],
     }
-    model.eval()
+    model.to("cpu").eval()
     return model, trainlog
 
 
 def train_and_save(
-    kind: str,
+    kind: str | None,
     exit: int | None,
     dataset: str,
     data_dir: Path | None,
@@ -247,10 +328,18 @@ def train_and_save(
     out: Path,
     *,
     progress: bool = True,
+    spec: str | None = None,
 ) -> dict[str, Any]:
-    """Train one model and write ``out`` (checkpoint) and ``out`` with ``.train.json`` (training log)."""
+    """Train one model -- the paper's CNN of ``kind`` and ``exit``, or the one the factory ``spec``
+    builds -- and write ``out`` (checkpoint) and ``out`` with ``.train.json`` (training log)."""
     train_data = load_dataset(dataset, "train", data_dir)
     test_data = load_dataset(dataset, "test", data_dir)
+    if spec is not None:
+        spec_model, trainlog = train_spec(spec, train_data, test_data, cfg, progress=progress)
+        save_checkpoint(spec_model, out, dataset=dataset, extra=_checkpoint_extra(cfg, trainlog), spec=spec)  # type: ignore[arg-type]
+        write_json_atomic(out.with_suffix(".train.json"), trainlog, allow_nan=True)
+        return trainlog
+    assert kind is not None
     mean, std = train_data.mean_std
     model_config = ModelConfig(
         kind=kind,  # type: ignore[arg-type]  # validated by ModelConfig
@@ -262,23 +351,32 @@ def train_and_save(
         input_std=std,
     )
     model, trainlog = train(model_config, train_data, test_data, cfg, progress=progress)
-    final = trainlog["final"]
-    save_checkpoint(
-        model,
-        out,
-        dataset=dataset,
-        extra={
-            "final": final,
-            "train": {"epochs": cfg.epochs, "seed": cfg.seed, "loss_weights": trainlog["loss_weights"]},
-        },
-    )
+    save_checkpoint(model, out, dataset=dataset, extra=_checkpoint_extra(cfg, trainlog))
     write_json_atomic(out.with_suffix(".train.json"), trainlog, allow_nan=True)  # (a diverged loss is NaN)
     return trainlog
 
 
+def _checkpoint_extra(cfg: TrainConfig, trainlog: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "final": trainlog["final"],
+        "train": {"epochs": cfg.epochs, "seed": cfg.seed, "loss_weights": trainlog["loss_weights"]},
+    }
+
+
 def build_parser(prog: str = "python -m harness train") -> argparse.ArgumentParser:
-    p = Parser(prog=prog, description="Train a local-exit model (paper §3.2) on the CPU.")
+    p = Parser(prog=prog, description="Train a local-exit model (paper §3.2).")
     p.add_argument("--model", choices=MODEL_KINDS, help="model family")
+    p.add_argument(
+        "--model-spec",
+        metavar="MODULE:FACTORY",
+        help="train your own multi-exit model: FACTORY(input_spec) returns it (models/protocol.py; "
+        "e.g. models.torchvision_exits:resnet18)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda or cuda:N; batches move to it once each",
+    )
     p.add_argument("--exit", type=int, help="the local exit of a sem model (1..8)")
     p.add_argument("--all", action="store_true", help="train standard, sem-1..8 and mem one after another")
     p.add_argument(
@@ -345,22 +443,35 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m harness train
                 augment=not args.no_augment,
                 threads=args.threads,
                 max_train_samples=args.max_train_samples,
+                device=args.device,
             )
         except ValueError as exc:
             raise ModelError(str(exc)) from exc
+        resolve_device(args.device, option="--device")  # (a missing GPU fails before the data loads)
         if args.download:
             if args.dataset != "cifar10" or args.data_dir is None:
                 raise ModelError("--download works with --dataset cifar10 and a --data-dir to put it in")
             download_cifar10(args.data_dir)
-        if args.all:
-            choices: list[tuple[str, int | None]] = [
+        if args.model_spec is not None:
+            if args.all or args.model is not None or args.exit is not None:
+                raise ModelError(
+                    "--model-spec names the model by itself: leave out --model, --exit and --all"
+                )
+            resolve_spec(args.model_spec)  # (a spec that names nothing fails before the data loads)
+            choices: list[tuple[str | None, int | None]] = [(None, None)]
+            out_dir = None
+        elif args.all:
+            choices = [
                 ("standard", None),
                 *[("sem", k) for k in LOCAL_EXITS],
                 ("mem", None),
             ]
             out_dir = args.out or DEFAULT_OUT_DIR / args.dataset
         elif args.model is None:
-            raise ModelError("say which model to train: --model {standard,sem,mem} [--exit K], or --all")
+            raise ModelError(
+                "say which model to train: --model {standard,sem,mem} [--exit K], --all, or "
+                "--model-spec MODULE:FACTORY"
+            )
         else:
             if args.model == "sem" and args.exit not in LOCAL_EXITS:
                 raise ModelError(f"--model sem needs --exit K with K in 1..{LOCAL_EXITS[-1]}")
@@ -372,7 +483,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m harness train
             out_dir = None
         summary = []
         for kind, exit in choices:
-            name = zoo_name(kind, exit)
+            name = zoo_name(kind, exit) if kind is not None else args.model_spec.rpartition(":")[2]
             out = (
                 (out_dir / f"{name}.pt")
                 if out_dir is not None
@@ -386,11 +497,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m harness train
                 replace(cfg),
                 out,
                 progress=not args.quiet and sys.stderr.isatty(),
+                spec=args.model_spec,
             )
             acc = trainlog["final"]["test_accuracy"]
             summary.append((name, acc))
             print(
-                f"{name}: wrote {out} — test accuracy " + ", ".join(f"{k}: {v:.2%}" for k, v in acc.items())
+                f"{trainlog['model']['name']}: wrote {out} — test accuracy "
+                + ", ".join(f"{k}: {v:.2%}" for k, v in acc.items())
             )
     except LocalExitError as exc:
         print(f"error: {exc}", file=sys.stderr)

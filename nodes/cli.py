@@ -10,12 +10,14 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from contract.errors import LocalExitError
 from contract.rules import check_threshold
 from nodes.errors import UsageError
+from nodes.transport import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def device_arg(text: str) -> str:
+    """``--device``: its spelling (whether this machine has it is checked when the model loads)."""
+    from models.options import check_device_name
+
+    try:
+        return check_device_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def add_server_args(parser: argparse.ArgumentParser, role: str, runs: str) -> None:
     """The options the edge and the cloud share: where to listen, the checkpoint and the exit in force."""
     parser.add_argument(
@@ -163,6 +175,18 @@ def add_server_args(parser: argparse.ArgumentParser, role: str, runs: str) -> No
         metavar="K",
         help=f"the local exit in force (the {role} runs {runs}); 0 = all in the cloud",
     )
+    parser.add_argument(
+        "--model-spec",
+        metavar="MODULE:FACTORY",
+        help="the factory that built the checkpoint's model, for a model not of this package "
+        "(models/protocol.py)",
+    )
+    parser.add_argument(
+        "--device",
+        type=device_arg,
+        default="cpu",
+        help="where the model runs: cpu (default), cuda or cuda:N",
+    )
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -178,12 +202,31 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds to wait for any single network operation (default 30)",
     )
+    tls = parser.add_argument_group("TLS (all three or none; the same CA on every node: docs/hosts.md)")
+    tls.add_argument("--tls-cert", type=Path, default=None, metavar="PEM", help="this node's certificate")
+    tls.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="its private key")
+    tls.add_argument(
+        "--tls-ca", type=Path, default=None, metavar="PEM", help="the CA that signed every node's certificate"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
 
 
 def token_from(args: argparse.Namespace) -> str | None:
     token: str | None = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     return token
+
+
+def tls_from(args: argparse.Namespace) -> TlsFiles | None:
+    """The node's TLS files, or None without TLS; :class:`UsageError` when only some are given."""
+    given = {name: getattr(args, f"tls_{name}", None) for name in ("cert", "key", "ca")}
+    if not any(given.values()):
+        return None
+    missing = [f"--tls-{name}" for name, value in given.items() if value is None]
+    if missing:
+        raise UsageError(
+            f"TLS needs --tls-cert, --tls-key and --tls-ca together: {', '.join(missing)} missing"
+        )
+    return TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
 
 
 def setup_logging(verbose: bool) -> None:

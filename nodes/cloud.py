@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from contract.cli import Parser
+from models import ModelError
 from nodes import cli
 from nodes.compute import BadInput, ModelParts, PartsCache, configure_parts, run_cloud, set_threads
 from nodes.errors import RemoteProtocolError, UsageError
@@ -32,10 +33,11 @@ from nodes.messages import (
     Features,
     Predictions,
     Ready,
+    Received,
     Shutdown,
 )
 from nodes.timing import clock_domain
-from nodes.transport import FramedStream, Listener
+from nodes.transport import FramedStream, Listener, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class CloudConfig:
     port: int = 0
     token: str | None = None
     timeout: float = 30.0
+    tls: TlsFiles | None = None  # mutual TLS on every connection (nodes.transport.TlsFiles)
     slowdown: float = 1.0  # test-only (TEST_SLOWDOWN_ENV): procedure 4 takes this factor longer
 
     def __post_init__(self) -> None:
@@ -78,7 +81,13 @@ class CloudNode:
         self.parts = parts
         self._cache = cache if cache is not None else PartsCache()
         self._sessions: dict[str, FramedStream] = {}
-        self._listener = Listener(self._handle, node="cloud", peer_node="peer", timeout=config.timeout)
+        self._listener = Listener(
+            self._handle,
+            node="cloud",
+            peer_node="peer",
+            timeout=config.timeout,
+            tls=config.tls.server_context() if config.tls is not None else None,
+        )
 
     async def start(self) -> tuple[str, int]:
         host, port = await self._listener.start(self.config.host, self.config.port)
@@ -177,16 +186,28 @@ class CloudNode:
                     f"the edge node may not send {type(msg).__name__.lower()} to the cloud"
                 )
 
+    def _parts_at(self, exit: int | None) -> ModelParts:
+        """The configured parts, or the same checkpoint split at ``exit`` (a batch an edge with an exit
+        policy cut elsewhere); :class:`BadInput` for an exit the model lacks."""
+        if exit is None or exit == self.parts.exit:
+            return self.parts
+        try:
+            return self._cache.get(self.parts.meta.path, exit)
+        except ModelError as exc:
+            raise BadInput(f"features cut at exit {exit}: {exc}") from exc
+
     async def _on_features(self, edge: FramedStream, msg: Features) -> None:
         t_recv = time.monotonic_ns()
         try:
-            preds, entropy = run_cloud(self.parts, msg.features)
+            preds, entropy = run_cloud(self._parts_at(msg.exit), msg.features)
         except BadInput as exc:
             await edge.send_error(Error("bad-input", f"batch {msg.batch_id}: {exc}", "cloud", msg.batch_id))
             raise
         t_done = time.monotonic_ns()
         if self.config.slowdown != 1.0:
             t_done = _stretch(t_recv, t_done, self.config.slowdown)
+        if msg.ack:
+            await edge.send(Received(msg.batch_id, t_recv, t_done))
         reply = Predictions(
             batch_id=msg.batch_id,
             source="cloud",
@@ -267,7 +288,7 @@ async def amain(args: argparse.Namespace) -> int:
             slowdown,
             slowdown,
         )
-    cache = PartsCache()
+    cache = PartsCache(spec=args.model_spec, device=args.device)
     parts = cache.get(args.checkpoint, args.exit)
     node = CloudNode(
         CloudConfig(
@@ -275,6 +296,7 @@ async def amain(args: argparse.Namespace) -> int:
             port=args.listen[1],
             token=cli.token_from(args),
             timeout=args.timeout,
+            tls=cli.tls_from(args),
             slowdown=slowdown,
         ),
         parts,

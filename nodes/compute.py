@@ -10,18 +10,21 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from contract.rules import exits_locally
 from models import ModelError
-from models.checkpoint import CheckpointMeta, load_checkpoint
-from models.cnn import MultiExitCNN
+from models.checkpoint import CheckpointMeta, load_model
+from models.devices import resolve_device, synchronize
 from models.entropy import normalized_entropy
 from models.partition import CloudPart, EdgePart, partition
+from models.protocol import MultiExitModel, model_device
 from nodes.errors import RemoteProtocolError
 from nodes.messages import Configure, Error
 
@@ -36,7 +39,8 @@ class BadInput(RemoteProtocolError):
 
 @dataclass(frozen=True, eq=False)
 class ModelParts:
-    """A checkpoint split at ``exit``: what the edge and the cloud run, plus the shapes they exchange."""
+    """A checkpoint split at ``exit``: what the edge and the cloud run, on which ``device``, plus the
+    shapes they exchange (``feature_shape``: after the batch dimension, any number of dimensions)."""
 
     kind: str
     exit: int
@@ -44,33 +48,40 @@ class ModelParts:
     cloud: CloudPart
     meta: CheckpointMeta
     image_shape: tuple[int, int, int]
-    feature_shape: tuple[int, int, int]
+    feature_shape: tuple[int, ...]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
         if self.exit < 0:
             raise ValueError(f"exit must be >= 0, got {self.exit}")
 
 
-def load_parts(checkpoint: str | Path, exit: int) -> ModelParts:
-    """Load ``checkpoint`` and split it at local exit ``exit`` (0: everything runs in the cloud).
+def load_parts(
+    checkpoint: str | Path, exit: int, *, spec: str | None = None, device: str = "cpu"
+) -> ModelParts:
+    """Load ``checkpoint`` (a model built by ``spec``, for one not of this package) onto ``device`` and
+    split it at local exit ``exit`` (0: everything runs in the cloud).
 
-    Raises :class:`models.ModelError` (a checkpoint or exit the user must fix).
+    Raises :class:`models.ModelError` (a checkpoint, spec, device or exit the user must fix).
     """
-    return split_parts(*load_checkpoint(checkpoint), exit)
+    where = resolve_device(device)
+    model, meta = load_model(checkpoint, spec)
+    return split_parts(model.to(where), meta, exit)
 
 
-def split_parts(model: MultiExitCNN, meta: CheckpointMeta, exit: int) -> ModelParts:
-    """``model`` (loaded with ``meta``) split at local exit ``exit``; the parts share its parameters."""
+def split_parts(model: MultiExitModel, meta: CheckpointMeta, exit: int) -> ModelParts:
+    """``model`` (loaded with ``meta``, on its device) split at local exit ``exit``; the parts share
+    its parameters."""
     edge, cloud = partition(model, exit)
-    cfg = meta.config
     return ModelParts(
-        kind=cfg.kind,
+        kind=meta.config.kind,
         exit=exit,
         edge=edge,
         cloud=cloud,
         meta=meta,
-        image_shape=(cfg.in_channels, cfg.image_size, cfg.image_size),
+        image_shape=meta.input.image_shape,
         feature_shape=edge.feature_shape(),
+        device=model_device(cast(nn.Module, model)),
     )
 
 
@@ -91,11 +102,15 @@ class PartsCache:
     dropped first. Owned by one node (no state at module level).
     """
 
-    def __init__(self, size: int = MODELS_CACHED) -> None:
+    def __init__(self, size: int = MODELS_CACHED, *, spec: str | None = None, device: str = "cpu") -> None:
+        """``spec``: the factory of the node's ``--model-spec`` (checkpoints of this package's models
+        need none); ``device``: where the models run (:class:`models.ModelError` if it is missing)."""
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self._size = size
-        self._models: OrderedDict[_FileKey, tuple[MultiExitCNN, CheckpointMeta]] = OrderedDict()
+        self._spec = spec
+        self._device = resolve_device(device)
+        self._models: OrderedDict[_FileKey, tuple[MultiExitModel, CheckpointMeta]] = OrderedDict()
         self._parts: dict[tuple[_FileKey, int], ModelParts] = {}
 
     def __len__(self) -> int:
@@ -109,7 +124,7 @@ class PartsCache:
         try:
             st = os.stat(path)
         except OSError:
-            return load_parts(path, exit)  # (which says what is wrong with the file)
+            return load_parts(path, exit, spec=self._spec)  # (which says what is wrong with the file)
         key: _FileKey = (str(path.resolve()), st.st_mtime_ns, st.st_size)
         parts = self._parts.get((key, exit))
         if parts is not None:
@@ -117,7 +132,8 @@ class PartsCache:
             return parts
         loaded = self._models.get(key)
         if loaded is None:
-            loaded = load_checkpoint(path)
+            model, meta = load_model(path, self._spec)
+            loaded = (model.to(self._device), meta)
         parts = split_parts(*loaded, exit)  # (raises for an exit the model lacks: nothing is kept then)
         self._models[key] = loaded
         self._models.move_to_end(key)
@@ -185,10 +201,15 @@ def _check_batch(name: str, arr: np.ndarray, dtype: str, shape: tuple[int, ...])
 
 
 def run_edge(parts: ModelParts, images: np.ndarray, threshold: float) -> EdgeOutput:
-    """Normalize uint8 ``images``, run blocks 1..k and exit head k, and split by ε < ``threshold``."""
+    """Normalize uint8 ``images``, run blocks 1..k and exit head k, and split by ε < ``threshold``.
+
+    On a GPU the images move to it once, as uint8, and the results come back once; the device is
+    synchronized before returning, so that the caller's clock times the compute, not its launch.
+    """
     _check_batch("images", images, "uint8", parts.image_shape)
+    device = parts.device
     with torch.inference_mode():
-        x = parts.edge.prepare(torch.from_numpy(images))
+        x = parts.edge.prepare(torch.from_numpy(images).to(device))
         features, logits = parts.edge(x)
         n = images.shape[0]
         if logits is None:  # exit 0: no head on the edge, every sample goes to the cloud
@@ -197,20 +218,24 @@ def run_edge(parts: ModelParts, images: np.ndarray, threshold: float) -> EdgeOut
             local = np.zeros(n, dtype=bool)
         else:
             eps = normalized_entropy(logits)
-            preds = logits.argmax(dim=1).numpy().astype(np.int64, copy=False)
-            entropy = eps.numpy().astype(np.float32, copy=False)
+            preds = logits.argmax(dim=1).cpu().numpy().astype(np.int64, copy=False)
+            entropy = eps.cpu().numpy().astype(np.float32, copy=False)
             local = exits_locally(entropy, threshold)
-        feats = features.contiguous().numpy()
+        feats = features.contiguous().cpu().numpy()
+        synchronize(device)
     return EdgeOutput(preds=preds, entropy=entropy, local=local, features=feats)
 
 
 def run_cloud(parts: ModelParts, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run blocks k+1..9 and the cloud head on ``features``: (preds int64, cloud-exit entropy float32)."""
+    """Run stages k+1..n and the final head on ``features``: (preds int64, cloud-exit entropy float32),
+    the features moved to the parts' device once and the device synchronized before returning."""
     _check_batch("features", features, "float32", parts.feature_shape)
+    device = parts.device
     with torch.inference_mode():
-        logits = parts.cloud(torch.from_numpy(features))
-        preds = logits.argmax(dim=1).numpy().astype(np.int64, copy=False)
-        entropy = normalized_entropy(logits).numpy().astype(np.float32, copy=False)
+        logits = parts.cloud(torch.from_numpy(features).to(device))
+        preds = logits.argmax(dim=1).cpu().numpy().astype(np.int64, copy=False)
+        entropy = normalized_entropy(logits).cpu().numpy().astype(np.float32, copy=False)
+        synchronize(device)
     return preds, entropy
 
 

@@ -8,6 +8,11 @@ both the cloud link and its own listener are up. If the cloud link breaks, every
 told (an error naming the cloud node) and the edge reconnects for the next batch that needs it. A test
 node may reconfigure it between runs (:class:`~nodes.messages.Configure`): the command line gives only
 the first configuration.
+
+With ``--exit-policy adaptive`` or ``oracle`` (a multi-exit model only), the edge holds every exit it may
+use (``--exits``, default all) and cuts each batch at the exit its policy chooses (:mod:`nodes.policy`,
+:mod:`nodes.multiexit`); its predictions say which exit and why, and its features tell the cloud where
+they were cut. ``fixed`` (the default) is the paper's behaviour, unchanged on the wire.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.cli import Parser
+from contract.errors import LocalExitError
 from nodes import cli
 from nodes.compute import BadInput, ModelParts, PartsCache, configure_parts, run_edge, set_threads
-from nodes.errors import NodeError, PeerError, RemoteProtocolError
+from nodes.errors import NodeError, PeerError, RemoteProtocolError, UsageError
 from nodes.handshake import accept_hello, client_handshake, send_ready
 from nodes.messages import (
     PROTOCOL_VERSION,
@@ -37,10 +43,13 @@ from nodes.messages import (
     Hello,
     Predictions,
     Ready,
+    Received,
     Shutdown,
 )
+from nodes.multiexit import ExitSet, PolicyMaker, PolicySetup
+from nodes.policy import POLICIES, ExitPolicy, LinkTruth, check_policy, read_profile, usable_exits
 from nodes.timing import clock_domain
-from nodes.transport import FramedStream, Listener, open_stream
+from nodes.transport import FramedStream, Listener, TlsFiles, open_stream
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,7 @@ class EdgeConfig:
     port: int = 0
     token: str | None = None
     timeout: float = 30.0
+    tls: TlsFiles | None = None  # mutual TLS towards the cloud and the test node (nodes.transport)
 
     def __post_init__(self) -> None:
         for name in ("port", "cloud_port"):
@@ -73,16 +83,36 @@ class EdgeNode:
     was built with at first, then what the last :class:`Configure` asked for (loaded through ``cache``).
     """
 
-    def __init__(self, config: EdgeConfig, parts: ModelParts, cache: PartsCache | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        parts: ModelParts,
+        cache: PartsCache | None = None,
+        policy: PolicyMaker | None = None,
+    ) -> None:
         self.config = config
         self.parts = parts
         self.threshold = config.threshold
         self._cache = cache if cache is not None else PartsCache()
+        # With an exit policy: each test connection (a run) gets a fresh policy at its first batch; the
+        # cloud's replies to the probes and acks of the batches in flight feed its link estimate.
+        self._maker = policy
+        self._policy: ExitPolicy | None = None
+        self._run_t0_ns = 0
+        self._sent: dict[int, tuple[int, int]] = {}  # batch id -> (features sent at, bytes)
+        self._probes: dict[int, int] = {}  # probe seq -> sent at
+        self._probe_seq = 0
         self._cloud: FramedStream | None = None
         self._cloud_reader: asyncio.Task[None] | None = None
         self._cloud_lock = asyncio.Lock()
         self._tests: set[FramedStream] = set()
-        self._listener = Listener(self._handle, node="edge", peer_node="test", timeout=config.timeout)
+        self._listener = Listener(
+            self._handle,
+            node="edge",
+            peer_node="test",
+            timeout=config.timeout,
+            tls=config.tls.server_context() if config.tls is not None else None,
+        )
 
     async def start(self) -> tuple[str, int]:
         await self._connect_cloud(retry_for=self.config.timeout)
@@ -119,7 +149,13 @@ class EdgeNode:
         deadline = loop.time() + retry_for
         while True:
             try:
-                stream = await open_stream(cfg.cloud_host, cfg.cloud_port, node="cloud", timeout=cfg.timeout)
+                stream = await open_stream(
+                    cfg.cloud_host,
+                    cfg.cloud_port,
+                    node="cloud",
+                    timeout=cfg.timeout,
+                    tls=cfg.tls.client_context() if cfg.tls is not None else None,
+                )
                 break
             except PeerError:
                 if loop.time() >= deadline:
@@ -156,7 +192,11 @@ class EdgeNode:
                             Error(msg.code, f"the cloud node reported: {msg.message}", "cloud")
                         )
                         return
-                elif not isinstance(msg, ClockReply):
+                elif isinstance(msg, Received):
+                    self._on_received(msg)
+                elif isinstance(msg, ClockReply):
+                    self._on_probe_reply(msg)
+                else:
                     raise RemoteProtocolError(
                         f"the cloud node sent the edge an unexpected {type(msg).__name__.lower()} message"
                     )
@@ -201,6 +241,11 @@ class EdgeNode:
             return
         await send_ready(stream, self._ready())
         self._tests.add(stream)
+        # (a run's time 0, the oracle's, is its test node's start where it says, else this moment)
+        self._policy = None
+        self._sent.clear()
+        self._probes.clear()
+        self._run_t0_ns = hello.started_ns if hello.started_ns is not None else time.monotonic_ns()
         log.info("test node %s connected (session %s)", stream.peer, hello.session)
         try:
             while True:
@@ -240,6 +285,17 @@ class EdgeNode:
     async def _on_configure(self, test: FramedStream, msg: Configure) -> None:
         """Switch to the configuration ``msg`` asks for and answer with it, or refuse (non-fatal): the
         connection stays open and the configuration in force stays as it was."""
+        if self._maker is not None:
+            await test.send(
+                Error(
+                    "policy",
+                    f"an edge with the {self._maker.name} exit policy runs the checkpoint and exits it "
+                    "started with; start a new edge for another configuration",
+                    "edge",
+                    fatal=False,
+                )
+            )
+            return
         parts = configure_parts(self._cache, msg, node="edge", others=len(self._tests - {test}))
         if isinstance(parts, Error):
             log.warning("refused a configuration: %s", parts.message)
@@ -250,10 +306,40 @@ class EdgeNode:
         log.info("configured: %s exit %d T=%g from %s", parts.kind, parts.exit, msg.threshold, msg.checkpoint)
         await test.send(self._ready())
 
+    def _on_received(self, msg: Received) -> None:
+        sent = self._sent.pop(msg.batch_id, None)
+        if sent is None or self._policy is None:
+            return
+        held_ns = msg.t_cloud_done_ns - msg.t_cloud_recv_ns
+        self._policy.observe_transfer(sent[1], (time.monotonic_ns() - sent[0] - held_ns) / 1e6)
+
+    def _on_probe_reply(self, msg: ClockReply) -> None:
+        sent = self._probes.pop(msg.seq, None)
+        if sent is None or self._policy is None:
+            return
+        held_ns = msg.t_reply_ns - msg.t_recv_ns
+        self._policy.observe_rtt((time.monotonic_ns() - sent - held_ns) / 1e6)
+
+    def _observing(self) -> bool:
+        return self._policy is not None and self._policy.observes_link
+
+    def _choose(self, msg: Batch) -> tuple[ModelParts, dict[str, float | str | None] | None]:
+        """The parts to cut ``msg`` with, and the decision to record (None: no policy)."""
+        if self._maker is None:
+            return self.parts, None
+        if self._policy is None:
+            self._policy = self._maker.make(msg.images, self.threshold, self._run_t0_ns)
+        now = time.monotonic_ns()
+        decision = self._policy.choose(len(msg.sample_ids), now)
+        why = decision.to_json()
+        why["run_s"] = (now - self._run_t0_ns) / 1e9
+        return self._maker.exits.at(decision.exit), why
+
     async def _on_batch(self, test: FramedStream, msg: Batch, session: str) -> None:
         t_recv = time.monotonic_ns()
         try:
-            out = run_edge(self.parts, msg.images, self.threshold)
+            parts, decision = self._choose(msg)
+            out = run_edge(parts, msg.images, self.threshold)
         except BadInput as exc:
             await test.send_error(Error("bad-input", f"batch {msg.batch_id}: {exc}", "edge", msg.batch_id))
             raise
@@ -269,6 +355,8 @@ class EdgeNode:
                 entropy=out.entropy[local],
                 t_edge_recv_ns=t_recv,
                 t_edge_done_ns=t_done,
+                exit=None if decision is None else parts.exit,
+                decision=decision,
             )
         )
         if local.all():
@@ -282,9 +370,18 @@ class EdgeNode:
             entropy=out.entropy[unsure],
             t_edge_recv_ns=t_recv,
             t_edge_done_ns=t_done,
+            exit=None if decision is None else parts.exit,
+            ack=self._observing(),
         )
         try:
             cloud = await self._get_cloud()
+            if self._observing():
+                # The probe goes first on the same stream: its reply times the round trip as the link is
+                # now, and the features' ack then times their bytes crossing.
+                self._probe_seq += 1
+                self._probes[self._probe_seq] = time.monotonic_ns()
+                await cloud.send(ClockProbe(self._probe_seq, self._probes[self._probe_seq]))
+                self._sent[msg.batch_id] = (time.monotonic_ns(), features.features.nbytes)
             await cloud.send(features)
         except NodeError as exc:
             log.error("batch %d: cannot forward to the cloud node: %s", msg.batch_id, exc)
@@ -310,13 +407,99 @@ def build_parser() -> argparse.ArgumentParser:
         help="a sample exits at the edge when its normalized entropy is < T",
     )
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads")
+    p.add_argument(
+        "--exit-policy",
+        choices=POLICIES,
+        default="fixed",
+        help="how each batch's exit is chosen (multi-exit model only for adaptive and oracle; "
+        "default fixed: --exit for every batch)",
+    )
+    p.add_argument(
+        "--exits",
+        type=_exit_list,
+        default=None,
+        metavar="K,K,...",
+        help="the exits an exit policy may choose from (default: every local exit of the model)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="FILE",
+        help="per-exit profile (python -m harness profile); default: measured on each run's first batch",
+    )
+    p.add_argument(
+        "--latency-slo",
+        type=cli.positive_float,
+        default=None,
+        metavar="MS",
+        help="pick the most accurate exit expected to keep the per-sample latency within MS",
+    )
+    p.add_argument(
+        "--link-schedule",
+        default=None,
+        metavar="FILE|INLINE",
+        help="the oracle policy's knowledge: the edge–cloud link's schedule (time 0: a run's connection)",
+    )
     cli.add_common_args(p)
     return p
 
 
+def _exit_list(text: str) -> tuple[int, ...]:
+    try:
+        exits = tuple(int(x) for x in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected exits like 2,5,8, got {text!r}") from exc
+    if not exits or min(exits) < 0:
+        raise argparse.ArgumentTypeError(f"expected exits like 2,5,8, got {text!r}")
+    return exits
+
+
+def link_truth(text: str) -> LinkTruth:
+    """The link schedule ``text`` (``--link-schedule``'s forms) as the oracle policy's :class:`LinkTruth`."""
+    from netem.schedule import from_text  # (netem's specs load the model package: only when asked)
+
+    try:
+        schedule = from_text(text)
+    except (ValueError, LocalExitError) as exc:
+        raise UsageError(f"bad --link-schedule: {exc}") from exc
+    if not schedule.steps:
+        raise UsageError("--link-schedule has no link steps for the oracle to know")
+    return LinkTruth(
+        at_s=tuple(s.at_s for s in schedule.steps),
+        rate_bps=tuple(None if s.spec.rate_bps is None else float(s.spec.rate_bps) for s in schedule.steps),
+        delay_ms=tuple(s.spec.delay_s * 1e3 for s in schedule.steps),
+    )
+
+
+def policy_setup(args: argparse.Namespace, cache: PartsCache, parts: ModelParts) -> PolicySetup | None:
+    """The exit policy the options ask for (None: fixed), or :class:`UsageError` saying what is wrong."""
+    try:
+        check_policy(args.exit_policy, parts.kind, args.latency_slo)
+        if args.exit_policy == "fixed":
+            if args.profile is not None or args.exits is not None:
+                raise ValueError("--profile and --exits apply to the adaptive and oracle exit policies")
+            return None
+        exits = usable_exits(parts.meta.config.local_exits, args.exits)
+        profile = None
+        if args.profile is not None:
+            profile = read_profile(args.profile)
+            if profile.sha256 is not None and profile.sha256 != parts.meta.sha256:
+                raise ValueError(f"the profile {args.profile} was measured on another checkpoint")
+            if profile.threshold != args.threshold:
+                raise ValueError(
+                    f"the profile {args.profile} was measured at threshold {profile.threshold:g}, "
+                    f"the edge runs at {args.threshold:g}"
+                )
+        truth = link_truth(args.link_schedule) if args.exit_policy == "oracle" else None
+        exit_set = ExitSet.load(cache, args.checkpoint, exits, parts.exit)
+        return PolicySetup(args.exit_policy, exit_set, profile=profile, slo_ms=args.latency_slo, truth=truth)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 async def amain(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    cache = PartsCache()
+    cache = PartsCache(spec=args.model_spec, device=args.device)
     parts = cache.get(args.checkpoint, args.exit)
     cfg = EdgeConfig(
         cloud_host=args.cloud[0],
@@ -326,8 +509,9 @@ async def amain(args: argparse.Namespace) -> int:
         port=args.listen[1],
         token=cli.token_from(args),
         timeout=args.timeout,
+        tls=cli.tls_from(args),
     )
-    node = EdgeNode(cfg, parts, cache)
+    node = EdgeNode(cfg, parts, cache, policy_setup(args, cache, parts))
     stop = cli.stop_on_signals()
     try:
         host, port = await node.start()

@@ -22,6 +22,7 @@ import msgspec
 import numpy as np
 
 from contract.names import ExitSource
+from contract.rules import THRESHOLD_MAX, THRESHOLD_MIN
 
 #: Version 2 added :class:`Configure` and the checkpoint fields of :class:`Ready`; a node refuses a
 #: hello of another version with a message naming both (see :mod:`nodes.handshake`).
@@ -30,7 +31,7 @@ PROTOCOL_VERSION = 2
 Role = Literal["test", "edge", "cloud"]
 ROLES: tuple[str, ...] = get_args(Role)
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Threshold = Annotated[float, msgspec.Meta(ge=THRESHOLD_MIN, le=THRESHOLD_MAX)]
 
 
 def _check_array(
@@ -71,6 +72,9 @@ class Hello(_Message, frozen=True, tag="hello"):
     threshold: float | None = None
     token: str | None = None
     session: str | None = None
+    # From the test node: when its process started (its monotonic clock), which is time 0 of a run's
+    # link schedule; an edge with the oracle exit policy places each batch on the schedule by it.
+    started_ns: int | None = None
 
 
 class Ready(_Message, frozen=True, tag="ready"):
@@ -138,6 +142,10 @@ class Predictions(_ArrayMessage, frozen=True, tag="predictions"):
     t_cloud_recv_ns: int | None = None
     t_cloud_done_ns: int | None = None
     cloud_entropy: np.ndarray | None = None
+    # Set by an edge whose exit policy is not fixed (nodes.policy), on its own predictions only: the
+    # exit this batch was cut at, and why (the policy's name and its estimates when it chose).
+    exit: NonNegInt | None = None
+    decision: dict[str, float | str | None] | None = None
 
     def __post_init__(self) -> None:
         _check_array("sample_ids", self.sample_ids, _INT64, 1)
@@ -151,7 +159,12 @@ class Predictions(_ArrayMessage, frozen=True, tag="predictions"):
 
 
 class Features(_ArrayMessage, frozen=True, tag="features"):
-    """Edge -> cloud: the intermediate features of the samples that did not exit locally."""
+    """Edge -> cloud: the intermediate features of the samples that did not exit locally.
+
+    ``exit`` is the exit the batch was cut at (None: the exit the cloud is configured with, as every
+    batch of a fixed-exit edge is); ``ack`` asks the cloud for a :class:`Received` once it has computed
+    the batch, from which an adaptive edge estimates the link.
+    """
 
     session: str
     batch_id: NonNegInt
@@ -160,6 +173,8 @@ class Features(_ArrayMessage, frozen=True, tag="features"):
     entropy: np.ndarray
     t_edge_recv_ns: int
     t_edge_done_ns: int
+    exit: NonNegInt | None = None
+    ack: bool = False
 
     def __post_init__(self) -> None:
         _check_array("sample_ids", self.sample_ids, _INT64, 1)
@@ -205,7 +220,16 @@ class ClockReply(_Message, frozen=True, tag="clock_reply"):
     t_reply_ns: int
 
 
+class Received(_Message, frozen=True, tag="received"):
+    """Cloud -> edge, for :class:`Features` sent with ``ack``: when the cloud started and finished
+    computing the batch (its clock). The edge subtracts the difference from the round trip it saw."""
+
+    batch_id: NonNegInt
+    t_cloud_recv_ns: int
+    t_cloud_done_ns: int
+
+
 # (Union[...] rather than |: the name must also be usable as a runtime type for msgspec on Python 3.10)
 Message = Union[  # noqa: UP007
-    Hello, Ready, Configure, Batch, Predictions, Features, Error, Shutdown, ClockProbe, ClockReply
+    Hello, Ready, Configure, Batch, Predictions, Features, Error, Shutdown, ClockProbe, ClockReply, Received
 ]

@@ -18,6 +18,11 @@ from contract.records import BatchTimes, Overall, Records, Samples
 from nodes.errors import UsageError
 from nodes.timing import NS_PER_MS, BatchStamps, ClockCheck, NodeClock, procedures_ms
 
+#: Key of the records document (and of a results run) holding, per measured batch, the exit an edge with
+#: an exit policy chose and why: ``{"exit", "policy", "reason", "rate_bps", "rtt_ms", "expected_ms",
+#: "run_s"}`` (see nodes.policy.Decision); absent for a fixed-exit run.
+EXIT_DECISIONS = "exit_decisions"
+
 
 @dataclass(frozen=True)
 class SampleRecord:
@@ -69,6 +74,9 @@ class RecordsResult:
     clock: dict[str, NodeClock] = field(default_factory=dict)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock_check: ClockCheck | None = None
+    # Per measured batch, the exit an edge with an exit policy chose and why (None each: a fixed exit);
+    # recorded as the document's ``EXIT_DECISIONS`` list only when some batch has one.
+    decisions: tuple[dict[str, Any] | None, ...] = ()
     records: Records = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,7 +104,10 @@ class RecordsResult:
             warmup_batches=self.warmup_batches,
             clock={node: c.to_json() for node, c in self.clock.items()},
             nodes=self.nodes,
-            extra={"clock_check": None if self.clock_check is None else self.clock_check.to_json()},
+            extra={
+                "clock_check": None if self.clock_check is None else self.clock_check.to_json(),
+                **({EXIT_DECISIONS: list(self.decisions)} if any(self.decisions) else {}),
+            },
         )
         object.__setattr__(self, "records", records)
 

@@ -29,17 +29,17 @@ from typing import Annotated, TypeVar, Union
 import msgspec
 
 from contract.errors import LocalExitError
+from contract.names import DEFAULT_DATASET, SERVE_PROTOCOL
 from models import ImageDataset, load_dataset
 from nodes import cli
 from nodes.errors import UsageError
 from nodes.messages import Configure, NonNegInt, Threshold
 from nodes.records import write_records
 from nodes.test import ClientConfig, Connections, measure
+from nodes.transport import TlsFiles
 
 log = logging.getLogger(__name__)
 
-#: The version of the request and reply lines; :class:`Serving` names it, and a harness refuses another.
-SERVE_PROTOCOL = "localexit-serve/1"
 #: Longest request line accepted (a request is a few hundred bytes; this bounds what a stray writer
 #: to stdin can make the node buffer).
 MAX_LINE = 64 * 1024
@@ -58,7 +58,7 @@ class RunRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     threshold: Threshold
     model: str | None = None  # what the checkpoint must hold (checked by the nodes)
     sha256: str | None = None  # the checkpoint's digest the nodes must find
-    dataset: str = "fashion-mnist"
+    dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     samples: PositiveInt | None = None
     batch_size: PositiveInt = 32
@@ -230,10 +230,13 @@ async def serve(
     token: str | None = None,
     timeout: float = 30.0,
     clock_probes: int = 5,
+    tls: TlsFiles | None = None,
 ) -> int:
     """Serve runs from stdin until it closes or SIGTERM/SIGINT comes (a run under way is abandoned, and
     writes no records); returns the exit code."""
-    server = _Server(ClientConfig(edge, cloud, token=token, timeout=timeout, clock_probes=clock_probes))
+    server = _Server(
+        ClientConfig(edge, cloud, token=token, timeout=timeout, clock_probes=clock_probes, tls=tls)
+    )
     stop = cli.stop_on_signals()
     lines = await _stdin_lines()
     _say(Serving())

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from contract.cli import Parser
+from contract.names import DATASETS, DEFAULT_DATASET
+from contract.rules import check_batch_size
 from models import ImageDataset, load_dataset
 from nodes import cli
 from nodes.errors import NodeError, NodeTimeout, PeerError, RemoteProtocolError, UsageError
@@ -40,6 +42,7 @@ from nodes.messages import (
     Ready,
     Shutdown,
 )
+from nodes.policy import process_start_ns
 from nodes.records import BatchRecord, RecordsResult, SampleRecord, write_records
 from nodes.timing import (
     NS_PER_MS,
@@ -53,7 +56,7 @@ from nodes.timing import (
     correct_stamps,
     node_clock,
 )
-from nodes.transport import FramedStream, open_stream
+from nodes.transport import FramedStream, TlsFiles, open_stream
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class ClientConfig:
 
     edge: tuple[str, int]
     cloud: tuple[str, int]
-    dataset: str = "fashion-mnist"
+    dataset: str = DEFAULT_DATASET
     data_dir: Path | None = None
     samples: int | None = None
     batch_size: int = 32
@@ -82,12 +85,14 @@ class ClientConfig:
     seed: int | None = None
     token: str | None = None
     clock_probes: int = 5
+    tls: TlsFiles | None = None  # mutual TLS towards the edge and the cloud (nodes.transport)
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
-        if self.batch_size < 1 or self.inflight < 1 or self.warmup_batches < 0 or self.clock_probes < 1:
-            raise ValueError("batch_size, inflight and clock_probes must be >= 1, warmup_batches >= 0")
+        check_batch_size(self.batch_size)
+        if self.inflight < 1 or self.warmup_batches < 0 or self.clock_probes < 1:
+            raise ValueError("inflight and clock_probes must be >= 1, warmup_batches >= 0")
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
 
@@ -336,7 +341,15 @@ def _build_result(
         clock=clock,
         nodes=nodes,
         clock_check=check_clocks([b.stamps for b in batches], clock),
+        decisions=tuple(_decision(p.edge) for p in measured if p.edge is not None),
     )
+
+
+def _decision(edge: Predictions) -> dict[str, Any] | None:
+    """The exit an edge with an exit policy cut the batch at and why (None: a fixed-exit edge)."""
+    if edge.exit is None:
+        return None
+    return {"exit": edge.exit, **(edge.decision or {})}
 
 
 @dataclass(eq=False)
@@ -356,12 +369,13 @@ class Connections:
         model, exit and threshold of ``cfg`` (``None``: whatever they run)."""
         streams: list[FramedStream] = []
         try:
-            cloud = await open_stream(*cfg.cloud, node="cloud", timeout=cfg.timeout)
+            tls = cfg.tls.client_context() if cfg.tls is not None else None
+            cloud = await open_stream(*cfg.cloud, node="cloud", timeout=cfg.timeout, tls=tls)
             streams.append(cloud)
             cloud_ready = await client_handshake(
                 cloud, Hello(role="test", model=cfg.model, exit=cfg.exit, token=cfg.token)
             )
-            edge = await open_stream(*cfg.edge, node="edge", timeout=cfg.timeout)
+            edge = await open_stream(*cfg.edge, node="edge", timeout=cfg.timeout, tls=tls)
             streams.append(edge)
             edge_ready = await client_handshake(
                 edge,
@@ -372,6 +386,7 @@ class Connections:
                     threshold=cfg.threshold,
                     token=cfg.token,
                     session=cloud_ready.session,
+                    started_ns=process_start_ns(),
                 ),
             )
         except BaseException:
@@ -472,7 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the cloud node's address: the predictions of cloud-exited samples come from there (5)",
     )
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10 or synthetic")
+    p.add_argument(
+        "--dataset", default=DEFAULT_DATASET, help=f"{', '.join(DATASETS)} (default {DEFAULT_DATASET})"
+    )
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -557,6 +574,7 @@ async def amain(args: argparse.Namespace) -> int:
         seed=args.seed,
         token=cli.token_from(args),
         clock_probes=args.clock_probes,
+        tls=cli.tls_from(args),
     )
     stop = cli.stop_on_signals()
     loop = asyncio.get_running_loop()
@@ -609,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                 token=cli.token_from(args),
                 timeout=args.timeout,
                 clock_probes=args.clock_probes,
+                tls=cli.tls_from(args),
             )
         )
     return cli.run_entry(amain(args))

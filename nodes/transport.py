@@ -15,9 +15,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 from typing import TypeVar, cast
 
@@ -70,6 +73,47 @@ IDLE_RELEASE_S = 5.0
 # the cap bounds is what strangers (no token shown yet) can make a node hold: 64 x (a frame body and a
 # receive buffer of at most HANDSHAKE_MAX_FRAME_SIZE = 64 KiB each, and about 12 KiB of objects) < 9 MiB.
 MAX_PENDING_HANDSHAKES = 64
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files of a node's TLS: its certificate chain and key, and the CA that signs its peers'.
+
+    TLS between the nodes is mutual: a listening node (edge, cloud) requires a client certificate, and a
+    connecting node (test, the edge to the cloud) checks the server's, both against ``ca`` -- the
+    deployment's own CA, which signs the certificates of its nodes and nothing else. Host names are not
+    checked: the nodes are addressed by whatever address each host has, and a certificate the private CA
+    signed is what admits a peer. The token is still checked inside the TLS connection.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "ca"):
+            if not Path(getattr(self, name)).is_file():
+                raise UsageError(f"TLS {name} file {getattr(self, name)} does not exist")
+
+    def _context(self, purpose: ssl.Purpose) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(purpose, cafile=str(self.ca))
+            ctx.load_cert_chain(str(self.cert), str(self.key))
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageError(f"cannot use the TLS files {self.cert}, {self.key}, {self.ca}: {exc}") from exc
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def server_context(self) -> ssl.SSLContext:
+        """The context of a listening node: its certificate, and a client certificate required."""
+        return self._context(ssl.Purpose.CLIENT_AUTH)
+
+    def client_context(self) -> ssl.SSLContext:
+        """The context of a connecting node: its certificate, and the server's checked against the CA."""
+        ctx = self._context(ssl.Purpose.SERVER_AUTH)
+        ctx.check_hostname = False  # (see the class: the private CA is the check)
+        return ctx
 
 
 async def with_timeout(aw: Awaitable[T], timeout: float, node: str, what: str) -> T:
@@ -418,14 +462,28 @@ async def _wait_closed(p: _FrameProtocol) -> None:
 
 
 async def open_stream(
-    host: str, port: int, *, node: str, timeout: float = DEFAULT_TIMEOUT_S, max_frame_size: int | None = None
+    host: str,
+    port: int,
+    *,
+    node: str,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    max_frame_size: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> FramedStream:
-    """Connect to the ``node`` at ``host:port``; :class:`PeerError` naming it if that fails."""
+    """Connect to the ``node`` at ``host:port`` (over TLS with ``tls``, a client context:
+    :meth:`TlsFiles.client_context`); :class:`PeerError` naming it if that fails."""
     loop = asyncio.get_running_loop()
     conn = Connection(max_frame_size=max_frame_size or MAX_FRAME_SIZE)
     try:
         _, protocol = await with_timeout(
-            loop.create_connection(lambda: _FrameProtocol(conn), host, port),
+            loop.create_connection(
+                lambda: _FrameProtocol(conn),
+                host,
+                port,
+                ssl=tls,
+                server_hostname=host if tls is not None else None,
+                ssl_handshake_timeout=timeout if tls is not None else None,
+            ),
             timeout,
             node,
             f"connecting to {host}:{port}",
@@ -448,7 +506,8 @@ class Listener:
     (its handler calls ``stream.conn.handshake_done()``) within ``handshake_timeout`` seconds (default:
     ``timeout``), and at most ``max_pending_handshakes`` may be waiting to at once; the listener closes
     one that is too slow, and one over that number as soon as it is accepted. :meth:`close` stops
-    listening, cancels the handlers and waits for them.
+    listening, cancels the handlers and waits for them. ``tls``: a server context
+    (:meth:`TlsFiles.server_context`) to accept only TLS connections with a client certificate.
     """
 
     def __init__(
@@ -461,6 +520,7 @@ class Listener:
         max_frame_size: int | None = None,
         handshake_timeout: float | None = None,
         max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if max_pending_handshakes < 1:
             raise ValueError(f"max_pending_handshakes must be >= 1, got {max_pending_handshakes}")
@@ -473,6 +533,7 @@ class Listener:
         if not self._handshake_timeout > 0:
             raise ValueError(f"handshake_timeout must be > 0, got {self._handshake_timeout}")
         self._max_pending = max_pending_handshakes
+        self._tls = tls
         self._pending: set[FramedStream] = set()  # accepted, handshake not (yet known to be) done
         self._refused = 0  # connections refused since the pending ones were last below the cap
         self._server: asyncio.base_events.Server | None = None
@@ -482,7 +543,13 @@ class Listener:
         """Bind and listen; returns the address actually bound (port 0 picks a free port)."""
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(self._make_protocol, host, port)
+            self._server = await loop.create_server(
+                self._make_protocol,
+                host,
+                port,
+                ssl=self._tls,
+                ssl_handshake_timeout=self._handshake_timeout if self._tls is not None else None,
+            )
         except OSError as exc:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         addr = self._server.sockets[0].getsockname()

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from contract.names import LOCAL_EXIT_KINDS
 from reports import stats
 from reports.loader import ResultsFile, RunSeries
 from reports.stats import CONTRADICTED, INCONCLUSIVE, NOT_TESTED, SUPPORTED, Estimate, Expect
@@ -252,7 +253,7 @@ def evaluate_claims(scn: Scenario, t: float) -> list[Claim]:
         ("cloud_accuracy", "less", "cloud accuracy falls with later exit points", "+.2f", 100.0),
     )
     for metric, expect, what, fmt, scale in trends:
-        for kind in ("sem", "mem"):
+        for kind in LOCAL_EXIT_KINDS:
             claims.append(later_exits(scn, t, kind, f"{kind.upper()}: {what}", metric, expect, fmt, scale))
     claims += [
         lower_threshold(

@@ -19,13 +19,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Literal, TypeGuard
+from typing import IO, Any, Literal
 
 from contract.atomic import atomic_open
+from contract.results import Resource, Run
 from reports.errors import ReportError
 from reports.loader import PROCEDURES, SUMMARY_FIELDS, ResultsFile, load_results
 from reports.tables import Table
@@ -103,20 +103,10 @@ class ExportSummary:
     unaligned_batch_rows: int
 
 
-def _number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _value(value: object) -> Value:
-    """A stored figure as a cell: numbers as they are, anything else (null, a missing field) empty."""
-    return value if _number(value) else None
-
-
 def _point_fields(res: ResultsFile) -> dict[str, Any]:
-    links = res.config.get("links")
-    ec = links.get("edge_cloud") if isinstance(links, Mapping) else None
+    ec = res.results.config.links.get("edge_cloud")
     ec = ec if isinstance(ec, Mapping) else {}
-    isolation = res.config.get("isolation")
+    isolation = res.results.config.isolation
     return {
         "file": str(res.path),
         "point": res.label,
@@ -128,24 +118,23 @@ def _point_fields(res: ResultsFile) -> dict[str, Any]:
     }
 
 
-def _run_figures(run: Mapping[str, Any]) -> Iterator[tuple[str, Value, str]]:
+def _run_figures(run: Run) -> Iterator[tuple[str, Value, str]]:
     """``(metric, value, unit)`` of every run-level figure, in a fixed order."""
-    summary = run["summary"]
     for name in SUMMARY_FIELDS:
-        yield name, _value(summary.get(name)), SUMMARY_UNITS.get(name, "")
-    procedures = run["procedures_ms"]
+        yield name, getattr(run.summary, name), SUMMARY_UNITS.get(name, "")  # (counts stay integers)
     for p in PROCEDURES:
-        proc = procedures.get(p)
-        proc = proc if isinstance(proc, Mapping) else {}
+        proc = run.procedures_ms.get(p)
         for stat in PROCEDURE_STATS:
-            yield f"procedure_{p}_{stat}_ms", _value(proc.get(stat)), "ms"
-        yield f"procedure_{p}_batches", _value(proc.get("n")), "batches"
-    for field, unit in RESOURCES.items():
+            yield f"procedure_{p}_{stat}_ms", None if proc is None else getattr(proc, stat), "ms"
+        yield f"procedure_{p}_batches", None if proc is None else proc.n, "batches"
+    for name, unit in RESOURCES.items():
+        resource: Resource = getattr(run, name)
         for which in ("mean", "max"):
-            yield f"{field}_{which}", _value(run[field].get(which)), unit
-    for field, unit in OPTIONAL_RUN_FIGURES.items():
-        if field in run:
-            yield field, _value(run[field]), unit
+            yield f"{name}_{which}", resource.get(which), unit
+    for name, unit in OPTIONAL_RUN_FIGURES.items():
+        value = getattr(run, name)
+        if value is not None:
+            yield name, value, unit
 
 
 def batch_metric(key: str) -> str:
@@ -155,62 +144,32 @@ def batch_metric(key: str) -> str:
     return f"procedure_{key}_ms" if key in PROCEDURES else f"{key}_ms"
 
 
-def _batch_lists(
-    res: ResultsFile, i: int, run: Mapping[str, Any]
-) -> Iterator[tuple[str, list[float], list[int] | None]]:
-    """``(key, values, batch ids or None)`` of each per-batch list of one run, checked."""
-    where = f"{res.path}: runs[{i}]"
-    per_batch = run.get("per_batch_ms")
-    if per_batch is None:
-        return
-    if not isinstance(per_batch, Mapping):
-        raise ReportError(f"{where}.per_batch_ms must be an object of lists")
-    ids = run.get("per_batch_ids")
-    if ids is not None and not isinstance(ids, Mapping):
-        raise ReportError(f"{where}.per_batch_ids must be an object of lists")
-    latency = per_batch.get("latency")
-    batches = len(latency) if isinstance(latency, list) else None
-    for key, values in per_batch.items():
-        if not isinstance(values, list) or not all(_number(v) for v in values):
-            raise ReportError(f"{where}.per_batch_ms[{key!r}] must be a list of finite numbers")
-        found = ids.get(key) if ids is not None else None
+def _batch_lists(run: Run) -> Iterator[tuple[str, tuple[float, ...], Sequence[int] | None]]:
+    """``(key, values, batch ids or None)`` of each per-batch list of one run (the contract has checked
+    that ids and values line up)."""
+    batches = len(run.per_batch_ms.get("latency", ()))
+    for key, values in run.per_batch_ms.items():
+        found = None if run.per_batch_ids is None else run.per_batch_ids.get(key)
         if found is not None:
-            if not isinstance(found, list) or not all(
-                isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in found
-            ):
-                raise ReportError(
-                    f"{where}.per_batch_ids[{key!r}] must be a list of batch indices (integers ≥ 0)"
-                )
-            if len(found) != len(values):
-                raise ReportError(
-                    f"{where}.per_batch_ids[{key!r}] has {len(found)} batch indices for "
-                    f"{len(values)} values in per_batch_ms[{key!r}]"
-                )
-            yield str(key), [float(v) for v in values], list(found)
+            yield key, values, found
         elif len(values) == batches:
             # One value per batch, in batch order: its position is its batch index.
-            yield str(key), [float(v) for v in values], list(range(len(values)))
+            yield key, values, range(len(values))
         else:
-            yield str(key), [float(v) for v in values], None
+            yield key, values, None
 
 
 def tidy_rows(results: Iterable[ResultsFile]) -> Iterator[Row]:
     """Every run-level figure of every run, then each of its per-batch values, as tidy rows."""
     for res in results:
         point = _point_fields(res)
-        for i, run in enumerate(res.runs):
-            index = run.get("index")
-            block = run.get("block")
-            common = {
-                **point,
-                "run": index if isinstance(index, int) and not isinstance(index, bool) else i,
-                "block": block if isinstance(block, int) and not isinstance(block, bool) else None,
-            }
+        for run in res.results.runs:
+            common = {**point, "run": run.index, "block": run.block}
             for metric, value, unit in _run_figures(run):
                 yield Row(
                     **common, scope="run", batch=None, aligned=None, metric=metric, value=value, unit=unit
                 )
-            for key, values, ids in _batch_lists(res, i, run):
+            for key, values, ids in _batch_lists(run):
                 metric = batch_metric(key)
                 for j, value in enumerate(values):
                     yield Row(

@@ -257,7 +257,23 @@ def scenario_key(res: ResultsFile) -> tuple[str, ...]:
         json.dumps(cfg.cloud_cpuset, sort_keys=True),
         str(cfg.congestion_control),
         *(["containers"] if cfg.isolation == "docker" else []),
+        # (a model not of the paper -- its factory's spec -- and a cloud off the CPU are scenarios of their own)
+        *model_and_device_key(cfg.extra),
     )
+
+
+def model_and_device_key(extra: Mapping[str, Any]) -> list[str]:
+    """The parts of a scenario's key that name another model than the paper's CNN, or a node not on the
+    CPU; none for the paper's CNN on CPUs, so that results written before either was recorded agree."""
+    info = extra.get("model_info")
+    spec = info.get("spec") if isinstance(info, Mapping) else None
+    devices = extra.get("devices")
+    on = {
+        node: d.get("device")
+        for node, d in (devices.items() if isinstance(devices, Mapping) else ())
+        if isinstance(d, Mapping) and d.get("device") not in (None, "cpu")
+    }
+    return ([f"model {spec}"] if spec else []) + [f"{node} on {dev}" for node, dev in sorted(on.items())]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from tabulate import tabulate
 
-from contract.names import LOCAL_EXITS, PROCEDURES
+from contract.names import LOCAL_EXIT_KINDS, LOCAL_EXITS, PROCEDURES
 from reports import stats
 from reports.errors import ReportError
 from reports.loader import ResultsFile, TrainLog, scenario_key
@@ -160,7 +160,7 @@ def group_scenarios(results: Sequence[ResultsFile]) -> list[Scenario]:
 
 def _pair(scn: Scenario, exit_: int, t: float, metric: str, scale: float = 1.0) -> tuple[Cell, Cell]:
     out: list[Cell] = []
-    for kind in ("sem", "mem"):
+    for kind in LOCAL_EXIT_KINDS:
         r = scn.get(kind, exit_, t)
         v = None if r is None else r.metric(metric)
         out.append(None if v is None else v * scale)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything localexit needs on a fresh Debian machine of this kind, idempotently:
-#   - as root with apt: iproute2 (ip, tc: namespaces and shaping) and dataset-fashion-mnist (the default data);
+#   - as root with apt: iproute2 (ip, tc: namespaces and shaping), dataset-fashion-mnist (the default data)
+#     and openssh-server (sshd for the multi-host tests);
 #   - a virtual environment at .venv with Python 3.11, the project with every extra (report, bench, test,
 #     dev) installed in it.
 # Installs go through constraints.txt: its exact torch keeps Python 3.11 on the local CPU wheel, never a
@@ -13,6 +14,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 need_pkgs=()
 command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || need_pkgs+=(iproute2)
 [ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need_pkgs+=(dataset-fashion-mnist)
+# sshd for the multi-host tests (each "host" a namespace running its own; the service is never started)
+[ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing Debian packages: ${need_pkgs[*]}"

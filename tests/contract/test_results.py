@@ -65,11 +65,46 @@ def version_1() -> dict[str, Any]:
 
 def version_2() -> dict[str, Any]:
     doc = version_1()
-    doc["schema"] = RESULTS_SCHEMA
+    doc["schema"] = "localexit/2"
     doc["config"].update(cloud_cpuset=None, tcp_congestion_control={"name": "bbr"})
     for i, run in enumerate(doc["runs"]):
         run.update(block=i, position=0, per_batch_ids={"latency": [0, 1], "1": [0, 1]})
     return doc
+
+
+def _schedule_v2(measured_from_s: float) -> dict[str, Any]:
+    """A run's link-schedule fields as versions 1 and 2 wrote them: flat in the run."""
+    return {
+        "link_changes": [{"step": 0, "at_s": 0.004, "rate": "10mbit"}],
+        "link_changes_not_reached": 1,
+        "link_schedule_t0_ns": 123,
+        "link_schedule_measured_from_s": measured_from_s,
+    }
+
+
+def version_2_as_recorded() -> dict[str, Any]:
+    """A version-2 file as the harness wrote it with busy-host re-runs, a link schedule, a clock check
+    and a per-sample archive: fields that version had no type for."""
+    doc = version_2()
+    doc["config"].update(max_other_cpu_percent=50.0, link_schedule={"steps": [{"at": "0s"}]})
+    doc["runs"][0].update(
+        attempt=1, busy=False, clock_check={"warnings": ["4: drifted"]}, **_schedule_v2(1.5)
+    )
+    doc["runs"][1].update(attempt=0, busy=True, **_schedule_v2(1.7))
+    thrown = _run(0, block=0, position=0, per_batch_ids={"latency": [0, 1], "1": [0, 1]})
+    thrown.update(attempt=0, busy=True, discarded="busy host", **_schedule_v2(1.6))
+    doc["discarded_runs"] = [thrown]
+    doc["samples_file"] = {
+        "path": "r.samples.npz",
+        "sha256": "ab" * 32,
+        "schema": "localexit-samples/1",
+        "rows": 30,
+    }
+    return doc
+
+
+def version_3() -> dict[str, Any]:
+    return Results.from_json(version_2_as_recorded()).to_json()
 
 
 def test_version_1_is_read_by_its_number_and_upgraded() -> None:
@@ -84,20 +119,92 @@ def test_version_1_is_read_by_its_number_and_upgraded() -> None:
     assert Results.from_json(written) == res  # and what it writes reads back as the current version
 
 
-def test_version_2_needs_the_fields_it_added() -> None:
-    assert Results.from_json(version_2()).blocked
-    for path, message in (
-        (("config", "tcp_congestion_control"), "missing field config.tcp_congestion_control"),
-        (("runs", 1, "position"), r"missing field runs\[1\]\.position"),
-        (("runs", 0, "per_batch_ids"), r"missing field runs\[0\]\.per_batch_ids"),
+@pytest.mark.parametrize(
+    ("make", "path", "message"),
+    [
+        (version_2, ("config", "tcp_congestion_control"), "missing field config.tcp_congestion_control"),
+        (version_2, ("runs", 1, "position"), r"missing field runs\[1\]\.position"),
+        (version_2, ("runs", 0, "per_batch_ids"), r"missing field runs\[0\]\.per_batch_ids"),
+        (version_3, ("discarded_runs",), "missing field discarded_runs"),
+        (version_3, ("samples_file",), "missing field samples_file"),
+        (version_3, ("config", "max_other_cpu_percent"), "missing field config.max_other_cpu_percent"),
+        (version_3, ("config", "link_schedule"), "missing field config.link_schedule"),
+        (version_3, ("runs", 1, "busy"), r"missing field runs\[1\]\.busy"),
+        (version_3, ("runs", 0, "attempt"), r"missing field runs\[0\]\.attempt"),
+        (version_3, ("runs", 0, "link_schedule", "t0_ns"), r"missing field runs\[0\]\.link_schedule\.t0_ns"),
+        (version_3, ("discarded_runs", 0, "discarded"), r"missing field discarded_runs\[0\]\.discarded"),
+    ],
+)
+def test_each_version_needs_the_fields_it_added(make: Any, path: tuple[Any, ...], message: str) -> None:
+    doc = make()
+    Results.from_json(doc)  # (complete, it reads)
+    parent: Any = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    with pytest.raises(SchemaError, match=message):
+        Results.from_json(doc)
+
+
+def test_version_2_is_upgraded_to_the_typed_fields_of_version_3() -> None:
+    res = Results.from_json(version_2_as_recorded())
+    first, second = res.runs
+    assert (first.attempt, first.busy, first.discarded) == (1, False, None)
+    assert (second.attempt, second.busy) == (0, True)
+    assert first.clock_warnings == ["4: drifted"] and second.clock_warnings == []
+    assert first.link_schedule is not None and first.link_schedule.measured_from_s == 1.5
+    assert first.link_schedule.not_reached == 1 and first.link_schedule.t0_ns == 123
+    assert [dict(c) for c in first.link_schedule.changes] == [{"step": 0, "at_s": 0.004, "rate": "10mbit"}]
+    assert "link_changes" not in first.extra  # (gathered, not kept twice)
+    (thrown,) = res.discarded_runs
+    assert (thrown.index, thrown.attempt, thrown.busy, thrown.discarded) == (0, 0, True, "busy host")
+    assert res.samples_file is not None and res.samples_file.rows == 30
+    assert res.config.max_other_cpu_percent == 50.0
+    assert res.config.link_schedule == {"steps": [{"at": "0s"}]}
+    written = res.to_json()
+    assert written["schema"] == "localexit/3" == RESULTS_SCHEMA
+    assert written["runs"][0]["link_schedule"]["measured_from_s"] == 1.5
+    assert "link_schedule_measured_from_s" not in written["runs"][0]
+    assert Results.from_json(written) == res
+
+
+def test_version_1_and_2_without_those_fields_read_as_first_quiet_attempts() -> None:
+    for doc in (version_1(), version_2()):
+        res = Results.from_json(doc)
+        assert [(r.attempt, r.busy, r.discarded, r.clock_check, r.link_schedule) for r in res.runs] == [
+            (0, False, None, None, None)
+        ] * 2
+        assert res.discarded_runs == () and res.samples_file is None
+        assert res.config.max_other_cpu_percent is None and res.config.link_schedule is None
+
+
+def test_a_version_3_value_of_the_wrong_type_is_named_by_its_place() -> None:
+    for mutate, message in (
+        (lambda d: d["runs"][0].update(busy="yes"), r"runs\[0\]\.busy must be true or false"),
+        (
+            lambda d: d["discarded_runs"][0].update(attempt=-1),
+            r"discarded_runs\[0\]\.attempt must be an integer",
+        ),
+        (lambda d: d["samples_file"].update(rows="30"), r"samples_file\.rows must be an integer"),
+        (
+            lambda d: d["runs"][1].update(edge_resources_window="all"),
+            r"runs\[1\]\.edge_resources_window must be one",
+        ),
     ):
-        doc = version_2()
-        parent: Any = doc
-        for key in path[:-1]:
-            parent = parent[key]
-        del parent[path[-1]]
+        doc = version_3()
+        mutate(doc)
         with pytest.raises(SchemaError, match=message):
             Results.from_json(doc)
+
+
+def test_fields_added_through_extra_are_written_and_read_back() -> None:
+    """What a writer records that no type models yet (an exit policy's choices) survives a round trip."""
+    res = Results.from_json(version_3())
+    run = res.runs[0].with_extra(chosen_exits=[3, 3, 4])
+    again = Results.from_json(
+        dataclasses.replace(res, runs=(run, res.runs[1])).with_extra(hosts=["a"]).to_json()
+    )
+    assert again.runs[0].extra == {"chosen_exits": [3, 3, 4]} and again.extra == {"hosts": ["a"]}
 
 
 @pytest.mark.parametrize(
@@ -107,7 +214,10 @@ def test_version_2_needs_the_fields_it_added() -> None:
             f"localexit/{RESULTS_VERSION + 1}",
             r"is newer than this version of localexit reads .*: upgrade localexit",
         ),
-        ("localexit/0", "is not supported; this version of localexit reads 'localexit/1', 'localexit/2'"),
+        (
+            "localexit/0",
+            "is not supported; this version of localexit reads 'localexit/1', 'localexit/2', 'localexit/3'",
+        ),
         ("localexit-records/1", "is not supported"),
         (None, "is not supported"),
     ],
@@ -120,16 +230,16 @@ def test_other_versions_and_schemas_are_refused(schema: object, message: str) ->
 
 
 def test_fields_no_type_models_survive_a_rewrite(tmp_path: Path) -> None:
-    doc = version_2()
-    doc["samples_file"] = {"path": "x.npz"}
-    doc["config"]["placement"] = {"edge": "0"}
-    doc["runs"][0]["clock_check"] = {"warnings": []}
+    doc = version_3()
+    doc["adapt"] = {"policy": "fixed"}
+    doc["config"]["node_env"] = {"edge": {"OMP_NUM_THREADS": "1"}}
+    doc["runs"][0]["chosen_exits"] = [5, 5]
     path = tmp_path / "r.json"
     write_results(path, Results.from_json(doc))
     again = json.loads(path.read_text())
-    assert again["samples_file"] == {"path": "x.npz"}
-    assert again["config"]["placement"] == {"edge": "0"}
-    assert again["runs"][0]["clock_check"] == {"warnings": []}
+    assert again["adapt"] == {"policy": "fixed"}
+    assert again["config"]["node_env"] == {"edge": {"OMP_NUM_THREADS": "1"}}
+    assert again["runs"][0]["chosen_exits"] == [5, 5]
     assert read_results(path) == Results.from_json(doc)
 
 
@@ -169,7 +279,7 @@ def test_fields_no_type_models_survive_a_rewrite(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_value_is_named_by_its_place(mutate: Any, message: str) -> None:
-    doc = version_2()
+    doc = version_3()
     mutate(doc)
     with pytest.raises(SchemaError, match=message):
         Results.from_json(doc)
@@ -177,7 +287,7 @@ def test_a_bad_value_is_named_by_its_place(mutate: Any, message: str) -> None:
 
 def test_values_are_checked_when_the_harness_builds_them_too() -> None:
     """The types check themselves, so a writer cannot build what a reader would refuse."""
-    good = Results.from_json(version_2())
+    good = Results.from_json(version_3())
     with pytest.raises(ValueError, match="local_exits 5 \\+ cloud_exits 4 is not samples 10"):
         Summary(10, 5, 4, None, None, 0.5, None, None, 1.0)
     with pytest.raises(ValueError, match="position must be an integer ≥ 0"):

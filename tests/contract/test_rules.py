@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from contract.rules import check_model_exit, check_threshold, exits_locally
+from contract.rules import (
+    THRESHOLD_MAX,
+    THRESHOLD_MIN,
+    check_batch_size,
+    check_model_exit,
+    check_threshold,
+    exits_locally,
+)
 
 
 @pytest.mark.parametrize("value", [0, 0.0, 0.3, 1, 1.0])
@@ -48,3 +55,24 @@ def test_the_exit_rule_is_strict() -> None:
     assert exits_locally(eps, 0.3).tolist() == [True, True, False, False, False]
     assert not exits_locally(eps, 0.0).any()  # T = 0: every sample goes to the cloud
     assert exits_locally(eps, 1.0).tolist() == [True, True, True, True, False]  # no head: never local
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "32", None])
+def test_a_batch_size_that_is_not_a_positive_integer_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="the batch size must be an integer ≥ 1"):
+        check_batch_size(value)
+    assert check_batch_size(32) == 32
+
+
+def test_the_nodes_messages_refuse_the_thresholds_the_rule_refuses() -> None:
+    """The wire's Threshold type takes its bounds from the rule, so a node refuses what the harness does."""
+    import msgspec
+
+    from nodes.messages import Configure
+
+    base = {"checkpoint": "mem.pt", "exit": 5}
+    ok = msgspec.convert({**base, "threshold": THRESHOLD_MAX}, Configure)
+    assert ok.threshold == check_threshold(THRESHOLD_MAX)
+    for outside in (THRESHOLD_MIN - 0.01, THRESHOLD_MAX + 0.01):
+        with pytest.raises(msgspec.ValidationError, match="threshold"):
+            msgspec.convert({**base, "threshold": outside}, Configure)

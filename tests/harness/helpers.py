@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from contract.results import Results
 from harness.results import build_results, build_run
 
 
@@ -85,7 +86,7 @@ def make_results(
     seed: int = 0,
     batches: int = 20,
     **config: Any,
-) -> dict[str, Any]:
+) -> Results:
     run_objs = [
         build_run(
             i,

@@ -3,6 +3,7 @@ marked when the host stayed busy; files with such runs still read by the reports
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from contract.results import Resource, Run
 from harness import busy, runner
 from harness.check import compare
 from harness.config import RunConfig
@@ -22,6 +24,7 @@ from harness.results import load_results, write_results
 from harness.runner import run_experiment
 
 from .conftest import FakeCommands, FakeTestbed
+from .helpers import make_results
 
 
 def test_a_run_over_the_limit_is_busy_and_run_again_while_retries_are_left() -> None:
@@ -37,8 +40,10 @@ def test_a_run_over_the_limit_is_busy_and_run_again_while_retries_are_left() -> 
 
 
 def _attempts(loads: list[float]) -> Any:
-    def measure(attempt: int) -> dict[str, Any]:
-        return {"index": 0, busy.LOAD_FIELD: {"mean": loads[attempt], "max": loads[attempt], "n": 3}}
+    (run,) = make_results().runs
+
+    def measure(attempt: int) -> Run:
+        return dataclasses.replace(run, host_other_cpu_percent=Resource(loads[attempt], loads[attempt], 3))
 
     return measure
 
@@ -48,18 +53,18 @@ def test_the_first_quiet_attempt_is_kept_and_the_busy_ones_are_kept_apart() -> N
     kept, discarded = busy.repeat_while_busy(
         _attempts([300.0, 10.0]), limit=50.0, retries=2, on_discard=lambda run, v: told.append(v.reason)
     )
-    assert kept["attempt"] == 1 and kept["busy"] is False and "discarded" not in kept
-    assert [run["attempt"] for run in discarded] == [0]
-    assert discarded[0]["discarded"] == "busy host: other programs used 300 % CPU > limit 50 %"
-    assert discarded[0]["busy"] is True and told == [discarded[0]["discarded"]]
+    assert kept.attempt == 1 and kept.busy is False and kept.discarded is None
+    assert [run.attempt for run in discarded] == [0]
+    assert discarded[0].discarded == "busy host: other programs used 300 % CPU > limit 50 %"
+    assert discarded[0].busy is True and told == [discarded[0].discarded]
 
 
 def test_a_host_that_stays_busy_gives_a_kept_run_marked_busy_after_the_retries() -> None:
     kept, discarded = busy.repeat_while_busy(_attempts([300.0, 200.0, 100.0, 0.0]), limit=50.0, retries=2)
-    assert kept["attempt"] == 2 and kept["busy"] is True and "discarded" not in kept
+    assert kept.attempt == 2 and kept.busy is True and kept.discarded is None
     assert len(discarded) == 2
     kept, discarded = busy.repeat_while_busy(_attempts([300.0]), limit=50.0, retries=0)
-    assert kept["busy"] is True and discarded == []
+    assert kept.busy is True and discarded == []
 
 
 class _Sampler:
@@ -97,22 +102,23 @@ def test_a_run_on_a_busy_host_is_run_again_and_the_file_keeps_every_attempt(
     assert _Sampler.loads == []
     tb = fake_testbed.instances[0]
     assert len(tb.popened) == 3 * 6  # three nodes for each of the six attempts
-    runs = results["runs"]
-    assert [(r["index"], r["attempt"], r["busy"]) for r in runs] == [
+    runs = results.runs
+    assert [(r.index, r.attempt, r.busy) for r in runs] == [
         (0, 1, False),
         (1, 0, False),
         (2, 2, True),
     ]
-    assert [r["host_other_cpu_percent"]["mean"] for r in runs] == [5.0, 7.0, 130.0]
-    discarded = results["discarded_runs"]
-    assert [(r["index"], r["attempt"]) for r in discarded] == [(0, 0), (2, 0), (2, 1)]
-    assert discarded[0]["discarded"] == "busy host: other programs used 180 % CPU > limit 50 %"
-    assert all(r["busy"] for r in discarded)
+    assert [busy.other_load(r) for r in runs] == [5.0, 7.0, 130.0]
+    discarded = results.discarded_runs
+    assert [(r.index, r.attempt) for r in discarded] == [(0, 0), (2, 0), (2, 1)]
+    assert discarded[0].discarded == "busy host: other programs used 180 % CPU > limit 50 %"
+    assert all(r.busy for r in discarded)
     # the figures come from the kept runs only
-    assert results["aggregate"]["overall_latency_ms"]["n"] == 3
+    latency = results.aggregate["overall_latency_ms"]
+    assert latency is not None and latency.n == 3
     assert any("run 1/3: busy host" in n and "running it again (1/2)" in n for n in notices)
     assert any("run 3/3" in n and "marked busy" in n for n in notices)
-    assert results["config"]["max_other_cpu_percent"] == 50.0 and results["config"]["busy_retries"] == 2
+    assert results.config.max_other_cpu_percent == 50.0 and results.config.busy_retries == 2
 
     summary = format_summary(results)
     assert "warning: run(s) 2 measured while other programs used 130% CPU (limit 50%)" in summary
@@ -121,7 +127,7 @@ def test_a_run_on_a_busy_host_is_run_again_and_the_file_keeps_every_attempt(
     path = tmp_path / "busy.json"
     write_results(path, results)
     loaded = load_results(path)
-    assert len(loaded["runs"]) == 3 and len(loaded["discarded_runs"]) == 3
+    assert len(loaded.runs) == 3 and len(loaded.discarded_runs) == 3
     # the check reads the file and sees the kept busy run (a change found on it is inconclusive)
     assert compare(loaded, loaded).host_load == (130.0, 130.0)
     (report_file,) = load_for_report([path])
@@ -136,7 +142,7 @@ def test_no_retry_when_the_host_is_quiet(
     results = run_experiment(
         small_config.replace(busy_retries=2), testbed_factory=fake_testbed, commands=FakeCommands()
     )
-    assert results["discarded_runs"] == [] and results["runs"][0]["busy"] is False
+    assert results.discarded_runs == () and results.runs[0].busy is False
     assert len(fake_testbed.instances[0].popened) == 3
 
 
@@ -172,8 +178,8 @@ def test_another_program_busy_on_the_host_makes_the_run_busy(
     monkeypatch.setenv("FAKE_TEST_SLEEP", "0.6")  # (a measured phase the sampler sees a few times)
     cfg = small_config.replace(busy_retries=1, max_other_cpu=50.0)
     results = run_experiment(cfg, testbed_factory=fake_testbed, commands=FakeCommands())
-    (kept,) = results["runs"]
-    (thrown,) = results["discarded_runs"]
-    assert thrown["discarded"].startswith("busy host: other programs used")
+    (kept,) = results.runs
+    (thrown,) = results.discarded_runs
+    assert thrown.discarded is not None and thrown.discarded.startswith("busy host: other programs used")
     assert busy.other_load(thrown) is not None and busy.other_load(thrown) > 50.0  # type: ignore[operator]
-    assert kept["busy"] is True and kept["attempt"] == 1
+    assert kept.busy is True and kept.attempt == 1

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from contract.results import Results
 from harness.check import MIN_RUNS, compare, confirmed, format_report, judge
 from harness.errors import ResultsError
 from nodes.cloud import TEST_SLOWDOWN_ENV
@@ -19,8 +20,11 @@ from tests.programs import host_port, spawn_module, wait_ready
 from .helpers import make_results
 
 
-def _scale_runs(results: dict[str, Any], factors: list[float], keys: tuple[str, ...] = ()) -> dict[str, Any]:
+def _scale_runs(
+    given: Results | dict[str, Any], factors: list[float], keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Multiply every per-batch time of run i (or only those of ``keys``) by ``factors[i]``."""
+    results = given.to_json() if isinstance(given, Results) else given
     for run, factor in zip(results["runs"], factors, strict=True):
         for key in keys or tuple(run["per_batch_ms"]):
             run["per_batch_ms"][key] = [v * factor for v in run["per_batch_ms"][key]]
@@ -138,7 +142,7 @@ def test_slowdown_explained_by_machine_speed_is_not_a_regression() -> None:
 
 def test_a_run_whose_calibration_caught_a_slow_cpu_state_does_not_make_a_regression() -> None:
     # A side's runs calibrated at 2.96, 3.91 and 3.82 ms: its best, not its median, is the machine's speed.
-    base = make_results(runs=3, seed=0, calibration_ms=2.96, links=UNSHAPED)
+    base = make_results(runs=3, seed=0, calibration_ms=2.96, links=UNSHAPED).to_json()
     for run, cal in zip(base["runs"], (2.96, 3.91, 3.82), strict=True):
         run["calibration_ms"] = cal
     cur = make_results(runs=3, seed=100, calibration_ms=2.9, links=UNSHAPED)
@@ -171,11 +175,11 @@ def test_too_few_batches_is_inconclusive_not_failure() -> None:
 def test_different_experiments_are_refused() -> None:
     with pytest.raises(ResultsError, match="different experiments"):
         compare(make_results(), make_results(threshold=0.5))
-    placed = make_results()
+    placed = make_results().to_json()
     placed["config"]["cloud_cpuset"] = {"cpuset": "1", "mechanism": "sched_setaffinity"}
     with pytest.raises(ResultsError, match="cloud_cpuset: None vs"):
         compare(make_results(), placed)
-    pipelined = make_results()
+    pipelined = make_results().to_json()
     pipelined["config"]["inflight"] = 2
     with pytest.raises(ResultsError, match="inflight"):
         compare(make_results(), pipelined)
@@ -237,7 +241,7 @@ def test_an_improvement_must_also_be_shown_again() -> None:
 def test_results_without_per_batch_times_are_refused() -> None:
     """The check compares per-batch times: a results file that holds none (a hand-written one) cannot
     pass it by having nothing to compare."""
-    base = make_results(seed=0)
+    base = make_results(seed=0).to_json()
     for run in base["runs"]:
         run["per_batch_ms"], run["per_batch_ids"] = {}, None
     with pytest.raises(ResultsError, match="the baseline records no per-batch times"):

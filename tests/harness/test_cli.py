@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.results import Results
 from harness import cli
 
 
@@ -188,7 +189,7 @@ def test_check_confirms_a_regression_with_a_fresh_run(
         runs = iter(speeds)
         calls = []
 
-        def fake_run(cfg: RunConfig) -> dict[str, object]:
+        def fake_run(cfg: RunConfig) -> Results:
             calls.append(cfg)
             return make_results(runs=5, seed=10 * len(calls), batch_ms=next(runs), request=request)
 

@@ -4,6 +4,7 @@ one name per option, sweeps that refuse what they would ignore, and --dry-run.""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import os
 from pathlib import Path
@@ -249,7 +250,7 @@ def test_sweep_dry_run_lists_the_points_and_the_time_and_runs_nothing(
     # A sweep that has measured points estimates from them.
     done = RunConfig(model="sem", exit=1, threshold=0.3, samples=320, checkpoint=None)
     results = make_results(request=config_to_dict(done))
-    results["runs"][0]["duration_s"] = 42.0
+    results = dataclasses.replace(results, runs=(dataclasses.replace(results.runs[0], duration_s=42.0),))
     write_results(out_dir / "points" / f"{done.label()}.json", results)
     code, out, _ = returns(capsys, *argv, "--out-dir", str(out_dir), "--dry-run")
     assert code == 0

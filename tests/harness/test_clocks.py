@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
+from contract.results import Results
 from harness.cli import run_config_from_args
 from harness.config import RunConfig, config_from_dict, config_to_dict
 from harness.display import format_summary
 from harness.errors import NodeFailure
 from harness.parsers import parse
-from harness.results import build_results, build_run, clock_warnings
+from harness.results import build_results, build_run
 from harness.runner import Plan, check_run_clocks, run_experiment
 from nodes.timing import (
     NS_PER_S,
@@ -64,7 +65,7 @@ def _clock_sections(cloud_uncertainty_ns: int, same_host: bool) -> dict[str, Any
     }
 
 
-def _results(cloud_uncertainty_ns: int, same_host: bool = False, runs: int = 1) -> dict[str, Any]:
+def _results(cloud_uncertainty_ns: int, same_host: bool = False, runs: int = 1) -> Results:
     run_objs = []
     for i in range(runs):
         records = {**make_records(seed=i), **_clock_sections(cloud_uncertainty_ns, same_host)}
@@ -85,7 +86,7 @@ def test_the_summary_says_each_node_was_offset_corrected_and_warns_about_an_unce
 
 def test_the_summary_of_a_same_host_run_records_the_shared_clock_without_warnings() -> None:
     results = _results(cloud_uncertainty_ns=300_000, same_host=True, runs=2)
-    assert all(not clock_warnings(run) for run in results["runs"])
+    assert all(not run.clock_warnings for run in results.runs)
     text = format_summary(results)
     assert "clocks: edge shared-clock, cloud shared-clock" in text
     assert "warning: clocks" not in text
@@ -94,14 +95,14 @@ def test_the_summary_of_a_same_host_run_records_the_shared_clock_without_warning
 def test_strict_clocks_fails_a_run_whose_clocks_are_not_trusted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    untrusted = _results(cloud_uncertainty_ns=300_000)["runs"][0]
+    untrusted = _results(cloud_uncertainty_ns=300_000).runs[0]
     with caplog.at_level(logging.WARNING, logger="harness.runner"):
         check_run_clocks(untrusted, tmp_path / "records.json", strict=False)  # only says so
     assert sum("run 0: clocks: procedure" in r.getMessage() for r in caplog.records) == 2
     with pytest.raises(NodeFailure, match=r"--strict-clocks.*procedure 5") as failed:
         check_run_clocks(untrusted, tmp_path / "records.json", strict=True)
     assert failed.value.node == "test", "a failed measurement (exit code 1), not a user error (2)"
-    trusted = _results(cloud_uncertainty_ns=10_000)["runs"][0]  # ± 0.01 ms: within a tenth of every procedure
+    trusted = _results(cloud_uncertainty_ns=10_000).runs[0]  # ± 0.01 ms: within a tenth of every procedure
     check_run_clocks(trusted, tmp_path / "records.json", strict=True)
 
 
@@ -135,8 +136,9 @@ def test_a_run_with_untrusted_clocks_is_kept_with_a_warning_or_failed_with_stric
     small_config: RunConfig, fake_testbed: type[FakeTestbed]
 ) -> None:
     results = run_experiment(small_config, testbed_factory=fake_testbed, commands=UntrustingCommands())
-    run = results["runs"][0]
-    assert run["clock"]["cloud"]["method"] == "offset-corrected" and run["clock_check"]["trusted"] is False
+    run = results.runs[0]
+    assert run.clock["cloud"]["method"] == "offset-corrected" and run.clock_check is not None
+    assert run.clock_check["trusted"] is False
     assert "warning: clocks: procedure 5" in format_summary(results)
     with pytest.raises(NodeFailure, match="--strict-clocks"):
         run_experiment(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from harness.display import format_summary
 from harness.results import aggregate_runs
 
@@ -20,8 +22,10 @@ def test_two_runs_give_one_too_few_warning() -> None:
 
 def test_a_really_unstable_figure_is_named() -> None:
     results = make_results(runs=3)
-    results["runs"][2]["summary"]["overall_latency_ms"] *= 3  # one run far off the others
-    results["aggregate"] = aggregate_runs(results["runs"])
+    runs = list(results.runs)
+    far = dataclasses.replace(runs[2].summary, overall_latency_ms=3 * runs[2].summary.overall_latency_ms)
+    runs[2] = dataclasses.replace(runs[2], summary=far)  # one run far off the others
+    results = dataclasses.replace(results, runs=tuple(runs), aggregate=aggregate_runs(runs))
     text = format_summary(results)
     assert "warning: overall_latency_ms is unstable across runs" in text
     assert "too few" not in text

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.results import Results
 from harness.results import load_results, write_results
 
 # (--busy-retries 0: these tests check behaviour, not latency, and must pass on a shared machine)
@@ -52,7 +53,7 @@ def test_namespaced_run_baseline_check_and_regression(tiny_checkpoint: Path, tmp
     )
     assert proc.returncode == 0, proc.stderr
     assert "per-procedure time per batch" in proc.stdout and "tbf" in proc.stdout
-    results = load_results(baseline)
+    results = load_results(baseline).to_json()
     cfg = results["config"]
     assert cfg["isolation"] == "netns"
     assert cfg["link_backend"]["edge_cloud"]["rate"] == "tbf"
@@ -76,7 +77,7 @@ def test_namespaced_run_baseline_check_and_regression(tiny_checkpoint: Path, tmp
     slow = json.loads(baseline.read_text())
     for r in slow["runs"]:
         r["per_batch_ms"] = {k: [v * 1.6 for v in vs] for k, vs in r["per_batch_ms"].items()}
-    write_results(tmp_path / "slow.json", slow)
+    write_results(tmp_path / "slow.json", Results.from_json(slow))
     # Both sides carry the same recorded machine load, so the busy-machine rule is lifted here: the only
     # difference between them is the slow-down.
     proc = harness(
@@ -107,7 +108,7 @@ def test_loopback_run_without_namespaces(tiny_checkpoint: Path, tmp_path: Path) 
         str(out),
     )
     assert proc.returncode == 0, proc.stderr
-    results = load_results(out)
+    results = load_results(out).to_json()
     assert results["config"]["isolation"] == "loopback"
     assert results["config"]["link_backend"]["edge_cloud"]["rate"] == "tcp-relay"
     assert results["runs"][0]["summary"]["samples"] == 96

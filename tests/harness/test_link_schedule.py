@@ -3,6 +3,7 @@ the test node runs, recorded in the results and shown in the summary; a change t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,17 +14,19 @@ from typing import Any
 
 import pytest
 
+from contract.results import Results, ScheduleRecord
 from harness import cli
 from harness.config import LinkOptions, RunConfig
 from harness.display import format_summary, schedule_lines
 from harness.errors import ComponentFailure, ConfigError
-from harness.link_schedule import RUN_FIELDS, parse_schedule, starting_point
+from harness.link_schedule import parse_schedule, starting_point
 from harness.results import load_results
 from harness.runner import run_experiment
 from netem import EdgeLimits, LinkSpec, NetemError
 from netem.schedule import parse_inline
 
 from .conftest import FakeCommands, FakeTestbed
+from .helpers import make_results
 
 SCHEDULE = "0s:10mbit/2ms,0.3s:1mbit/20ms~2ms/1%"
 
@@ -139,7 +142,7 @@ def test_the_changes_are_applied_while_the_test_node_runs_and_recorded(
     monkeypatch.setenv("FAKE_TEST_SLEEP", "1.0")
     FakeTestbed.instances = []
     cfg = small_config.replace(link_schedule=SCHEDULE + ",30s:10mbit/2ms", cpu_schedule="0s:1,0.5s:0.5")
-    results = run_experiment(cfg, testbed_factory=ChangingTestbed, commands=FakeCommands())
+    results = run_experiment(cfg, testbed_factory=ChangingTestbed, commands=FakeCommands()).to_json()
     tb = FakeTestbed.instances[0]
     assert isinstance(tb, ChangingTestbed)
     assert tb.config.edge_cloud == LinkSpec.parse(rate="10mbit", delay="2ms")  # brought up as step 1
@@ -152,9 +155,9 @@ def test_the_changes_are_applied_while_the_test_node_runs_and_recorded(
     ]
     expected = parse_schedule(cfg, usable_cpus=2)
     assert expected is not None and results["config"]["link_schedule"] == expected.to_json()
-    run = results["runs"][0]
-    assert set(RUN_FIELDS) <= set(run)
-    changes = run["link_changes"]
+    run = results["runs"][0]["link_schedule"]
+    assert set(run) == {"changes", "not_reached", "t0_ns", "measured_from_s"}
+    changes = run["changes"]
     assert [(c["kind"], c["target"], c["at_s"]) for c in changes] == [
         ("cpu", "edge", 0),
         ("link", "edge_cloud", 0),
@@ -170,10 +173,10 @@ def test_the_changes_are_applied_while_the_test_node_runs_and_recorded(
     }
     assert changes[3]["mechanism"] == {"cpus": "fake-cgroup"}
     assert all(0 <= c["late_s"] < 0.5 for c in changes)
-    assert run["link_changes_not_reached"] == 1  # the step at 30 s: the run was over by then
-    assert 0 <= run["link_schedule_measured_from_s"] < 10  # (the fake test node's first send)
-    assert isinstance(run["link_schedule_t0_ns"], int)
-    text = format_summary(results)
+    assert run["not_reached"] == 1  # the step at 30 s: the run was over by then
+    assert 0 <= run["measured_from_s"] < 10  # (the fake test node's first send)
+    assert isinstance(run["t0_ns"], int)
+    text = format_summary(Results.from_json(results))
     assert "link schedule: 3 link and 2 CPU step(s)" in text and "4 change(s) applied" in text
     assert "1 step(s) of the schedule came after the run's end" in text
 
@@ -217,24 +220,27 @@ def _change(at_s: float, late_s: float) -> dict[str, Any]:
             "values": {}, "mechanism": {}}  # fmt: skip
 
 
+def _scheduled(*runs: tuple[list[dict[str, Any]], float]) -> Results:
+    """Results of runs that followed a two-step link schedule: each run's changes and where its
+    measured phase began."""
+    results = make_results(runs=len(runs))
+    config = dataclasses.replace(results.config, link_schedule=parse_inline("0s:10mbit,1s:1mbit").to_json())
+    recorded = [
+        dataclasses.replace(run, link_schedule=ScheduleRecord(tuple(changes), 0, 1, measured_from))
+        for run, (changes, measured_from) in zip(results.runs, runs, strict=True)
+    ]
+    return dataclasses.replace(results, config=config, runs=tuple(recorded))
+
+
 def test_the_summary_gives_the_changes_and_the_latest_against_the_target() -> None:
-    results: dict[str, Any] = {
-        "config": {"link_schedule": parse_inline("0s:10mbit,1s:1mbit").to_json()},
-        "runs": [
-            {"link_changes": [_change(0, 0.004), _change(1, 0.012)], "link_changes_not_reached": 0,
-             "link_schedule_measured_from_s": 1.7},
-            {"link_changes": [_change(0, 0.003), _change(1, 0.009)], "link_changes_not_reached": 0,
-             "link_schedule_measured_from_s": 1.5},
-        ],
-    }  # fmt: skip
-    (line,) = schedule_lines(results)
+    first = [_change(0, 0.004), _change(1, 0.012)]
+    (line,) = schedule_lines(_scheduled((first, 1.7), ([_change(0, 0.003), _change(1, 0.009)], 1.5)))
     assert "2 link and 0 CPU step(s)" in line and "4 change(s) applied over 2 runs" in line
     assert "the latest 12.0 ms after its time (target ≤ 50 ms)" in line and "measured from 1.5 s on" in line
-    results["runs"][1]["link_changes"][1] = _change(1, 0.120)
-    lines = schedule_lines(results)
+    lines = schedule_lines(_scheduled((first, 1.7), ([_change(0, 0.003), _change(1, 0.120)], 1.5)))
     assert "the latest 120.0 ms" in lines[0]
     assert lines[1].startswith("warning: a change of the link schedule came 120 ms late")
-    assert schedule_lines({"config": {}, "runs": []}) == []
+    assert schedule_lines(make_results()) == []
 
 
 # --- a real run (root): the namespaced testbed, the real nodes ----------------------------------------
@@ -252,16 +258,16 @@ def test_a_namespaced_run_applies_and_records_its_schedule(tiny_checkpoint: Path
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    results = load_results(out)
+    results = load_results(out).to_json()
     cfg = results["config"]
     assert cfg["link_schedule"]["link"][1] == {
         "at_s": 1.0, "rate_bps": 2_000_000, "delay_s": 0.01, "jitter_s": 0.0, "loss": 0.0, "limit_bytes": None
     }  # fmt: skip
     assert cfg["links"]["edge_cloud"]["rate"] == "10mbit" and cfg["edge_limits"]["cpus"] == "1"
     run = results["runs"][0]
-    changes = run["link_changes"]
+    changes = run["link_schedule"]["changes"]
     print("lateness (ms):", [round(c["late_s"] * 1e3, 2) for c in changes])
-    print("run lasted", run["duration_s"], "s; measured from", run["link_schedule_measured_from_s"], "s")
+    print("run lasted", run["duration_s"], "s; measured from", run["link_schedule"]["measured_from_s"], "s")
     assert [(c["kind"], c["at_s"]) for c in changes] == [
         ("cpu", 0),
         ("link", 0),
@@ -269,7 +275,7 @@ def test_a_namespaced_run_applies_and_records_its_schedule(tiny_checkpoint: Path
         ("cpu", 1.5),
         ("link", 2),
     ]
-    assert run["link_changes_not_reached"] == 0  # the run lasted past the last step
+    assert run["link_schedule"]["not_reached"] == 0  # the run lasted past the last step
     delay_by = cfg["link_backend"]["edge_cloud"]["delay"]
     assert changes[2]["values"]["rate"] == "2mbit" and changes[2]["mechanism"]["delay"] == delay_by
     assert changes[3]["mechanism"]["cpus"] == cfg["edge_limits"]["mechanism"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from contract.results import Results
 from harness import cli
 from harness.config import RunConfig
 from harness.errors import ConfigError
@@ -23,7 +24,7 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[RunConfig]:
     """Runs that take no time and return fixed results; the list says whether one started."""
     started: list[RunConfig] = []
 
-    def fake_run(cfg: RunConfig) -> dict[str, Any]:
+    def fake_run(cfg: RunConfig, hosts: Path | None = None) -> Results:
         started.append(cfg)
         return make_results()
 
@@ -108,7 +109,7 @@ def test_results_that_cannot_be_written_at_the_end_are_saved_elsewhere(
     cwd.mkdir()
     monkeypatch.chdir(cwd)
 
-    def run_that_loses_the_folder(cfg: RunConfig) -> dict[str, Any]:
+    def run_that_loses_the_folder(cfg: RunConfig, hosts: Path | None = None) -> Results:
         folder.rmdir()
         folder.write_text("in the way")
         return make_results()
@@ -120,4 +121,4 @@ def test_results_that_cannot_be_written_at_the_end_are_saved_elsewhere(
     saved = cwd / "point.json"
     assert err.startswith(f"error: cannot write results file {out}: ") and err.count("\n") == 1
     assert err.endswith(f"; the results were saved to {saved} instead\n")
-    assert load_results(saved)["runs"]
+    assert load_results(saved).runs

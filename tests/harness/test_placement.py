@@ -137,13 +137,13 @@ def test_a_run_on_two_cpus_records_the_shared_policy(
     results = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
     tb = fake_testbed.instances[0]
     assert tb.cpus_asked == {"cloud": None, "edge": None, "test": None}
-    placement = results["config"]["placement"]
+    placement = results.to_json()["config"]["placement"]
     assert placement["policy"] == "shared" and placement["requested"] == "auto"
     assert "too few" in placement["reason"]
     assert {role: node["cpuset"] for role, node in placement["nodes"].items()} == dict.fromkeys(
         ("test", "edge", "cloud")
     )
-    assert results["config"]["cloud_cpuset"] is None
+    assert results.to_json()["config"]["cloud_cpuset"] is None
     shown = f"CPU placement shared: every node on any of CPUs {netem.format_cpuset(two)} (2 usable CPU(s)"
     assert shown in format_summary(results)
 
@@ -183,7 +183,7 @@ def test_a_run_on_sixteen_cpus_starts_each_node_on_its_own_set_and_records_it(
         "cloud": "8",
     }
     assert tb.envs["edge"]["MKL_NUM_THREADS"] == "7"
-    placement = results["config"]["placement"]
+    placement = results.to_json()["config"]["placement"]
     assert placement["policy"] == "disjoint" and placement["usable_cpus"] == "0-15"
     assert placement["nodes"]["edge"] == {
         "cpuset": "1-7",
@@ -193,7 +193,7 @@ def test_a_run_on_sixteen_cpus_starts_each_node_on_its_own_set_and_records_it(
         "threads_by": "policy",
     }
     # the cloud's CPUs are recorded where --cloud-cpuset's are, so reports and check keep such runs apart
-    assert results["config"]["cloud_cpuset"] == {"cpuset": "8-15", "mechanism": "sched_setaffinity"}
+    assert results.to_json()["config"]["cloud_cpuset"] == {"cpuset": "8-15", "mechanism": "sched_setaffinity"}
     summary = format_summary(results)
     assert (
         "CPU placement disjoint: test 0 (1 thread), edge 1-7 (7 threads), cloud 8-15 (8 threads)" in summary
@@ -222,7 +222,7 @@ def test_the_users_cloud_cpuset_and_thread_count_win_in_a_run(
         "edge": "3",
         "test": "3",
     }
-    assert results["config"]["placement"]["user_overrides"] == ["--cloud-cpuset", "OMP_NUM_THREADS"]
+    assert results.to_json()["config"]["placement"]["user_overrides"] == ["--cloud-cpuset", "OMP_NUM_THREADS"]
     placement = prepare(cfg).placement
     assert placement is not None and node_env(tb, "edge", placed=placement.edge)["OMP_NUM_THREADS"] == "3"
 
@@ -241,7 +241,7 @@ def test_on_this_machine_each_node_runs_on_its_own_cpus(
         asked["test"] & asked["edge"] or asked["edge"] & asked["cloud"] or asked["test"] & asked["cloud"]
     )
     assert asked["test"] | asked["edge"] | asked["cloud"] == USABLE
-    assert results["config"]["placement"]["policy"] == "disjoint"
+    assert results.to_json()["config"]["placement"]["policy"] == "disjoint"
 
 
 def _one_cpu_each(monkeypatch: pytest.MonkeyPatch) -> dict[str, frozenset[int]]:
@@ -265,7 +265,7 @@ def test_every_placed_node_starts_on_its_cpus_and_a_set_not_applied_fails_the_ru
     FakeTestbed.instances = []
     results = run_experiment(small_config, testbed_factory=FakeTestbed, commands=FakeCommands())
     assert FakeTestbed.instances[0].cpus_asked == sets
-    assert results["config"]["placement"]["nodes"]["edge"]["cpuset"] == str(min(sets["edge"]))
+    assert results.to_json()["config"]["placement"]["nodes"]["edge"]["cpuset"] == str(min(sets["edge"]))
 
     class Dropping(FakeTestbed):
         """Drops the CPUs of one node."""

@@ -33,14 +33,14 @@ def test_complete_run_produces_valid_results(
     results = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
     tb = fake_testbed.instances[0]
     assert tb.entered and tb.exited and _no_fake_nodes_left(tb)
-    run = results["runs"][0]
+    run = results.to_json()["runs"][0]
     assert run["summary"]["samples"] == 48
     assert len(run["per_batch_ms"]["latency"]) == 6
-    assert results["config"]["link_backend"]["edge_cloud"] == {"rate": "fake-shaper"}
-    assert results["config"]["request"]["exit"] == 2
+    assert results.to_json()["config"]["link_backend"]["edge_cloud"] == {"rate": "fake-shaper"}
+    assert results.to_json()["config"]["request"]["exit"] == 2
     assert run["edge_rss_mib"]["n"] >= 0
     write_results(tmp_path / "r.json", results)
-    assert load_results(tmp_path / "r.json")["runs"][0]["index"] == 0
+    assert load_results(tmp_path / "r.json").runs[0].index == 0
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs")
@@ -58,15 +58,18 @@ def test_cloud_cpuset_pins_the_cloud_and_is_recorded(
     )
     tb = fake_testbed.instances[0]
     assert tb.cpus_asked == {"cloud": frozenset({cpu}), "edge": None, "test": None}
-    assert results["config"]["cloud_cpuset"] == {"cpuset": str(cpu), "mechanism": "sched_setaffinity"}
-    assert results["config"]["request"]["cloud_cpuset"] == str(cpu)
+    assert results.to_json()["config"]["cloud_cpuset"] == {
+        "cpuset": str(cpu),
+        "mechanism": "sched_setaffinity",
+    }
+    assert results.to_json()["config"]["request"]["cloud_cpuset"] == str(cpu)
     assert node_env(tb, "cloud", frozenset({cpu}))["OMP_NUM_THREADS"] == "1"
     lines = [line.split() for line in format_summary(results).splitlines()]
     row = [words for words in lines if words[:2] == ["cloud", "cpuset"]]
     assert row == [["cloud", "cpuset", str(cpu), "sched_setaffinity"]]
     write_results(tmp_path / "pinned.json", results)
     plain = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
-    assert plain["config"]["cloud_cpuset"] is None
+    assert plain.to_json()["config"]["cloud_cpuset"] is None
     write_results(tmp_path / "plain.json", plain)
     keys = {scenario_key(r) for r in load_for_report([tmp_path / "pinned.json", tmp_path / "plain.json"])}
     assert len(keys) == 2
@@ -96,20 +99,20 @@ def test_the_congestion_control_is_asked_of_the_testbed_recorded_shown_and_kept_
         small_config.replace(tcp_cc="cubic"), testbed_factory=Reporting, commands=FakeCommands()
     )
     assert fake_testbed.instances[0].config.tcp_congestion_control == "cubic"
-    assert chosen["config"]["tcp_congestion_control"] == {
+    assert chosen.to_json()["config"]["tcp_congestion_control"] == {
         "name": "cubic",
         "mechanism": "fake-sysctl",
         "requested": "cubic",
     }
-    assert chosen["config"]["request"]["tcp_cc"] == "cubic"
+    assert chosen.to_json()["config"]["request"]["tcp_cc"] == "cubic"
     rows = [line.split() for line in format_summary(chosen).splitlines() if line.startswith("all TCP")]
     assert rows == [["all", "TCP", "congestion", "control", "cubic", "fake-sysctl"]]
     default = run_experiment(small_config, testbed_factory=Reporting, commands=FakeCommands())
-    assert default["config"]["tcp_congestion_control"]["name"] == "bbr"
+    assert default.to_json()["config"]["tcp_congestion_control"]["name"] == "bbr"
     with pytest.raises(ResultsError, match="TCP congestion control: 'bbr' vs 'cubic'"):
         check_compatible(default, chosen)
     unrecorded = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
-    assert unrecorded["config"]["tcp_congestion_control"] is None  # (a testbed that does not say)
+    assert unrecorded.to_json()["config"]["tcp_congestion_control"] is None  # (a testbed that does not say)
     check_compatible(unrecorded, chosen)  # a file without it says nothing either way
     write_results(tmp_path / "cubic.json", chosen)
     write_results(tmp_path / "bbr.json", default)
@@ -189,12 +192,12 @@ def test_repeats_use_fresh_processes_and_aggregate(
         cfg,
         testbed_factory=fake_testbed,
         commands=FakeCommands(),
-        on_run=lambda run: seen.append(run["index"]),
+        on_run=lambda run: seen.append(run.index),
     )
     assert seen == [0, 1, 2]
     tb = fake_testbed.instances[0]
     assert len({p.pid for p in tb.popened}) == 9  # 3 nodes × 3 runs, never reused
-    agg = results["aggregate"]["overall_latency_ms"]
+    agg = results.to_json()["aggregate"]["overall_latency_ms"]
     assert agg["n"] == 3 and agg["min"] <= agg["median"] <= agg["max"]
 
 
@@ -203,10 +206,10 @@ def test_edge_sampler_measures_the_edge(
 ) -> None:
     monkeypatch.setenv("FAKE_TEST_SLEEP", "0.6")  # long enough for several 100 ms samples
     results = run_experiment(small_config, testbed_factory=fake_testbed, commands=FakeCommands())
-    rss = results["runs"][0]["edge_rss_mib"]
+    rss = results.to_json()["runs"][0]["edge_rss_mib"]
     assert rss["n"] >= 3
     assert 1.0 < rss["max"] < 500.0  # a Python interpreter's RSS, in MiB
-    assert results["runs"][0]["edge_cpu_percent"]["mean"] is not None
+    assert results.to_json()["runs"][0]["edge_cpu_percent"]["mean"] is not None
 
 
 @pytest.mark.parametrize("role", ["cloud", "edge"])
@@ -276,7 +279,7 @@ def test_refuses_to_run_unshaped_unless_allowed(small_config: RunConfig) -> None
         commands=FakeCommands(),
         notify=notices.append,
     )
-    assert results["config"]["not_applied"] == ["edge_cloud: packet loss 1%"]
+    assert results.to_json()["config"]["not_applied"] == ["edge_cloud: packet loss 1%"]
     assert any("NOT applied" in n for n in notices)
 
 
@@ -344,7 +347,11 @@ def test_nodes_get_the_process_settings_unless_the_user_set_them(
         "OMP_PROC_BIND": "true",
     }
     test_node = {k: v for k, v in computing.items() if k != "OMP_PROC_BIND"}  # (computes nothing: unbound)
-    assert results["config"]["node_env"] == {"edge": computing, "cloud": computing, "test": test_node}
+    assert results.to_json()["config"]["node_env"] == {
+        "edge": computing,
+        "cloud": computing,
+        "test": test_node,
+    }
     assert "mmap_threshold" in NODE_ENV_DEFAULTS["GLIBC_TUNABLES"]
     env = node_env(fake_testbed.instances[0], "edge")
     assert env["GLIBC_TUNABLES"] == NODE_ENV_DEFAULTS["GLIBC_TUNABLES"] and env["GOMP_SPINCOUNT"] == "123"

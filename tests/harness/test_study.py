@@ -3,6 +3,7 @@ recorded and gone past, an interrupted study resumed in its recorded order."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
+from contract.results import Results, Run
 from harness.config import LinkOptions, RunConfig
 from harness.runner import run_experiment
 from harness.samples import load_samples
@@ -131,7 +133,7 @@ def test_a_study_keeps_every_run_with_its_block_and_matches_fresh_processes(
     # A run on reconfigured nodes gives what fresh processes give with that configuration: the point at
     # exit 1, where the threshold splits the samples, and which ran after the other in one block.
     split = spec.points()[0]
-    fresh = run_experiment(split.replace(repeat=1))["runs"][0]
+    fresh = run_experiment(split.replace(repeat=1)).to_json()["runs"][0]
     assert 0 < fresh["summary"]["local_exits"] < 64, "the point uses both exits"
     runs = json.loads(point_path(tmp_path, split).read_text())["runs"]
     assert {_figures(r) for r in runs} == {_figures(fresh)}
@@ -144,7 +146,7 @@ def test_a_study_keeps_every_run_with_its_block_and_matches_fresh_processes(
 def _assert_archive_holds(path: Path, results: dict[str, Any]) -> None:
     """The per-sample archive of the results file at ``path`` holds each of its runs and discarded
     attempts, and the per-sample figures of each run's summary are recomputed from it."""
-    table = load_samples(path, results)
+    table = load_samples(path, Results.from_json(results))
     attempts = {(r["index"], r.get("attempt", 0), True) for r in results["runs"]}
     attempts |= {(r["index"], r["attempt"], False) for r in results["discarded_runs"]}
     assert set(zip(table.run.tolist(), table.attempt.tolist(), table.kept.tolist(), strict=True)) == attempts
@@ -174,7 +176,7 @@ def test_a_node_killed_mid_study_fails_that_run_and_the_study_goes_on(
     spec = _spec(small_config, tiny_checkpoint)
     done: list[Slot] = []
 
-    def kill_after_first(slot: Slot, run: dict[str, Any]) -> None:
+    def kill_after_first(slot: Slot, run: Run) -> None:
         done.append(slot)
         if len(done) == 1:
             _kill("edge")
@@ -204,7 +206,7 @@ def test_an_interrupted_study_resumes_the_remaining_runs_in_the_recorded_order(
     spec = _spec(small_config, tiny_checkpoint, blocks=3)
     first: list[Slot] = []
 
-    def interrupt_after_two(slot: Slot, run: dict[str, Any]) -> None:
+    def interrupt_after_two(slot: Slot, run: Run) -> None:
         first.append(slot)
         if len(first) == 2:
             raise KeyboardInterrupt
@@ -277,7 +279,7 @@ def test_a_busy_run_of_a_study_is_run_again_and_every_attempt_is_kept_across_a_r
     notices: list[str] = []
     order: list[Slot] = []
 
-    def stop_after_the_first_block(slot: Slot, run: dict[str, Any]) -> None:
+    def stop_after_the_first_block(slot: Slot, run: Run) -> None:
         order.append(slot)
         if len(order) == 2:
             raise KeyboardInterrupt
@@ -318,7 +320,6 @@ def test_a_busy_run_of_a_study_is_run_again_and_every_attempt_is_kept_across_a_r
 def test_a_studys_nodes_are_placed_as_a_runs_and_strict_clocks_fail_a_run_on_them(
     small_config: RunConfig, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness import results as results_mod
     from harness import runner
 
     from .conftest import FakeTestbed
@@ -338,7 +339,7 @@ def test_a_studys_nodes_are_placed_as_a_runs_and_strict_clocks_fail_a_run_on_the
     checked: dict[str, frozenset[int]] = {}
     monkeypatch.setattr(runner, "_check_cpus", lambda node, cpus, *_: checked.__setitem__(node.name, cpus))
     warning = "procedure 4 corrected by an offset uncertain by 3 ms"
-    monkeypatch.setattr(results_mod, "clock_warnings", lambda run: [warning] if run["position"] == 0 else [])
+    monkeypatch.setattr(Run, "clock_warnings", property(lambda run: [warning] if run.position == 0 else []))
     FakeTestbed.instances = []
     spec = _spec(small_config, tiny_checkpoint, blocks=1, strict_clocks=True)
     outcome = run_study(spec, tmp_path, factory=Recording, progress=False)
@@ -367,25 +368,26 @@ def test_a_points_archive_rewritten_after_a_run_keeps_the_earlier_runs_rows(tmp_
     """What a study does after each run, without nodes: the point's results file written again with
     the new run's columns in memory and the earlier runs' rows read back from the archive."""
     from harness.results import build_results, build_run, load_results, write_results
-    from harness.samples import RECORDS_FIELD, earlier_rows
+    from harness.samples import earlier_rows
 
     from .helpers import make_config, make_records
 
-    def run(index: int, attempt: int, seed: int) -> dict[str, Any]:
+    def run(index: int, attempt: int, seed: int) -> Run:
         records = make_records(batches=3, seed=seed)
         out = build_run(
             index, records, cpu_percent=[], rss_mib=[], duration_s=1.0, calibration_ms=None, block=index
         )
-        return {**out, "attempt": attempt, RECORDS_FIELD: records["samples"]}
+        return dataclasses.replace(out, attempt=attempt)
 
     path = tmp_path / "point.json"
     first, thrown = run(0, 1, seed=1), run(0, 0, seed=2)
     write_results(path, build_results(make_config(), {}, [first], [thrown]))
     written = load_results(path)
+    assert all(r.samples is None for r in written.runs)  # (in the archive now)
     second = run(1, 0, seed=3)
-    results = build_results(make_config(), {}, [*written["runs"], second], written["discarded_runs"])
-    write_results(path, results, earlier_samples=earlier_rows(path, written))
-    _assert_archive_holds(path, load_results(path))
+    results = build_results(make_config(), {}, [*written.runs, second], written.discarded_runs)
+    write_results(path, results, earlier_samples=earlier_rows(path, written.runs, written.discarded_runs))
+    _assert_archive_holds(path, load_results(path).to_json())
     assert len(load_samples(path)) == 3 * 3 * 8
 
 

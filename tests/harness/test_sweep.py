@@ -5,6 +5,7 @@ through ``run_study`` in test_study.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,12 @@ def test_what_a_points_file_counts_for(small_config: RunConfig, tmp_path: Path) 
     cfg = spec.points()[0]
     path = point_path(tmp_path, cfg)
     results = run_experiment(cfg.replace(repeat=1), testbed_factory=FakeTestbed, commands=FakeCommands())
-    results["config"]["request"] = {**results["config"]["request"], "repeat": 2}
-    del results["config"]["request"]["cloud_cpuset"]
-    write_results(path, results)
-    assert "cloud_cpuset" not in load_results(path)["config"]["request"]
+    request = {**(results.config.request or {}), "repeat": 2}
+    del request["cloud_cpuset"]
+    write_results(
+        path, dataclasses.replace(results, config=dataclasses.replace(results.config, request=request))
+    )
+    assert "cloud_cpuset" not in (load_results(path).config.request or {})
     recorded = recorded_runs(path, cfg, spec)
     assert recorded.blocks == {0, 1} and len(recorded.runs) == 1
     assert recorded_runs(path, cfg.replace(cloud_cpuset="0"), spec).blocks == set()

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from contract.results import Results
 from harness.config import LinkOptions, RunConfig
 from harness.errors import NodeFailure
 from harness.results import write_results
@@ -210,7 +211,7 @@ def docker_leftovers() -> list[str]:
 @docker
 def test_a_small_run_counts_the_same_in_containers_as_in_namespaces(tmp_path: Path) -> None:
     checkpoint = tiny_checkpoint(tmp_path)
-    results = {iso: run_experiment(small_config(checkpoint, iso)) for iso in ("docker", "netns")}
+    results = {iso: run_experiment(small_config(checkpoint, iso)).to_json() for iso in ("docker", "netns")}
     summaries = {iso: res["runs"][0]["summary"] for iso, res in results.items()}
     keys = ("samples", "local_exits", "cloud_exits", "edge_accuracy", "cloud_accuracy", "overall_accuracy")
     assert {k: summaries["docker"][k] for k in keys} == {k: summaries["netns"][k] for k in keys}
@@ -224,7 +225,7 @@ def test_a_small_run_counts_the_same_in_containers_as_in_namespaces(tmp_path: Pa
     paths = []
     for iso, res in results.items():
         paths.append(tmp_path / f"{iso}.json")
-        write_results(paths[-1], res)
+        write_results(paths[-1], Results.from_json(res))
     scenarios = group_scenarios(load_results(paths))  # a report keeps the two testbeds apart
     assert sorted(str(s.results[0].results.config.isolation) for s in scenarios) == ["docker", "netns"]
 

@@ -93,8 +93,7 @@ def _harness_doc(kind: str, exit_: int, threshold: float, repeats: int = 2) -> d
         "link_backend": {"edge_cloud": {"rate": "tbf"}, "test_edge": {}},
         "isolation": "netns",
     }
-    doc: dict[str, Any] = harness_results.build_results(config, {"python": "3"}, runs)
-    return doc
+    return harness_results.build_results(config, {"python": "3"}, runs).to_json()
 
 
 def _export(args: list[str]) -> tuple[int, str, str]:

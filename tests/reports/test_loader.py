@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.names import RESULTS_VERSION
 from reports import ReportError, load_results, load_train_logs
 from tests.reports.conftest import Writer, small_grid, train_log
 
@@ -48,9 +49,10 @@ def test_binary_file(tmp_path: Path) -> None:
 
 def test_other_schema(write: Writer) -> None:
     doc = _one()
-    doc["schema"] = "localexit/3"
-    path = write("v3.json", doc)
-    with pytest.raises(ReportError, match=r"v3\.json: schema 'localexit/3' is newer .*: upgrade localexit"):
+    newer = f"localexit/{RESULTS_VERSION + 1}"
+    doc["schema"] = newer
+    path = write("newer.json", doc)
+    with pytest.raises(ReportError, match=rf"newer\.json: schema '{newer}' is newer .*: upgrade localexit"):
         load_results([path])
     doc["schema"] = "localexit-trainlog/1"
     path = write("log.json", doc)
