@@ -44,7 +44,12 @@ def run_config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfi
         exit_ = args.exit
         if exit_ is None and args.model == "mem":
             exit_ = DEFAULT_MEM_EXIT
-        point = {"model": args.model, "exit": exit_, "threshold": args.threshold}
+        calibration = getattr(args, "calibration", None)
+        if calibration is not None and args.threshold is not None:
+            raise ConfigError("--threshold and --calibration both set the threshold: give one of them")
+        point = {"model": args.model, "exit": exit_, "calibration": calibration}
+        if args.threshold is not None:
+            point["threshold"] = args.threshold
     try:
         values: dict[str, Any] = {
             **point,

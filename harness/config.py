@@ -88,6 +88,9 @@ class RunConfig:
     exit_policy: str = "fixed"  # --exit-policy: how the edge picks each batch's exit (nodes.policy)
     latency_slo_ms: float | None = None  # --latency-slo: the adaptive/oracle policy's latency objective
     profile: Path | None = None  # --profile: per-exit costs (harness profile); None: measured at start
+    #: --calibration: each exit's threshold (and temperature) from `harness calibrate`'s file; the run's
+    #: ``threshold`` is then the file's at ``exit`` (harness.runner.prepare sets it)
+    calibration: Path | None = None
     seed: int = 0
     isolation: str = "auto"
     allow_unshaped: bool = False
@@ -148,6 +151,8 @@ class RunConfig:
             check_policy(self.exit_policy, self.model, self.latency_slo_ms)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
+        if self.calibration is not None and self.model == "standard":
+            raise ValueError("--calibration gives local exits their thresholds: the standard model has none")
         if self.exit_policy == "fixed" and self.profile is not None:
             raise ValueError("--profile applies to the adaptive and oracle exit policies")
         if self.exit_policy == "oracle" and self.link_schedule is None:
@@ -196,7 +201,8 @@ class RunConfig:
         exit_part = f"-e{self.exit}" if self.exit is not None else ""
         link = "scheduled" if self.link_schedule is not None else self.edge_cloud.label()
         policy = f"-{self.exit_policy}" if self.exit_policy != "fixed" else ""
-        raw = f"{self.model}{exit_part}{policy}-t{self.threshold:g}-{link}"
+        cut = "calibrated" if self.calibration is not None else f"t{self.threshold:g}"
+        raw = f"{self.model}{exit_part}{policy}-{cut}-{link}"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -246,7 +252,7 @@ def _positive(option: str, value: int) -> None:
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The request as plain JSON data (stored in the results file so ``check`` can run it again)."""
     data = dataclasses.asdict(cfg)
-    for key in ("data_dir", "checkpoint", "profile"):
+    for key in ("data_dir", "checkpoint", "profile", "calibration"):
         if data[key] is not None:
             data[key] = str(data[key])
     if data["ports"] is not None:
@@ -261,7 +267,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ValueError(f"unknown run options {', '.join(sorted(unknown))}")
     values = dict(data)
-    for key in ("data_dir", "checkpoint", "profile"):
+    for key in ("data_dir", "checkpoint", "profile", "calibration"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
     if values.get("ports") is not None:

@@ -135,7 +135,7 @@ def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False, bloc
             "--threshold",
             type=float,
             metavar="T",
-            default=0.3,
+            default=None,
             help="normalized-entropy threshold T (default 0.3)",
         )
     g.add_argument("--batch-size", type=int, metavar="N", default=32, help="images per batch (default 32)")
@@ -383,6 +383,14 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     add_schedule_options(parser)
     add_policy_options(parser)
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="each exit's threshold (and temperature) from `harness calibrate`'s file for the checkpoint, "
+        "instead of --threshold (docs/harness.md)",
+    )
     parser.add_argument(
         "--hosts",
         type=Path,

@@ -2,7 +2,7 @@
 exit policy (``--profile FILE``; docs/adapt.md).
 
 Per exit, on a validation split held out of the training set (never the test set): the edge's compute
-time per batch, the feature bytes per sample, the fraction of samples exiting locally at the threshold,
+time per batch, the feature bytes per sample, the fraction of samples exiting locally at the threshold (each exit's own with ``--calibration``),
 the cloud part's compute time per batch (computed here: the same part the cloud node runs) and the
 accuracy of the split at that exit. The file (``localexit-profile/1``, :class:`nodes.policy.Profile`) is
 written atomically.
@@ -29,8 +29,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset (default {DEFAULT_DATASET})")
     p.add_argument("--data-dir", type=Path, default=None, help="the dataset's directory")
-    p.add_argument(
-        "--threshold", type=float, default=0.3, help="normalized-entropy threshold T (default 0.3)"
+    cut = p.add_mutually_exclusive_group()
+    cut.add_argument(
+        "--threshold", type=float, default=None, help="normalized-entropy threshold T (default 0.3)"
+    )
+    cut.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="each exit's T and temperature from `harness calibrate`'s file, as the edge given it cuts",
     )
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--samples", type=int, default=256, help="validation samples to time (default 256)")
@@ -66,8 +74,10 @@ def profile_checkpoint(args: argparse.Namespace) -> object:
     from models.datasets import ValidationSplit, load_dataset
     from nodes.compute import PartsCache
     from nodes.multiexit import ExitSet, measure_profile
+    from nodes.thresholds import ExitThresholds, read_calibration
 
-    check_threshold(args.threshold)
+    if args.threshold is not None:
+        check_threshold(args.threshold)
     if args.batch_size < 1 or args.samples < 1 or args.threads < 1:
         raise ValueError("--batch-size, --samples and --threads must be ≥ 1")
     torch.set_num_threads(args.threads)
@@ -78,13 +88,18 @@ def profile_checkpoint(args: argparse.Namespace) -> object:
     if not exits:
         raise ValueError(f"{checkpoint} has no local exit to profile")
     exit_set = ExitSet.load(cache, checkpoint, exits, exits[0])
+    if args.calibration is not None:
+        cuts = read_calibration(args.calibration, first.meta.sha256)
+        cuts.check(exits)
+    else:
+        cuts = ExitThresholds.of(0.3 if args.threshold is None else args.threshold)
     train = load_dataset(args.dataset, "train", args.data_dir)
     _, validation = ValidationSplit(args.validation_fraction, args.validation_seed).split(train)
     n = min(args.samples, len(validation))
     return measure_profile(
         exit_set,
         validation.images[:n],
-        args.threshold,
+        cuts,
         batch_size=args.batch_size,
         labels=validation.labels[:n],
         repeats=args.repeats,

@@ -40,9 +40,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import netem
 from contract.atomic import atomic_open
@@ -232,6 +233,36 @@ class HostsTestbed:
         if problems:
             raise HostsError("; ".join(dict.fromkeys(problems)))
         return envs
+
+    def resolve_devices(self, requested: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+        """Each node's device (``{"edge": "cpu", "cloud": "cuda:0"}``) as the host that runs the node has
+        it -- name, memory -- asked there (``python -m models.devices``), all hosts at once; a device a
+        host lacks is a ``HostsError`` naming the option and the host, before any node starts."""
+        roles = [role for role in requested if role in self.hosts.nodes]
+        devices: dict[str, dict[str, Any]] = {}
+        problems: list[str] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(roles))) as pool:
+            futures = {
+                role: pool.submit(
+                    self.run_on, self.hosts.node(role), ["-m", "models.devices", requested[role]]
+                )
+                for role in roles
+            }
+            for role in roles:
+                node, text = self.hosts.node(role), requested[role]
+                try:
+                    answer = futures[role].result().get(text)
+                except HostsError as exc:
+                    problems.append(str(exc))
+                    continue
+                if not isinstance(answer, dict) or "error" in answer or "device" not in answer:
+                    why = answer.get("error") if isinstance(answer, dict) else f"unexpected answer {answer!r}"
+                    problems.append(f"--{role}-device {text} on {node.label()}: {why}")
+                    continue
+                devices[role] = {**answer, "host": node.label()}
+        if problems:
+            raise HostsError("; ".join(problems))
+        return devices
 
     def _up(self) -> None:
         cfg = self.config
@@ -577,15 +608,23 @@ class RemoteSampler:
         return self.window(start + offset, end + offset)
 
 
+@dataclass(frozen=True)
+class HostsFactory:
+    """A testbed factory for ``run_experiment`` over the hosts of a hosts file."""
+
+    hosts: HostsFile
+    #: The nodes' devices are those of their hosts: ``run_experiment`` asks the testbed
+    #: (:meth:`HostsTestbed.resolve_devices`), not this machine.
+    resolves_devices: ClassVar[bool] = True
+
+    def __call__(self, config: netem.TestbedConfig, **_kw: Any) -> HostsTestbed:
+        return HostsTestbed(config, self.hosts)
+
+
 def hosts_factory(path: Path) -> Callable[..., HostsTestbed]:
     """A testbed factory for ``run_experiment``: the hosts of the file at ``path`` (read now, so that a
     bad file is refused before anything runs)."""
-    hosts = load_hosts(path)
-
-    def factory(config: netem.TestbedConfig, **_kw: Any) -> HostsTestbed:
-        return HostsTestbed(config, hosts)
-
-    return factory
+    return HostsFactory(load_hosts(path))
 
 
 def study_factory(path: Path) -> Callable[..., HostsTestbed]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import models
 import netem
@@ -71,6 +71,8 @@ class Plan:
     #: memory), recorded in the results' config.
     model_info: dict[str, Any] = field(default_factory=dict)
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: --calibration's file, its sha256 and the thresholds and temperatures in force (results' config)
+    calibration: dict[str, Any] | None = None
 
     @property
     def node_exit(self) -> int:
@@ -149,8 +151,11 @@ class NodeCommands:
             self.python, "-m", "nodes.edge",
             "--listen", hostport(host, port), "--cloud", hostport(*cloud),
             "--checkpoint", str(plan.checkpoint), "--exit", str(plan.node_exit),
-            "--threshold", repr(plan.config.threshold),
         ]  # fmt: skip
+        if plan.config.calibration is not None:
+            argv += ["--calibration", str(plan.config.calibration)]
+        else:
+            argv += ["--threshold", repr(plan.config.threshold)]
         if threads is not None:
             argv += ["--threads", str(threads)]
         return argv + policy_argv(plan.config) + model_argv(plan.config, "edge")
@@ -253,8 +258,11 @@ def plan_placement(
         raise ConfigError(str(exc)) from exc
 
 
-def prepare(cfg: RunConfig) -> Plan:
-    """Resolve and check the checkpoint, the dataset, the exit and the link before anything runs."""
+def prepare(cfg: RunConfig, *, devices_here: bool = True) -> Plan:
+    """Resolve and check the checkpoint, the dataset, the exit and the link before anything runs.
+
+    ``devices_here``: the nodes run on this machine, so their devices are checked here (else, with
+    ``--hosts``, the testbed checks each on the node's host and the plan's ``devices`` stay empty)."""
     edge_cloud = parse_link(cfg.edge_cloud, "edge–cloud")
     test_edge = parse_link(cfg.test_edge, "test–edge") if cfg.test_edge is not None else None
     limits = parse_limits(cfg)
@@ -268,11 +276,13 @@ def prepare(cfg: RunConfig) -> Plan:
     devices = {
         node: describe_device(resolve_device(device, option=f"--{node}-device"))
         for node, device in (("edge", cfg.edge_device), ("cloud", cfg.cloud_device))
+        if devices_here
     }
     dataset = models.load_dataset(cfg.dataset, "test", cfg.data_dir)
     checkpoint = cfg.checkpoint or default_checkpoint(cfg.model, cfg.exit, cfg.dataset)
     model_info, meta = describe_model(checkpoint, cfg.model_spec)
     check_matches(meta, cfg.model, cfg.exit, cfg.dataset)
+    cfg, calibration = resolve_calibration(cfg, meta)
     size = len(dataset)
     if cfg.samples is not None and cfg.samples > size:
         raise ConfigError(f"--samples {cfg.samples} is more than the {size} test images of {cfg.dataset}")
@@ -291,7 +301,25 @@ def prepare(cfg: RunConfig) -> Plan:
         schedule=schedule,
         model_info=model_info,
         devices=devices,
+        calibration=calibration,
     )
+
+
+def resolve_calibration(cfg: RunConfig, meta: Any) -> tuple[RunConfig, dict[str, Any] | None]:
+    """``cfg`` with the threshold its ``--calibration`` file gives its exit, and what to record of the
+    file; ``ConfigError`` before anything starts for a file made for another checkpoint (``meta``'s) or
+    one without a threshold for an exit the edge may cut at."""
+    if cfg.calibration is None:
+        return cfg, None
+    from nodes.thresholds import read_calibration
+
+    exits = [cfg.exit or 0] if cfg.exit_policy == "fixed" else list(meta.config.local_exits)
+    try:
+        cuts = read_calibration(cfg.calibration, meta.sha256)
+        cuts.check(exits)
+    except ValueError as exc:
+        raise ConfigError(f"--calibration: {exc}") from exc
+    return cfg.replace(threshold=cuts.threshold(cfg.exit or 0)), cuts.describe(exits)
 
 
 def describe_model(checkpoint: Path, spec: str | None) -> tuple[dict[str, Any], Any]:
@@ -748,6 +776,8 @@ def results_config(plan: Plan, tb: TestbedLike, runs: Sequence[Run]) -> dict[str
         # the model the checkpoint holds (its spec: None for the paper's CNN) and where each node ran it
         **({"model_info": dict(plan.model_info)} if plan.model_info else {}),
         **({"devices": {k: dict(v) for k, v in plan.devices.items()}} if plan.devices else {}),
+        # --calibration: the file, its sha256 and each exit's threshold and temperature in force
+        **({"calibration": dict(plan.calibration)} if plan.calibration is not None else {}),
         "request": config_to_dict(cfg),
     }
 
@@ -801,9 +831,11 @@ def run_experiment(
     Logs of the nodes go to ``workdir`` (a temporary directory by default, removed after a complete or
     interrupted run and kept, with its path in the error, after a failed one).
     """
-    plan = prepare(cfg)
-    environment = collect_environment()
     factory = testbed_factory or netem.make_testbed
+    # (--hosts: the nodes' devices are their hosts', asked once the hosts are checked)
+    devices_here = not getattr(factory, "resolves_devices", False)
+    plan = prepare(cfg, devices_here=devices_here)
+    environment = collect_environment()
     own_workdir = workdir is None
     work = workdir
     ok = interrupted = False
@@ -819,6 +851,10 @@ def run_experiment(
         runs: list[Run] = []
         discarded: list[Run] = []
         with factory(tb_config, isolation=cfg.isolation) as tb:
+            if not devices_here:
+                requested = {"edge": cfg.edge_device, "cloud": cfg.cloud_device}
+                # (a testbed that resolves devices is a HostsTestbed, which TestbedLike does not name)
+                plan = replace(plan, devices=cast(Any, tb).resolve_devices(requested))
             for notice in check_applied(cfg, tb):
                 if notify:
                     notify(notice)

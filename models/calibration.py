@@ -41,11 +41,11 @@ from contract.names import (
     schema_version,
 )
 from contract.rules import check_threshold
-from models.checkpoint import load_checkpoint
-from models.cnn import MultiExitCNN
+from models.checkpoint import load_model
 from models.datasets import ImageDataset, ValidationSplit, load_dataset
 from models.entropy import normalized_entropy
 from models.errors import ModelError
+from models.protocol import MultiExitModel, local_exits, model_name
 
 log = logging.getLogger(__name__)
 
@@ -247,13 +247,13 @@ def load_calibration(path: str | Path) -> CalibrationFile:
 
 
 @torch.inference_mode()
-def local_exit_logits(model: MultiExitCNN, data: ImageDataset, batch_size: int = 500) -> dict[str, Tensor]:
+def local_exit_logits(model: MultiExitModel, data: ImageDataset, batch_size: int = 500) -> dict[str, Tensor]:
     """Logits of every local exit for every sample of ``data`` (the cloud exit is not calibrated)."""
     model.eval()
-    keys = [str(k) for k in model.config.local_exits]
+    keys = [str(k) for k in local_exits(model)]
     parts: dict[str, list[Tensor]] = {k: [] for k in keys}
     for start in range(0, len(data), batch_size):
-        x = model.normalize(torch.from_numpy(data.images[start : start + batch_size]))
+        x = model.input_spec.normalize(torch.from_numpy(data.images[start : start + batch_size]))
         out = model(x)
         for k in keys:
             parts[k].append(out[k])
@@ -261,11 +261,11 @@ def local_exit_logits(model: MultiExitCNN, data: ImageDataset, batch_size: int =
 
 
 def calibrate_model(
-    model: MultiExitCNN, data: ImageDataset, target_accuracy: float, *, temperature_scaling: bool = False
+    model: MultiExitModel, data: ImageDataset, target_accuracy: float, *, temperature_scaling: bool = False
 ) -> tuple[dict[str, float | None], dict[str, float], dict[str, dict[str, float | None]]]:
     """Thresholds, temperatures and what the thresholds achieve on ``data`` (the validation split)."""
-    if not model.config.local_exits:
-        raise ModelError(f"a {model.config.name} model has no local exit to calibrate")
+    if not local_exits(model):
+        raise ModelError(f"a {model_name(model)} model has no local exit to calibrate")
     labels = torch.from_numpy(data.labels)
     entropies: dict[str, np.ndarray] = {}
     correct: dict[str, np.ndarray] = {}
@@ -295,8 +295,13 @@ def calibrate_checkpoint(
     dataset: str | None = None,
     data_dir: str | Path | None = None,
     temperature_scaling: bool = False,
+    model_spec: str | None = None,
+    samples: int | None = None,
 ) -> CalibrationFile:
     """Calibrate a checkpoint's local exits on the validation split of its dataset's training split.
+
+    Any multi-exit model's checkpoint (:func:`models.checkpoint.load_model`; ``model_spec`` as
+    ``--model-spec``). ``samples``: only the first that many of the validation split (a quick look).
 
     The file's ``validation.held_out`` is true when the checkpoint records, as ``extra["train"]
     ["validation"] = {"fraction": F, "seed": S}``, that it was trained without this very split.
@@ -304,12 +309,18 @@ def calibrate_checkpoint(
     if not 0 < target_accuracy <= 1:
         raise ModelError(f"the target accuracy must be in (0, 1], got {target_accuracy!r}")
     split = split or ValidationSplit()
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_model(checkpoint, model_spec)
     name = dataset or meta.dataset
     if not name:
         raise ModelError(f"{checkpoint} does not say which dataset it was trained on; pass --dataset")
     train = load_dataset(name, "train", data_dir)
     _, validation = split.split(train)
+    described = split.describe(train)
+    if samples is not None:
+        if samples < 1:
+            raise ModelError(f"--samples must be at least 1, got {samples}")
+        validation = validation.subset(samples)
+        described |= {"samples": len(validation), "first_samples_only": True}
     trained_on = (meta.extra.get("train") or {}).get("validation")
     held_out = trained_on == {"fraction": split.fraction, "seed": split.seed}
     if not held_out:
@@ -327,7 +338,7 @@ def calibrate_checkpoint(
         temperatures=temperatures,
         checkpoint_sha256=meta.sha256,
         model=meta.config.name,
-        validation={**split.describe(train), "held_out": held_out},
+        validation={**described, "held_out": held_out},
         temperature_scaling=temperature_scaling,
         achieved=achieved,
     )
@@ -336,6 +347,12 @@ def calibrate_checkpoint(
 def build_parser(prog: str = "python -m models.calibration") -> argparse.ArgumentParser:
     p = Parser(prog=prog, description="Choose each local exit's threshold T for a target accuracy.")
     p.add_argument("--checkpoint", type=Path, required=True, help="the model to calibrate")
+    p.add_argument(
+        "--model-spec",
+        metavar="MODULE:FACTORY",
+        help="the factory that built the checkpoint's model, when it is not one the project ships",
+    )
+    p.add_argument("--samples", type=int, help="calibrate on the first N validation samples only")
     p.add_argument(
         "--target-accuracy", type=float, required=True, help="accuracy the local exits must keep, e.g. 0.95"
     )
@@ -366,6 +383,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m models.calibr
             dataset=args.dataset,
             data_dir=args.data_dir,
             temperature_scaling=args.temperature_scaling,
+            model_spec=args.model_spec,
+            samples=args.samples,
         )
         cal.write(args.out)
     except LocalExitError as exc:

@@ -4,10 +4,17 @@ The spelling is checked without torch (the harness validates its options before 
 :func:`resolve_device` checks that the device exists here, so that a missing GPU is one clear error
 before anything starts. Nothing here needs a CUDA build of torch: on a CPU-only torch every ``cuda``
 device is simply missing.
+
+``python -m models.devices DEVICE...`` prints, as one JSON line, each device as this machine has it
+(:func:`describe_device`) or why it has not (``{"error": …}``): with ``--hosts`` the harness runs it on the
+host of each node, whose devices are the ones that count.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from models.errors import DeviceError
@@ -80,3 +87,29 @@ def _cpu_name() -> str:
     import platform
 
     return platform.processor() or "unknown"
+
+
+def describe_devices(texts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each device of ``texts`` as this machine has it, or ``{"error": why not}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        try:
+            out[text] = describe_device(resolve_device(text, option="device"))
+        except DeviceError as exc:
+            out[text] = {"error": str(exc)}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m models.devices DEVICE...``: one JSON line (exit status 0 even for a missing device:
+    the answer says which, and the caller words the error for its own option)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or any(a.startswith("-") for a in args):
+        print("usage: python -m models.devices DEVICE... (cpu, cuda, cuda:N)", file=sys.stderr)
+        return 2
+    print(json.dumps(describe_devices(args), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

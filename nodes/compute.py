@@ -200,8 +200,9 @@ def _check_batch(name: str, arr: np.ndarray, dtype: str, shape: tuple[int, ...])
         raise BadInput(f"{name} hold {arr.shape[0]} samples; a batch must hold 1..{MAX_BATCH}")
 
 
-def run_edge(parts: ModelParts, images: np.ndarray, threshold: float) -> EdgeOutput:
-    """Normalize uint8 ``images``, run blocks 1..k and exit head k, and split by ε < ``threshold``.
+def run_edge(parts: ModelParts, images: np.ndarray, threshold: float, temperature: float = 1.0) -> EdgeOutput:
+    """Normalize uint8 ``images``, run blocks 1..k and exit head k, and split by ε < ``threshold``,
+    ε taken of the head's logits divided by ``temperature`` (a calibration's; predictions unchanged).
 
     On a GPU the images move to it once, as uint8, and the results come back once; the device is
     synchronized before returning, so that the caller's clock times the compute, not its launch.
@@ -217,7 +218,7 @@ def run_edge(parts: ModelParts, images: np.ndarray, threshold: float) -> EdgeOut
             entropy = np.full(n, math.nan, dtype=np.float32)
             local = np.zeros(n, dtype=bool)
         else:
-            eps = normalized_entropy(logits)
+            eps = normalized_entropy(logits if temperature == 1.0 else logits / temperature)
             preds = logits.argmax(dim=1).cpu().numpy().astype(np.int64, copy=False)
             entropy = eps.cpu().numpy().astype(np.float32, copy=False)
             local = exits_locally(entropy, threshold)

@@ -13,6 +13,10 @@ With ``--exit-policy adaptive`` or ``oracle`` (a multi-exit model only), the edg
 use (``--exits``, default all) and cuts each batch at the exit its policy chooses (:mod:`nodes.policy`,
 :mod:`nodes.multiexit`); its predictions say which exit and why, and its features tell the cloud where
 they were cut. ``fixed`` (the default) is the paper's behaviour, unchanged on the wire.
+
+With ``--calibration FILE`` (``harness calibrate``) instead of ``--threshold``, each exit cuts at its own
+threshold, its logits divided by its own temperature before the entropy (:mod:`nodes.thresholds`); the
+file must have been made for ``--checkpoint``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -47,7 +52,8 @@ from nodes.messages import (
     Shutdown,
 )
 from nodes.multiexit import ExitSet, PolicyMaker, PolicySetup
-from nodes.policy import POLICIES, ExitPolicy, LinkTruth, check_policy, read_profile, usable_exits
+from nodes.policy import POLICIES, ExitPolicy, LinkTruth, Profile, check_policy, read_profile, usable_exits
+from nodes.thresholds import ExitThresholds, read_calibration
 from nodes.timing import clock_domain
 from nodes.transport import FramedStream, Listener, TlsFiles, open_stream
 
@@ -81,6 +87,8 @@ class EdgeNode:
 
     ``parts`` and ``threshold`` are the configuration in force: ``config.threshold`` and the parts it
     was built with at first, then what the last :class:`Configure` asked for (loaded through ``cache``).
+    ``thresholds`` (a calibration file's) gives each exit its own T and temperature instead; the
+    threshold in force is then the one of the exit in force.
     """
 
     def __init__(
@@ -89,10 +97,11 @@ class EdgeNode:
         parts: ModelParts,
         cache: PartsCache | None = None,
         policy: PolicyMaker | None = None,
+        thresholds: ExitThresholds | None = None,
     ) -> None:
         self.config = config
         self.parts = parts
-        self.threshold = config.threshold
+        self.cuts = thresholds if thresholds is not None else ExitThresholds.of(config.threshold)
         self._cache = cache if cache is not None else PartsCache()
         # With an exit policy: each test connection (a run) gets a fresh policy at its first batch; the
         # cloud's replies to the probes and acks of the batches in flight feed its link estimate.
@@ -113,6 +122,16 @@ class EdgeNode:
             timeout=config.timeout,
             tls=config.tls.server_context() if config.tls is not None else None,
         )
+
+    @property
+    def threshold(self) -> float:
+        """T at the exit in force (the configured exit, for an edge with an exit policy)."""
+        return self.cuts.threshold(self.parts.exit) if self.parts.exit > 0 else self._fallback_threshold
+
+    @property
+    def _fallback_threshold(self) -> float:
+        # (exit 0 cuts nothing: a plain threshold is still the one announced, a calibration's is none)
+        return self.cuts.uniform if self.cuts.uniform is not None else 0.0
 
     async def start(self) -> tuple[str, int]:
         await self._connect_cloud(retry_for=self.config.timeout)
@@ -302,9 +321,36 @@ class EdgeNode:
             await test.send(parts)
             return
         assert msg.threshold is not None  # (configure_parts refuses an edge configuration without one)
-        self.parts, self.threshold = parts, msg.threshold
+        if self.cuts.calibration is not None:
+            refusal = self._calibrated_refusal(parts, msg.threshold)
+            if refusal is not None:
+                log.warning("refused a configuration: %s", refusal)
+                await test.send(Error("calibration", refusal, "edge", fatal=False))
+                return
+            self.parts = parts
+        else:
+            self.parts, self.cuts = parts, ExitThresholds.of(msg.threshold)
         log.info("configured: %s exit %d T=%g from %s", parts.kind, parts.exit, msg.threshold, msg.checkpoint)
         await test.send(self._ready())
+
+    def _calibrated_refusal(self, parts: ModelParts, threshold: float) -> str | None:
+        """Why a calibrated edge cannot take ``parts`` at ``threshold`` (None: it can): its file is
+        for one checkpoint, and it gives each exit's threshold."""
+        if parts.meta.sha256 != self.parts.meta.sha256:
+            return (
+                f"this edge's calibration file {self.cuts.calibration} is for its checkpoint "
+                f"{self.parts.meta.path}; start a new edge for another checkpoint"
+            )
+        try:
+            want = self.cuts.threshold(parts.exit)
+        except ValueError as exc:
+            return str(exc)
+        if not math.isclose(threshold, want, rel_tol=1e-9, abs_tol=1e-12):
+            return (
+                f"this edge cuts exit {parts.exit} at T={want:g} from its calibration file "
+                f"{self.cuts.calibration}, not at T={threshold:g}"
+            )
+        return None
 
     def _on_received(self, msg: Received) -> None:
         sent = self._sent.pop(msg.batch_id, None)
@@ -328,18 +374,23 @@ class EdgeNode:
         if self._maker is None:
             return self.parts, None
         if self._policy is None:
-            self._policy = self._maker.make(msg.images, self.threshold, self._run_t0_ns)
+            self._policy = self._maker.make(msg.images, self.cuts, self._run_t0_ns)
         now = time.monotonic_ns()
         decision = self._policy.choose(len(msg.sample_ids), now)
         why = decision.to_json()
         why["run_s"] = (now - self._run_t0_ns) / 1e9
         return self._maker.exits.at(decision.exit), why
 
+    def _cut_threshold(self, exit: int) -> float:
+        return self.cuts.threshold(exit) if exit > 0 else self._fallback_threshold
+
     async def _on_batch(self, test: FramedStream, msg: Batch, session: str) -> None:
         t_recv = time.monotonic_ns()
         try:
             parts, decision = self._choose(msg)
-            out = run_edge(parts, msg.images, self.threshold)
+            out = run_edge(
+                parts, msg.images, self._cut_threshold(parts.exit), self.cuts.temperature(parts.exit)
+            )
         except BadInput as exc:
             await test.send_error(Error("bad-input", f"batch {msg.batch_id}: {exc}", "edge", msg.batch_id))
             raise
@@ -399,12 +450,19 @@ class EdgeNode:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m nodes.edge", description=__doc__.split("\n\n")[0])
     cli.add_server_args(p, "edge", "blocks 1..K")
-    p.add_argument(
+    cut = p.add_mutually_exclusive_group(required=True)
+    cut.add_argument(
         "--threshold",
         type=cli.threshold_arg,
-        required=True,
         metavar="T",
         help="a sample exits at the edge when its normalized entropy is < T",
+    )
+    cut.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help="each exit's T (and temperature) from this file, made for --checkpoint by "
+        "`python -m harness calibrate`, instead of one --threshold",
     )
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads")
     p.add_argument(
@@ -471,8 +529,42 @@ def link_truth(text: str) -> LinkTruth:
     )
 
 
-def policy_setup(args: argparse.Namespace, cache: PartsCache, parts: ModelParts) -> PolicySetup | None:
+def exit_thresholds(args: argparse.Namespace, parts: ModelParts) -> ExitThresholds:
+    """``--threshold`` for every exit, or ``--calibration``'s per exit (:class:`UsageError` for a file
+    made for another checkpoint, or one without the exits the edge may cut at)."""
+    if args.calibration is None:
+        return ExitThresholds.of(args.threshold)
+    try:
+        cuts = read_calibration(args.calibration, parts.meta.sha256)
+        cuts.check([parts.exit, *(args.exits or ())])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return cuts
+
+
+def check_profile(profile: Profile, path: str, cuts: ExitThresholds, exits: tuple[int, ...]) -> None:
+    """ValueError unless ``profile`` counted each exit's local samples at the T and temperature the edge
+    cuts it at (its local-exit rates would be another threshold's)."""
+    for k in exits:
+        if k not in profile.exit_numbers:
+            continue  # (PolicySetup names the missing exits)
+        p = profile.at(k)
+        measured = p.threshold if p.threshold is not None else profile.threshold
+        if not math.isclose(measured, cuts.threshold(k), abs_tol=1e-12) or not math.isclose(
+            p.temperature, cuts.temperature(k)
+        ):
+            raise ValueError(
+                f"the profile {path} was measured at exit {k} with threshold {measured:g} (temperature "
+                f"{p.temperature:g}); the edge cuts it at {cuts.threshold(k):g} (temperature "
+                f"{cuts.temperature(k):g}): profile with the same --threshold or --calibration"
+            )
+
+
+def policy_setup(
+    args: argparse.Namespace, cache: PartsCache, parts: ModelParts, cuts: ExitThresholds | None = None
+) -> PolicySetup | None:
     """The exit policy the options ask for (None: fixed), or :class:`UsageError` saying what is wrong."""
+    cuts = cuts if cuts is not None else exit_thresholds(args, parts)
     try:
         check_policy(args.exit_policy, parts.kind, args.latency_slo)
         if args.exit_policy == "fixed":
@@ -480,16 +572,13 @@ def policy_setup(args: argparse.Namespace, cache: PartsCache, parts: ModelParts)
                 raise ValueError("--profile and --exits apply to the adaptive and oracle exit policies")
             return None
         exits = usable_exits(parts.meta.config.local_exits, args.exits)
+        cuts.check(exits)
         profile = None
         if args.profile is not None:
             profile = read_profile(args.profile)
             if profile.sha256 is not None and profile.sha256 != parts.meta.sha256:
                 raise ValueError(f"the profile {args.profile} was measured on another checkpoint")
-            if profile.threshold != args.threshold:
-                raise ValueError(
-                    f"the profile {args.profile} was measured at threshold {profile.threshold:g}, "
-                    f"the edge runs at {args.threshold:g}"
-                )
+            check_profile(profile, args.profile, cuts, exits)
         truth = link_truth(args.link_schedule) if args.exit_policy == "oracle" else None
         exit_set = ExitSet.load(cache, args.checkpoint, exits, parts.exit)
         return PolicySetup(args.exit_policy, exit_set, profile=profile, slo_ms=args.latency_slo, truth=truth)
@@ -501,17 +590,19 @@ async def amain(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     cache = PartsCache(spec=args.model_spec, device=args.device)
     parts = cache.get(args.checkpoint, args.exit)
+    cuts = exit_thresholds(args, parts)
     cfg = EdgeConfig(
         cloud_host=args.cloud[0],
         cloud_port=args.cloud[1],
-        threshold=args.threshold,
+        # (with --calibration the edge cuts at each exit's T from the file, which replaces this one)
+        threshold=args.threshold if args.threshold is not None else 0.0,
         host=args.listen[0],
         port=args.listen[1],
         token=cli.token_from(args),
         timeout=args.timeout,
         tls=cli.tls_from(args),
     )
-    node = EdgeNode(cfg, parts, cache, policy_setup(args, cache, parts))
+    node = EdgeNode(cfg, parts, cache, policy_setup(args, cache, parts, cuts), cuts)
     stop = cli.stop_on_signals()
     try:
         host, port = await node.start()

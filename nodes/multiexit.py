@@ -10,6 +10,7 @@ of exits. :func:`measure_profile` times each exit on a few batches to give an ex
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from nodes.policy import (
     OraclePolicy,
     Profile,
 )
+from nodes.thresholds import ExitThresholds
 
 #: The link a start-up profile assumes until the edge has seen its own traffic: fast enough that no
 #: exit is ruled out before the first observation replaces it (LinkEstimator takes the first whole).
@@ -72,15 +74,14 @@ class ExitSet:
 
 
 def feature_bytes(parts: ModelParts) -> int:
-    """Bytes of one sample's features on the wire (float32)."""
-    c, h, w = parts.feature_shape
-    return 4 * c * h * w
+    """Bytes of one sample's features on the wire (float32; features of any shape the model makes)."""
+    return 4 * math.prod(parts.feature_shape)
 
 
 def measure_profile(
     exits: ExitSet,
     images: np.ndarray,
-    threshold: float,
+    threshold: float | ExitThresholds,
     *,
     batch_size: int,
     labels: np.ndarray | None = None,
@@ -88,7 +89,8 @@ def measure_profile(
     link: LinkEstimate = PRIOR_LINK,
 ) -> Profile:
     """Each exit timed on ``images`` in batches of ``batch_size``: the median edge time per batch, the
-    fraction of samples that exit locally, and the median time of the cloud's part on a batch's unsure
+    fraction of samples that exit locally (at each exit's own threshold and temperature, for a
+    calibration's :class:`ExitThresholds`), and the median time of the cloud's part on a batch's unsure
     samples, computed here (a stand-in for the cloud node, which runs the same part); with ``labels``,
     the accuracy of the split at that exit. Each batch runs ``repeats`` times, the first as warm-up.
 
@@ -96,6 +98,7 @@ def measure_profile(
     on the machine lands on every exit alike instead of making one of them look slow."""
     if repeats < 2:
         raise ValueError("repeats must be ≥ 2: the first run of each batch is a warm-up")
+    cuts = threshold if isinstance(threshold, ExitThresholds) else ExitThresholds.of(threshold)
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     edge_ms: dict[int, list[float]] = {k: [] for k in exits.exits}
     cloud_ms: dict[int, list[float]] = {k: [] for k in exits.exits}
@@ -106,7 +109,7 @@ def measure_profile(
             for k in exits.exits:
                 parts = exits.at(k)
                 t0 = time.perf_counter()
-                res = run_edge(parts, batch, threshold)
+                res = run_edge(parts, batch, cuts.threshold(k), cuts.temperature(k))
                 t1 = time.perf_counter()
                 unsure = ~res.local
                 preds = res.preds.copy()
@@ -130,13 +133,15 @@ def measure_profile(
             local_rate=local[k] / len(images),
             cloud_ms=statistics.median(cloud_ms[k]) if cloud_ms[k] else 0.0,
             accuracy=None if labels is None else correct[k] / len(images),
+            threshold=None if cuts.uniform is not None else cuts.threshold(k),
+            temperature=cuts.temperature(k),
         )
         for k in exits.exits
     ]
     first = exits.first
     return Profile(
         batch_size=batch_size,
-        threshold=threshold,
+        threshold=cuts.threshold(exits.default),
         exits=tuple(out),
         link=link,
         model=first.kind,
@@ -146,8 +151,8 @@ def measure_profile(
 
 class PolicyMaker(Protocol):
     """What an edge with an exit policy is given: the exits it may cut at, and a fresh policy for each
-    run (``images``: the run's first batch, to measure a profile on where none was given; ``t0_ns``: the
-    run's start on this node's monotonic clock)."""
+    run (``images``: the run's first batch, to measure a profile on where none was given, at
+    ``thresholds``; ``t0_ns``: the run's start on this node's monotonic clock)."""
 
     @property
     def name(self) -> str: ...
@@ -155,7 +160,7 @@ class PolicyMaker(Protocol):
     @property
     def exits(self) -> ExitSet: ...
 
-    def make(self, images: np.ndarray, threshold: float, t0_ns: int) -> ExitPolicy: ...
+    def make(self, images: np.ndarray, thresholds: ExitThresholds, t0_ns: int) -> ExitPolicy: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,10 +193,10 @@ class PolicySetup:
                 "--latency-slo needs each exit's accuracy: give a --profile written by `harness profile`"
             )
 
-    def make(self, images: np.ndarray, threshold: float, t0_ns: int) -> ExitPolicy:
+    def make(self, images: np.ndarray, thresholds: ExitThresholds, t0_ns: int) -> ExitPolicy:
         profile = self.profile
         if profile is None:
-            profile = measure_profile(self.exits, images, threshold, batch_size=len(images), repeats=2)
+            profile = measure_profile(self.exits, images, thresholds, batch_size=len(images), repeats=2)
         profile = dataclasses.replace(
             profile, exits=tuple(profile.at(k) for k in self.exits.exits)
         )  # (only the exits this edge may use)

@@ -62,7 +62,8 @@ def _finite(name: str, value: float, lo: float = 0.0) -> float:
 class ExitProfile:
     """What exit ``exit`` costs: edge compute per batch (ms), feature bytes per sample, the fraction of
     samples that exit locally at the profile's threshold, cloud compute per batch (ms), and optionally
-    the overall accuracy of a run at this exit (for the SLO variant)."""
+    the overall accuracy of a run at this exit (for the SLO variant). ``threshold``/``temperature``: this
+    exit's own, where a calibration file gave each exit its own (None/1: the profile's threshold)."""
 
     exit: int
     edge_ms: float
@@ -70,8 +71,14 @@ class ExitProfile:
     local_rate: float
     cloud_ms: float
     accuracy: float | None = None
+    threshold: float | None = None
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.threshold is not None:
+            check_threshold(self.threshold)
+        if not _finite("temperature", self.temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if isinstance(self.exit, bool) or not isinstance(self.exit, int) or self.exit < 0:
             raise ValueError(f"exit must be an integer ≥ 0, got {self.exit!r}")
         for name in ("edge_ms", "feature_bytes", "cloud_ms"):
@@ -91,13 +98,24 @@ class ExitProfile:
         }
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        if self.temperature != 1.0:
+            out["temperature"] = self.temperature
         return out
 
     @classmethod
     def from_json(cls, data: object, where: str) -> ExitProfile:
         d = f.obj(where, data)
         keys = ("exit", "edge_ms", "feature_bytes", "local_rate", "cloud_ms")
-        return f.build(where, cls, **{k: f.need(where, d, k) for k in keys}, accuracy=d.get("accuracy"))
+        return f.build(
+            where,
+            cls,
+            **{k: f.need(where, d, k) for k in keys},
+            accuracy=d.get("accuracy"),
+            threshold=d.get("threshold"),
+            temperature=d.get("temperature", 1.0),
+        )
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from contract.names import DATASETS, DEFAULT_DATASET
 from contract.rules import check_batch_size
 from models import ImageDataset, load_dataset
 from nodes import cli
-from nodes.errors import NodeError, NodeTimeout, PeerError, RemoteProtocolError, UsageError
+from nodes.errors import ConfigureError, NodeError, NodeTimeout, PeerError, RemoteProtocolError, UsageError
 from nodes.handshake import client_handshake, configure, describe
 from nodes.messages import (
     Batch,
@@ -397,9 +397,28 @@ class Connections:
 
     async def configure(self, request: Configure) -> None:
         """Reconfigure the cloud, then the edge (:func:`nodes.handshake.configure`); only between runs.
-        A refusal (:class:`~nodes.errors.ConfigureError`) leaves the node that refused as it was."""
+
+        A refusal (:class:`~nodes.errors.ConfigureError`) leaves both nodes as they were: when the edge
+        refuses what the cloud took (an edge with an exit policy or a calibration file runs what it
+        started with), the cloud is put back to the configuration it had, so that the pair still
+        matches for the next run on these connections."""
+        before = self.cloud_ready
         self.cloud_ready = await configure(self.cloud, request)
-        self.edge_ready = await configure(self.edge, request)
+        try:
+            self.edge_ready = await configure(self.edge, request)
+        except ConfigureError:
+            now = self.cloud_ready
+            if before.checkpoint is not None and (now.sha256, now.exit) != (before.sha256, before.exit):
+                self.cloud_ready = await configure(
+                    self.cloud,
+                    Configure(
+                        checkpoint=before.checkpoint,
+                        exit=before.exit,
+                        model=before.model,
+                        sha256=before.sha256,
+                    ),
+                )
+            raise
 
     def check_same_model(self) -> None:
         e, c = self.edge_ready, self.cloud_ready

@@ -27,6 +27,13 @@ def _local_share(r: ResultsFile) -> float | None:
     return None if local is None or not samples else 100.0 * local / samples
 
 
+def other_model(r: ResultsFile) -> str | None:
+    """The factory spec of the model a results file ran, when it is not the paper's CNN (else None)."""
+    info = r.config.get("model_info")
+    spec = info.get("spec") if isinstance(info, dict) else None
+    return spec if isinstance(spec, str) and spec else None
+
+
 def model_label(r: ResultsFile) -> str:
     """The model a results file ran: its recorded name (``resnet18``), or the paper CNN's kind."""
     info = r.config.get("model_info")
@@ -45,10 +52,10 @@ def _model_figure(r: ResultsFile, key: str, exit_: int | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def architectures_table(results: Sequence[ResultsFile]) -> Table:
+def architectures_table(results: Sequence[ResultsFile], caption: str | None = None) -> Table:
     """Per model and exit: the exit's accuracy on the whole test split (its training log), the float32
     feature bytes per sample the edge sends the cloud there, and the run's local exits, accuracies and
-    latencies (medians across runs)."""
+    latencies (medians across runs). ``caption``: what the runs share (default: their dataset)."""
     rows: list[tuple[Cell, ...]] = []
     for r in sorted(results, key=lambda r: (model_label(r), r.exit or 0, r.threshold)):
         local = _local_share(r)
@@ -69,9 +76,10 @@ def architectures_table(results: Sequence[ResultsFile]) -> Table:
                 r.metric("overall_latency_ms"),
             )
         )
-    caption = "" if not results else f" ({results[0].config.get('dataset')})"
+    if caption is None and results:
+        caption = str(results[0].config.get("dataset"))
     return Table(
-        f"Architectures beside the paper's CNN{caption}",
+        f"Architectures beside the paper's CNN{f' ({caption})' if caption else ''}",
         (
             "model",
             "parameters",

@@ -246,8 +246,11 @@ def load_results(paths: Iterable[Path | str]) -> list[ResultsFile]:
 
 def scenario_key(res: ResultsFile) -> tuple[str, ...]:
     """What must agree for two results to share a figure: dataset, links, batch size, edge limits, the
-    cloud's CPU set, the TCP congestion control in force (where recorded), and whether the nodes ran in
-    containers (``--isolation docker``: a testbed of its own, compared with namespaces, not pooled)."""
+    cloud's CPU set, the TCP congestion control in force (where recorded), whether the nodes ran in
+    containers (``--isolation docker``: a testbed of its own, compared with namespaces, not pooled), the
+    exit policy (an adaptive or oracle MEM records its starting exit as ``exit``, yet is no fixed MEM at
+    that exit) and whether a calibration divided the exits' logits by a temperature (the same T then
+    selects other samples)."""
     cfg = res.results.config
     return (
         cfg.dataset,
@@ -259,6 +262,20 @@ def scenario_key(res: ResultsFile) -> tuple[str, ...]:
         *(["containers"] if cfg.isolation == "docker" else []),
         # (a model not of the paper -- its factory's spec -- and a cloud off the CPU are scenarios of their own)
         *model_and_device_key(cfg.extra),
+        *policy_key(cfg.request, cfg.extra),
+    )
+
+
+def policy_key(request: Mapping[str, Any] | None, extra: Mapping[str, Any]) -> list[str]:
+    """The parts of a scenario's key that name an exit policy other than fixed, or temperature-scaled
+    exits; none for a fixed exit at plain thresholds, so that results written before either existed
+    agree with today's fixed runs."""
+    policy = (request or {}).get("exit_policy") or "fixed"
+    calibration = extra.get("calibration")
+    temperatures = calibration.get("temperatures") if isinstance(calibration, Mapping) else None
+    scaled = isinstance(temperatures, Mapping) and any(t != 1 for t in temperatures.values())
+    return ([f"exit policy {policy}"] if policy != "fixed" else []) + (
+        ["temperature-scaled"] if scaled else []
     )
 
 

@@ -20,9 +20,16 @@ from pathlib import Path
 from tabulate import tabulate
 
 from contract.atomic import write_atomic
-from reports import claims, control, export, figures, paper, tables
+from reports import architectures, claims, control, export, figures, paper, tables
 from reports.errors import ReportError
-from reports.loader import ResultsFile, TrainLog, load_results, load_train_logs
+from reports.loader import (
+    ResultsFile,
+    TrainLog,
+    load_results,
+    load_train_logs,
+    model_and_device_key,
+    scenario_key,
+)
 from reports.tables import TABLE_FORMATS, Table, TableFormat
 
 logger = logging.getLogger(__name__)
@@ -89,9 +96,25 @@ def _scenario_blocks(
         Heading(3, "The paper's claims"),
         TableBlock(f"{prefix}claims", claims.claims_table(scn, t, judged)),
         TableBlock(f"{prefix}sem_vs_mem", claims.sem_vs_mem_table(scn, t)),
-        Heading(3, "Fidelity to the paper"),
-        Paragraph(paper.fidelity_paragraph(scn, t)),
-        TableBlock(f"{prefix}fidelity", paper.fidelity_table(scn, t, judged)),
+    ]
+    other = architectures.other_model(scn.results[0])
+    if other is None:
+        blocks += [
+            Heading(3, "Fidelity to the paper"),
+            Paragraph(paper.fidelity_paragraph(scn, t)),
+            TableBlock(f"{prefix}fidelity", paper.fidelity_table(scn, t, judged)),
+        ]
+    else:
+        # (the paper's numbers are of its CNN: beside another model's they would read as a comparison)
+        blocks.append(
+            Paragraph(
+                f"This scenario ran {architectures.model_label(scn.results[0])} ({other}), not the paper's "
+                "CNN: the claims above test the paper's findings on it (SEM and MEM name its exit layout: one "
+                "local exit or several), and its numbers are not set beside the paper's. The section "
+                '"Architectures beside the paper\'s CNN" compares it with the CNN under the same conditions.'
+            )
+        )
+    blocks += [
         Heading(3, "Per exit point (paper Fig. 5 and 6)"),
         FigureBlock(figs["exits"]),
         TableBlock(f"{prefix}exits", tables.exits_table(scn, t)),
@@ -141,6 +164,46 @@ def noise_headline(scenarios: Sequence[tables.Scenario]) -> tuple[bool, str]:
     )
 
 
+def architecture_groups(results: Sequence[ResultsFile]) -> list[tuple[str, list[ResultsFile]]]:
+    """Per set of conditions (a scenario but for the model) where some run used a model other than the
+    paper's CNN: its caption, and those runs with the CNN's runs at the same exits and thresholds."""
+    groups: dict[tuple[str, ...], list[ResultsFile]] = {}
+    for r in results:
+        model = {p for p in model_and_device_key(r.results.config.extra) if " on " not in p}
+        groups.setdefault(tuple(p for p in scenario_key(r) if p not in model), []).append(r)
+    out: list[tuple[str, list[ResultsFile]]] = []
+    for group in groups.values():
+        others = [r for r in group if architectures.other_model(r) is not None]
+        if not others:
+            continue
+        points = {(r.exit or 0, r.threshold) for r in others}
+        cnn = [
+            r for r in group if architectures.other_model(r) is None and (r.exit or 0, r.threshold) in points
+        ]
+        scn = tables.Scenario((others[0],))
+        out.append((scn.caption().removesuffix(scn.model), [*others, *cnn]))
+    return out
+
+
+def architecture_blocks(results: Sequence[ResultsFile]) -> list[Block]:
+    """The architectures section: empty unless some run used a model other than the paper's CNN."""
+    groups = architecture_groups(results)
+    if not groups:
+        return []
+    blocks: list[Block] = [
+        Heading(2, "Architectures beside the paper's CNN"),
+        Paragraph(
+            "Runs of models other than the paper's CNN (--model-spec, models.torchvision_exits), each a "
+            "scenario of its own above, with the CNN's runs at the same exits and thresholds under the same "
+            "conditions."
+        ),
+    ]
+    for i, (caption, group) in enumerate(groups, start=1):
+        name = "architectures" if len(groups) == 1 else f"architectures_{i}"
+        blocks.append(TableBlock(name, architectures.architectures_table(group, caption)))
+    return blocks
+
+
 def build_blocks(
     results: Sequence[ResultsFile],
     logs: Sequence[TrainLog],
@@ -166,6 +229,7 @@ def build_blocks(
         fig_dir = out_dir / "figures" / (f"s{i}" if multi else "")
         judged = claims.evaluate_claims(scn, t)
         blocks += _scenario_blocks(scn, t, fig_dir, f"s{i}_" if multi else "", judged)
+    blocks += architecture_blocks(results)
     if logs:
         fig_dir = out_dir / "figures"
         blocks.append(Heading(2, "Training (paper Fig. 9 and 10)"))

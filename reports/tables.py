@@ -16,7 +16,7 @@ from tabulate import tabulate
 from contract.names import LOCAL_EXIT_KINDS, LOCAL_EXITS, PROCEDURES
 from reports import stats
 from reports.errors import ReportError
-from reports.loader import ResultsFile, TrainLog, scenario_key
+from reports.loader import ResultsFile, TrainLog, model_and_device_key, scenario_key
 
 Cell = float | int | str | None
 TableFormat = Literal["terminal", "github", "latex"]
@@ -131,7 +131,15 @@ class Scenario:
 
     def caption(self, threshold: float | None = None) -> str:
         t = "" if threshold is None else f", T = {threshold:g}"
-        return f"{self.dataset}, {self.link}, batch {self.config.get('batch_size')}{self.placement}{t}"
+        return f"{self.dataset}, {self.link}, batch {self.config.get('batch_size')}{self.placement}{self.model}{t}"
+
+    @property
+    def model(self) -> str:
+        """The model when it is not the paper's CNN (``", model resnet18"``), else ""."""
+        info = self.config.get("model_info")
+        if not isinstance(info, dict) or not info.get("spec"):
+            return ""
+        return f", model {info.get('name') or info['spec']}"
 
     @property
     def placement(self) -> str:
@@ -146,6 +154,8 @@ class Scenario:
         tcp = self.config.get("tcp_congestion_control")
         if isinstance(tcp, dict) and tcp.get("requested"):  # (the kernel's default is in the table below)
             parts.append(f"TCP {tcp.get('name') or tcp['requested']}")
+        # (a node off the CPU: "cloud on cuda:0")
+        parts += [p for p in model_and_device_key(self.results[0].results.config.extra) if " on " in p]
         return "".join(f", {p}" for p in parts)
 
 

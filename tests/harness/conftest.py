@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from harness import hosts as hosts_mod
 from harness.config import RunConfig
 from harness.runner import NodeCommands, Plan
 from models.checkpoint import save_checkpoint
@@ -18,6 +19,8 @@ from models.cnn import ModelConfig, build_model
 from tests.programs import procs  # noqa: F401 -- the fixture, for the tests that start node programs
 
 FAKE_NODE = Path(__file__).with_name("fake_node.py")
+#: An ``ssh`` for the hosts tests that need no sshd: it runs the remote command here, with ``sh -c``.
+FAKE_SSH = f"#!{sys.executable}\nimport subprocess, sys\nsys.exit(subprocess.run(['sh', '-c', sys.argv[-1]]).returncode)\n"
 
 
 @pytest.fixture(scope="session")
@@ -130,3 +133,13 @@ def _private_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
+@pytest.fixture
+def fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``harness.hosts`` runs its ssh commands through :data:`FAKE_SSH` (every host is this machine)."""
+    ssh = tmp_path / "ssh"
+    ssh.write_text(FAKE_SSH)
+    ssh.chmod(0o755)
+    monkeypatch.setattr(hosts_mod, "SSH", str(ssh))
+    return ssh

@@ -81,9 +81,20 @@ def test_signal_stops_the_nodes_whole_process_group(tmp_path: Path) -> None:
 def test_the_node_stops_when_the_session_that_started_it_ends(tmp_path: Path) -> None:
     run = tmp_path / RUN
     proc = launch(run, "sleep", "60")
-    pid = pid_of(run)
-    assert running(pid)
     assert proc.stdout is not None
-    proc.stdout.close()  # (as sshd does when the harness's ssh client is gone)
-    proc.wait(timeout=30)
-    assert not running(pid)
+    # The launcher's stdout is read by another process, as sshd reads it: this process lets go of the pipe
+    # at once (a process this one forks meanwhile would hold it open), and the reader's end is the session's.
+    reader = subprocess.Popen(["cat"], stdin=proc.stdout, stdout=subprocess.DEVNULL)
+    proc.stdout.close()
+    try:
+        pid = pid_of(run)
+        assert running(pid)
+        reader.kill()  # (as when the harness's ssh client is gone and sshd closes the channel)
+        reader.wait()
+        proc.wait(timeout=30)
+        assert not running(pid)
+    finally:
+        for p in (reader, proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

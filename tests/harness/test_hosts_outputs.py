@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 
 import netem
-from harness import hosts as hosts_mod
 from harness.errors import NodeFailure
 from harness.hosts import HostsError, load_hosts
 from harness.remote_testbed import PROJECT_ROOT, HostsTestbed, RemoteSampler, study_factory
 
 #: ssh's stand-in: its last argument is the remote command line (quoted for a shell), run here.
-FAKE_SSH = f"#!{sys.executable}\nimport subprocess, sys\nsys.exit(subprocess.run(['sh', '-c', sys.argv[-1]]).returncode)\n"
 #: A "node" that writes its argument's path into the file at that path (so the file says where it was).
 WRITER = "import json, sys; open(sys.argv[1], 'w').write(json.dumps({'written_at': sys.argv[1]}))"
 
@@ -42,15 +40,6 @@ project = "{cloud_project}"
 python = "{sys.executable}"
 state_dir = "{state / "cloud"}"
 """
-
-
-@pytest.fixture
-def fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    ssh = tmp_path / "ssh"
-    ssh.write_text(FAKE_SSH)
-    ssh.chmod(0o755)
-    monkeypatch.setattr(hosts_mod, "SSH", str(ssh))
-    return ssh
 
 
 def test_the_records_of_a_test_node_on_another_host_are_fetched_and_removed_there(

@@ -136,7 +136,9 @@ def _wait_for_node(state_dir: Path, role: str, timeout_s: float = 120.0) -> int:
 
 def test_a_node_killed_on_its_host_fails_the_run_naming_it(hosts_net: HostsNet, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    argv = [sys.executable, "-m", "harness", *run_args(hosts_net.hosts_file(), out, "--samples", "10000")]
+    # (a 1 mbit/s edge-cloud link makes the run last well over the 3 s before the kill, however fast the host)
+    extra = ("--samples", "10000", "--bw", "1mbit")
+    argv = [sys.executable, "-m", "harness", *run_args(hosts_net.hosts_file(), out, *extra)]
     proc = subprocess.Popen(argv, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         pid = _wait_for_node(hosts_net.hosts["edge"].state_dir, "edge")

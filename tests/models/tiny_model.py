@@ -68,6 +68,31 @@ class SkippingNet(TinyNet):
         return out
 
 
+class FlatNet(TinyNet):
+    """A model whose features at its second exit are a flat vector (N, 16), not a (C, H, W) map: the
+    protocol lets a stage return a tensor of any shape."""
+
+    name = "flatnet"
+
+    def __init__(self, spec: InputSpec) -> None:
+        nn.Module.__init__(self)  # (TinyNet's layers are not built: these replace them)
+        self.spec = spec
+        self.convs = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(spec.channels, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+                nn.Sequential(nn.Flatten(), nn.Linear(4 * (spec.size // 2) ** 2, 16), nn.ReLU()),
+                nn.Sequential(nn.Linear(16, 12), nn.ReLU()),
+            ]
+        )
+        self.branches = nn.ModuleList([_head(4, spec.num_classes), nn.Linear(16, spec.num_classes)])
+        self.classifier = nn.Linear(12, spec.num_classes)
+
+
+def build_flat(spec: InputSpec) -> FlatNet:
+    """``--model-spec tests.models.tiny_model:build_flat``: flat features at exit 2."""
+    return FlatNet(spec)
+
+
 def build(spec: InputSpec) -> TinyNet:
     """The factory ``--model-spec tests.models.tiny_model:build`` names."""
     return TinyNet(spec)

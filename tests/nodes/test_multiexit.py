@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,33 +18,16 @@ from nodes.edge import EdgeConfig, EdgeNode
 from nodes.errors import ConfigureError
 from nodes.messages import Configure
 from nodes.multiexit import ExitSet, PolicySetup, measure_profile
-from nodes.policy import Decision, ExitPolicy
+from nodes.policy import ExitPolicy
 from nodes.records import EXIT_DECISIONS, RecordsResult
 from nodes.test import Connections, measure, run_test_client
+from tests.nodes.scripted import ScriptedPolicy
 from tests.programs import Nodes
 
 SAMPLES = 256
 BATCH = 32
 DATA = synthetic_dataset(n=SAMPLES, seed=7)
 SCRIPT = (2, 5, 8, 5, 1, 8, 2, 3)  # one exit per measured batch, switching at every batch
-
-
-@dataclass
-class _Scripted:
-    """A policy that cuts the i-th batch at ``exits[i]`` (the warm-up batch at the first)."""
-
-    exits: Iterator[int]
-    name: str = "scripted"
-    observes_link: bool = False
-
-    def choose(self, n: int, now_ns: int) -> Decision:
-        return Decision(next(self.exits), self.name, "script")
-
-    def observe_rtt(self, rtt_ms: float) -> None:
-        pass
-
-    def observe_transfer(self, sent_bytes: int, round_trip_ms: float) -> None:
-        pass
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +38,7 @@ class _ScriptedMaker:
     made: list[ExitPolicy] = field(default_factory=list)
 
     def make(self, images: np.ndarray, threshold: float, t0_ns: int) -> ExitPolicy:
-        policy = _Scripted(iter((self.script[0], *self.script)))  # (the warm-up batch first)
+        policy = ScriptedPolicy(iter((self.script[0], *self.script)))  # (the warm-up batch first)
         self.made.append(policy)
         return policy
 
