@@ -215,7 +215,7 @@ def export_csv(inputs: Sequence[Path | str], out: Path) -> ExportSummary:
     out = Path(out)
     if out.is_dir():
         raise ReportError(f"{out} is a directory: give a file name, e.g. {out / 'results.csv'}")
-    results = load_results(inputs)
+    results = load_results(inputs, one_per_point=False)  # (every run of every file, repeats included)
     try:
         with atomic_open(out, "w") as fh:
             n, batch, unaligned = write_rows(fh, tidy_rows(results))

@@ -18,7 +18,15 @@ from typing import Any
 
 from contract.errors import SchemaError
 from contract.jsonfile import read_json
-from contract.names import CLOUD, LOCAL_EXITS, MODEL_KINDS, PROCEDURES, STUDY_MANIFEST_NAME, TRAINLOG_SCHEMA
+from contract.names import (
+    CLOUD,
+    LOCAL_EXITS,
+    MODEL_KINDS,
+    PROCEDURES,
+    RESULTS_FAMILY,
+    STUDY_MANIFEST_NAME,
+    TRAINLOG_SCHEMA,
+)
 from contract.results import SUMMARY_FIELDS, Results, Run
 from contract.rules import is_number
 from reports import stats
@@ -204,13 +212,33 @@ def parse_results(path: Path, data: object) -> ResultsFile:
         raise ReportError(f"{path}: {exc}") from exc
 
 
-def _expand(paths: Iterable[Path | str], what: str) -> list[Path]:
+def _family_of(path: Path) -> str | None:
+    """The family of the localexit document in ``path`` (``localexit-calibration`` for
+    ``localexit-calibration/1``), or None when it is not one or cannot be read (its reader then says why)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(schema, str) or not schema.startswith(RESULTS_FAMILY):
+        return None
+    family, sep, _version = schema.rpartition("/")
+    return family if sep else None
+
+
+def _expand(paths: Iterable[Path | str], what: str, family: str) -> list[Path]:
+    """Files named, and the ``*.json`` under folders named. In a folder, the project's other documents
+    (a study's manifest beside its points, a calibration or profile file beside results) are skipped: a
+    folder reads as the ``family`` documents in it. A file named on its own is always read."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            # (a study's manifest sits beside its points: a folder of a study reads as its points)
-            found = sorted(p for p in path.rglob("*.json") if p.is_file() and p.name != STUDY_MANIFEST_NAME)
+            found = sorted(
+                p
+                for p in path.rglob("*.json")
+                if p.is_file() and p.name != STUDY_MANIFEST_NAME and _family_of(p) in (family, None)
+            )
             if not found:
                 raise ReportError(f"{path}: folder holds no {what} (*.json)")
             files.extend(found)
@@ -221,16 +249,18 @@ def _expand(paths: Iterable[Path | str], what: str) -> list[Path]:
     return files
 
 
-def load_results(paths: Iterable[Path | str]) -> list[ResultsFile]:
-    """Load results files, expanding folders to the ``*.json`` files under them (sorted).
+def load_results(paths: Iterable[Path | str], *, one_per_point: bool = True) -> list[ResultsFile]:
+    """Load results files, expanding folders to the results files under them (sorted).
 
     Raises ``ReportError`` naming the file when one is unreadable, not JSON, of another schema, or
-    missing a field; and when two files hold the same configuration (the report could not tell which
-    one to show).
+    missing a field; and, with ``one_per_point``, when two files hold the same configuration (a report
+    could not tell which one to show; an export of every run takes them all).
     """
-    results = [parse_results(p, _read_json(p)) for p in _expand(paths, "results files")]
+    results = [parse_results(p, _read_json(p)) for p in _expand(paths, "results files", RESULTS_FAMILY)]
     if not results:
         raise ReportError("no results files given")
+    if not one_per_point:
+        return results
     seen: dict[tuple[object, ...], Path] = {}
     for res in results:
         key = (*scenario_key(res), res.kind, res.exit, res.threshold)
@@ -380,4 +410,7 @@ def parse_train_log(path: Path, data: object) -> TrainLog:
 
 def load_train_logs(paths: Iterable[Path | str]) -> list[TrainLog]:
     """Load training logs (files or folders of ``*.json``); refuses bad ones naming the file."""
-    return [parse_train_log(p, _read_json(p)) for p in _expand(paths, "training logs")]
+    return [
+        parse_train_log(p, _read_json(p))
+        for p in _expand(paths, "training logs", TRAINLOG_SCHEMA.rpartition("/")[0])
+    ]

@@ -299,3 +299,23 @@ def test_report_writes_every_table_as_csv_matching_the_rendered_cells(
             # ...and the CSV holds the table's numbers unrounded
             for c, cell in zip(row, cells, strict=True):
                 assert c == ("" if cell is None else str(cell)), (name, c, cell)
+
+
+def test_a_folder_exports_repeated_points_and_skips_the_project_s_other_files(
+    write: Writer, tmp_path: Path
+) -> None:
+    """The main job run twice writes two files of one configuration, and a calibration file may sit
+    beside them: the export takes every run of both and reads past the calibration file; the report,
+    which shows one file per point, still refuses the pair, naming both."""
+    write("first.json", _harness_doc("mem", 2, 0.3))
+    write("again.json", _harness_doc("mem", 2, 0.3))
+    write("mem.calibration.json", {"schema": "localexit-calibration/1", "exits": {}})
+    out = tmp_path / "all.csv"
+    rc, _stdout, err = _export([str(tmp_path / "results"), "--out", str(out)])
+    assert (rc, err) == (0, "")
+    assert {Path(r["file"]).name for r in _read(out)} == {"first.json", "again.json"}
+    rc = main([str(tmp_path / "results"), "--out", str(tmp_path / "report")])
+    assert rc == 2
+    # a file named on its own is read whatever it is, and a wrong one is one clear error
+    rc, _stdout, err = _export([str(tmp_path / "results" / "mem.calibration.json"), "--out", str(out)])
+    assert rc == 2 and "localexit-calibration/1" in err
