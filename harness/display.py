@@ -57,8 +57,11 @@ def format_summary(results: Results) -> str:
     runs = results.runs
     many = len(runs) > 1
     exit_part = f" exit {cfg.exit}" if cfg.exit is not None else ""
+    info = cfg.extra.get("model_info")
+    # (a model other than the paper's CNN -- built by a factory -- is named by its own name)
+    other = info.get("name") if isinstance(info, dict) and info.get("spec") else None
     head = (
-        f"{cfg.name or cfg.model}{exit_part}, T = {cfg.threshold:g}, {cfg.dataset} "
+        f"{other or cfg.name or cfg.model}{exit_part}, T = {cfg.threshold:g}, {cfg.dataset} "
         f"({cfg.samples} samples, batch {cfg.batch_size}, warm-up {cfg.warmup_batches or 0}), "
         f"isolation {cfg.isolation}, {len(runs)} run(s)" + (" — medians across runs" if many else "")
     )

@@ -29,3 +29,12 @@ def test_a_really_unstable_figure_is_named() -> None:
     text = format_summary(results)
     assert "warning: overall_latency_ms is unstable across runs" in text
     assert "too few" not in text
+
+
+def test_a_model_other_than_the_paper_s_is_named_by_its_own_name() -> None:
+    results = make_results(runs=1)
+    assert format_summary(results).splitlines()[0].startswith(f"{results.config.model} exit")
+    info = {"name": "resnet18", "spec": "models.torchvision_exits:resnet18"}
+    config = dataclasses.replace(results.config, extra={**results.config.extra, "model_info": info})
+    head = format_summary(dataclasses.replace(results, config=config)).splitlines()[0]
+    assert head.startswith(f"resnet18 exit {results.config.exit}, T = ")
