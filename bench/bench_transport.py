@@ -197,6 +197,16 @@ def zmq_server(pipe: Pipe) -> None:
     ctx.term()
 
 
+def _stop_servers(procs: list[tuple[Any, Any]]) -> None:
+    """Ask each server process to stop on its pipe; kill one still running 3 s later."""
+    for proc, pipe in procs:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            pipe.send("stop")
+        proc.join(timeout=3)
+        if proc.is_alive():
+            proc.kill()
+
+
 def _start(target: Callable[..., None], *extra: Any) -> tuple[mp.process.BaseProcess, Pipe, int]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -839,12 +849,7 @@ def run_tls(quick: bool) -> int:
                 measure_tls({"plain": plain_port, "tls": tls_port}, pki["client"], trials, rounds, rtt_block)
             )
         finally:
-            for proc, pipe in procs:
-                with contextlib.suppress(BrokenPipeError, OSError):
-                    pipe.send("stop")
-                proc.join(timeout=3)
-                if proc.is_alive():
-                    proc.kill()
+            _stop_servers(procs)
     import ssl
 
     print(
@@ -928,12 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         decode = decode_cost(sizes, 5)
         in_process = _run_loop(python_rtt(10 * rtt_block))
     finally:
-        for proc, pipe in procs:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                pipe.send("stop")
-            proc.join(timeout=3)
-            if proc.is_alive():
-                proc.kill()
+        _stop_servers(procs)
 
     print(
         f"# transport benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "

@@ -27,6 +27,7 @@ from nodes.records import EXIT_DECISIONS
 
 from .config import RunConfig
 from .errors import ConfigError
+from .parsers import exit_list
 from .study import block_order
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help=f"blocks ({DEFAULT_REPEAT})")
     p.add_argument("--threshold", type=float, default=0.3, help="normalized-entropy threshold T (0.3)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (32)")
-    p.add_argument("--exits", default="1-8", metavar="K-K|K,K", help="exits of the fixed configurations")
+    p.add_argument(
+        "--exits",
+        type=exit_list,
+        default=(1, 2, 3, 4, 5, 6, 7, 8),
+        metavar="K-K|K,K",
+        help="exits of the fixed configurations (1-8)",
+    )
     p.add_argument("--no-sem", action="store_true", help="leave out the fixed SEM-k configurations")
     p.add_argument("--latency-slo", type=float, default=None, metavar="MS", help="for adaptive and oracle")
     p.add_argument(
@@ -77,17 +84,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("results/adapt"), help="where the study goes")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the harness does")
     return p
-
-
-def _exits(text: str) -> tuple[int, ...]:
-    out: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            lo, hi = (int(v) for v in part.split("-"))
-            out.extend(range(lo, hi + 1))
-        elif part:
-            out.append(int(part))
-    return tuple(sorted(set(out)))
 
 
 def study_points(base: RunConfig, exits: Sequence[int], *, sem: bool = True) -> list[RunConfig]:
@@ -182,7 +178,7 @@ def run_study(
             # A busy shared host would re-run most runs: every run is kept, marked busy in the study.
             busy_retries=0,
         )
-        exits = _exits(args.exits)
+        exits = tuple(sorted(set(args.exits)))
         if not exits:
             raise ValueError("--exits names no exit")
         points = study_points(base, exits, sem=not args.no_sem)

@@ -14,21 +14,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from models.devices import cpu_model
+
 logger = logging.getLogger(__name__)
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or ``platform.processor()`` where that is unavailable."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 CPU_LATENCY_QOS = Path("/dev/cpu_dma_latency")

@@ -94,8 +94,8 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    """``1-8`` or ``1,3,5``."""
+def exit_list(text: str) -> tuple[int, ...]:
+    """``1-8`` or ``1,3,5`` (an argparse type: a malformed list is ``ArgumentTypeError``)."""
     out: list[int] = []
     try:
         for part in text.split(","):
@@ -519,7 +519,10 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
         "--models", default=argparse.SUPPRESS, help=f"comma-separated (default {DEFAULT_SWEEP_MODELS})"
     )
     grid.add_argument(
-        "--exits", type=_ints, default=argparse.SUPPRESS, help="local exits, e.g. 1-4 or 1,3,5 (default 1-8)"
+        "--exits",
+        type=exit_list,
+        default=argparse.SUPPRESS,
+        help="local exits, e.g. 1-4 or 1,3,5 (default 1-8)",
     )
     grid.add_argument(
         "--thresholds",

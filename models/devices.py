@@ -73,10 +73,11 @@ def describe_device(device: torch.device) -> dict[str, Any]:
         }
     import psutil
 
-    return {"device": "cpu", "name": _cpu_name(), "memory_mib": round(psutil.virtual_memory().total / 2**20)}
+    return {"device": "cpu", "name": cpu_model(), "memory_mib": round(psutil.virtual_memory().total / 2**20)}
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or ``platform.processor()`` where that is unavailable."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
