@@ -57,6 +57,9 @@ def format_summary(results: Results) -> str:
     runs = results.runs
     many = len(runs) > 1
     exit_part = f" exit {cfg.exit}" if cfg.exit is not None else ""
+    policy = (cfg.request or {}).get("exit_policy")
+    if policy not in (None, "fixed") and cfg.exit is not None:
+        exit_part = f", exits chosen by the {policy} policy (from exit {cfg.exit})"
     info = cfg.extra.get("model_info")
     # (a model other than the paper's CNN -- built by a factory -- is named by its own name)
     other = info.get("name") if isinstance(info, dict) and info.get("spec") else None

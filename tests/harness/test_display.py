@@ -38,3 +38,13 @@ def test_a_model_other_than_the_paper_s_is_named_by_its_own_name() -> None:
     config = dataclasses.replace(results.config, extra={**results.config.extra, "model_info": info})
     head = format_summary(dataclasses.replace(results, config=config)).splitlines()[0]
     assert head.startswith(f"resnet18 exit {results.config.exit}, T = ")
+
+
+def test_a_run_under_an_exit_policy_says_so_not_one_exit() -> None:
+    results = make_results(runs=1)
+    request = {**(results.config.request or {}), "exit_policy": "adaptive"}
+    config = dataclasses.replace(results.config, request=request)
+    head = format_summary(dataclasses.replace(results, config=config)).splitlines()[0]
+    assert head.startswith(
+        f"{results.config.model}, exits chosen by the adaptive policy (from exit {results.config.exit}), T = "
+    )
