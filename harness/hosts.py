@@ -42,8 +42,9 @@ from netem.cleanup import ROLES
 from .errors import HarnessError
 
 HOST_ROLES = ROLES
-#: Where each host keeps the harness's per-run folders (pid files, the token, the qdiscs it added).
-DEFAULT_STATE_DIR = "/tmp/localexit-hosts"
+#: Where each host keeps the harness's per-run folders (pid files, the token, the qdiscs it added); not
+#: named like a run's log folder (``localexit-…``), which ``harness clean`` removes once its run is dead.
+DEFAULT_STATE_DIR = "/tmp/localexit.hosts"
 #: How long ssh may take to connect before the host counts as unreachable.
 CONNECT_TIMEOUT_S = 10
 #: A dead connection is noticed within about ``interval × count`` seconds (ssh's keep-alives).

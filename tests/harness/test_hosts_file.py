@@ -130,3 +130,11 @@ def test_only_the_traffic_to_the_peer_is_shaped() -> None:
     # without netem the delay is not applied (the caller reports it), the rate still is
     _commands, applied = shaping_argvs("eth1", "10.0.0.9", spec, frozenset({"htb"}))
     assert applied == {"rate": "htb"}
+
+
+def test_the_default_state_folder_is_not_taken_for_a_dead_run_s_log_folder() -> None:
+    from harness.hosts import DEFAULT_STATE_DIR
+    from netem.cleanup import LOG_DIR_PREFIX
+
+    # (`harness clean` on a machine that is also a host would otherwise report or remove it)
+    assert not Path(DEFAULT_STATE_DIR).name.startswith(LOG_DIR_PREFIX)
