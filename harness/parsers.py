@@ -328,6 +328,16 @@ def add_run_options(parser: argparse.ArgumentParser, *, grid: bool = False, bloc
     )
 
 
+def _hosts_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hosts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="run the nodes on the machines a hosts file names, reached over ssh (docs/hosts.md)",
+    )
+
+
 def _verbose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the harness does")
 
@@ -391,13 +401,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
         help="each exit's threshold (and temperature) from `harness calibrate`'s file for the checkpoint, "
         "instead of --threshold (docs/harness.md)",
     )
-    parser.add_argument(
-        "--hosts",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="run the nodes on the machines a hosts file names, reached over ssh (docs/hosts.md)",
-    )
+    _hosts_option(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -494,13 +498,7 @@ def _grid_options(parser: argparse.ArgumentParser, out_dir_help: str, *, blocks:
         help="list the points, which are done already, and the estimated time; run nothing",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--hosts",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="run the nodes on the machines a hosts file names, reached over ssh (docs/hosts.md)",
-    )
+    _hosts_option(parser)
     _verbose(parser)
 
 

@@ -64,9 +64,15 @@ def load_parts(
 
     Raises :class:`models.ModelError` (a checkpoint, spec, device or exit the user must fix).
     """
-    where = resolve_device(device)
+    return split_parts(*_load(checkpoint, spec, resolve_device(device)), exit)
+
+
+def _load(
+    checkpoint: str | Path, spec: str | None, device: torch.device
+) -> tuple[MultiExitModel, CheckpointMeta]:
+    """The model of ``checkpoint`` (built by ``spec``), moved onto ``device``, and its metadata."""
     model, meta = load_model(checkpoint, spec)
-    return split_parts(model.to(where), meta, exit)
+    return model.to(device), meta
 
 
 def split_parts(model: MultiExitModel, meta: CheckpointMeta, exit: int) -> ModelParts:
@@ -132,8 +138,7 @@ class PartsCache:
             return parts
         loaded = self._models.get(key)
         if loaded is None:
-            model, meta = load_model(path, self._spec)
-            loaded = (model.to(self._device), meta)
+            loaded = _load(path, self._spec, self._device)
         parts = split_parts(*loaded, exit)  # (raises for an exit the model lacks: nothing is kept then)
         self._models[key] = loaded
         self._models.move_to_end(key)

@@ -126,7 +126,7 @@ class EdgeNode:
     @property
     def threshold(self) -> float:
         """T at the exit in force (the configured exit, for an edge with an exit policy)."""
-        return self.cuts.threshold(self.parts.exit) if self.parts.exit > 0 else self._fallback_threshold
+        return self._cut_threshold(self.parts.exit)
 
     @property
     def _fallback_threshold(self) -> float:
